@@ -1,0 +1,44 @@
+"""`spikingmamba` command line: one module per verb under `spikingmamba.cli`.
+
+Each verb module defines `register(subparsers)`, which adds its parser and sets
+`func` to a typed function taking the parsed namespace. Errors meant for the user
+are raised as `spikingmamba.errors.UserError` and printed without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from spikingmamba.errors import UserError
+
+# Verb modules, in the order `--help` lists them.
+VERBS = ("convert",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spikingmamba",
+        description="Turn a pretrained Mamba LM into an energy-efficient spiking LM, and prove it.",
+    )
+    subparsers = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
+    for verb in VERBS:
+        importlib.import_module(f"spikingmamba.cli.{verb}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as err:
+        print(f"spikingmamba {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"spikingmamba {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

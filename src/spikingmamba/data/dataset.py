@@ -1,0 +1,204 @@
+"""Language-modelling data: read documents, split them by document, pack their tokens into rows.
+
+Each row holds `seq_len + 1` token ids: inputs are `row[:-1]`, next-token targets are `row[1:]`.
+Consecutive rows overlap by one token, so every token of the stream is a target exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from collections.abc import Sequence
+from itertools import chain
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+from transformers import PreTrainedTokenizerBase
+
+from spikingmamba.data.cache import atomic_write, default_cache_dir
+from spikingmamba.errors import ConfigError, UserError
+
+# Bump when packing changes, so that stale cached packs are not reused.
+_PACK_FORMAT_VERSION = 1
+
+
+def load_texts(path: str | Path) -> list[str]:
+    """Read the documents of a data set, in order.
+
+    - a `.jsonl` file: one JSON object per line, its `text` field is a document;
+    - a folder written by `datasets.Dataset.save_to_disk` (or a `DatasetDict` with a `train` split,
+      or with a single split): its `text` column;
+    - any other file: UTF-8 text, documents separated by blank lines.
+    Empty documents are dropped; no documents at all is an error.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"data path {path} does not exist")
+    if path.is_dir():
+        texts = _load_saved_dataset(path)
+    elif path.suffix == ".jsonl":
+        texts = _load_jsonl(path)
+    else:
+        try:
+            raw = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise UserError(f"{path} is not UTF-8 text ({err})") from err
+        texts = raw.replace("\r\n", "\n").split("\n\n")
+    docs = [text.strip() for text in texts if text and text.strip()]
+    if not docs:
+        raise UserError(f"{path} holds no text: the data set is empty")
+    return docs
+
+
+def _load_jsonl(path: Path) -> list[str]:
+    texts = []
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UserError(f"{path}, line {line_no}: not valid JSON ({err.msg})") from err
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise UserError(f'{path}, line {line_no}: the record has no string "text" field')
+            texts.append(record["text"])
+    return texts
+
+
+def _load_saved_dataset(path: Path) -> list[str]:
+    import datasets  # slow to import; only this format needs it
+
+    try:
+        data = datasets.load_from_disk(str(path))
+    except FileNotFoundError as err:
+        raise UserError(f"{path} is a folder but not one written by datasets' save_to_disk ({err})") from err
+    if isinstance(data, datasets.DatasetDict):
+        if "train" in data:
+            data = data["train"]
+        elif len(data) == 1:
+            data = next(iter(data.values()))
+        else:
+            raise UserError(f"{path} holds the splits {sorted(data)}: save the one to train on by itself")
+    if "text" not in data.column_names:
+        raise UserError(f'{path} has no "text" column (its columns: {", ".join(data.column_names)})')
+    return list(data["text"])
+
+
+def split_documents(docs: Sequence[str], heldout_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Split whole documents into (train, held-out), each in the original order.
+
+    `round(len(docs) * heldout_fraction)` documents, at least one, are held out, chosen at random
+    from `seed`: the same documents and seed always give the same split.
+    """
+    if not 0.0 < heldout_fraction < 1.0:
+        raise ConfigError(f"heldout_fraction must be between 0 and 1 (exclusive), got {heldout_fraction}")
+    if len(docs) < 2:
+        raise UserError(f"need at least 2 documents to hold one out, got {len(docs)}; "
+                        "separate documents in a text file by blank lines")
+    n_heldout = min(len(docs) - 1, max(1, round(len(docs) * heldout_fraction)))
+    heldout = set(random.Random(seed).sample(range(len(docs)), n_heldout))
+    train = [doc for i, doc in enumerate(docs) if i not in heldout]
+    return train, [doc for i, doc in enumerate(docs) if i in heldout]
+
+
+def pack(token_ids_list: Sequence[Sequence[int]], seq_len: int, eos_id: int) -> torch.Tensor:
+    """Concatenate documents, each followed by `eos_id`, and cut the stream into rows.
+
+    Returns a LongTensor `(n, seq_len + 1)`; row `i` is `stream[i*seq_len : i*seq_len + seq_len + 1]`.
+    The incomplete tail of the stream is dropped; too short a stream gives `n = 0`.
+    """
+    if seq_len < 1:
+        raise ConfigError(f"seq_len must be at least 1, got {seq_len}")
+    stream = torch.tensor(list(chain.from_iterable([*ids, eos_id] for ids in token_ids_list)), dtype=torch.long)
+    if len(stream) < seq_len + 1:
+        return torch.empty(0, seq_len + 1, dtype=torch.long)
+    return stream.unfold(0, seq_len + 1, seq_len).contiguous()  # (n, seq_len + 1)
+
+
+class PackedDataset(Dataset):
+    """Rows of packed token ids; item `i` is `{"input_ids": row[:-1], "target_ids": row[1:]}`.
+
+    `target_ids` are already shifted: compare them with the logits at the same positions, and do
+    not pass them as `labels` to a transformers model (which shifts again).
+    """
+
+    def __init__(self, rows: torch.Tensor) -> None:
+        if rows.dim() != 2 or rows.shape[1] < 2:
+            raise ValueError(f"rows must have shape (n, seq_len + 1), got {tuple(rows.shape)}")
+        self.rows = rows
+
+    @property
+    def seq_len(self) -> int:
+        return self.rows.shape[1] - 1
+
+    @property
+    def num_tokens(self) -> int:
+        """Number of next-token targets, `len(self) * seq_len`."""
+        return len(self) * self.seq_len
+
+    def __len__(self) -> int:
+        return self.rows.shape[0]
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        row = self.rows[index]
+        return {"input_ids": row[:-1], "target_ids": row[1:]}
+
+
+def build_datasets(
+    path: str | Path,
+    tokenizer: PreTrainedTokenizerBase,
+    seq_len: int,
+    heldout_fraction: float = 0.05,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+) -> tuple[PackedDataset, PackedDataset]:
+    """Read `path`, split it by document, tokenise and pack both parts: `(train, heldout)`.
+
+    The packed tensors are cached in `cache_dir` (default `<spikingmamba cache>/packed`) under a key
+    made of the data's path, size and modification time, the tokenizer's vocabulary, `seq_len`,
+    `heldout_fraction` and `seed`, so a repeated run skips reading and tokenising.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"data path {path} does not exist")
+    eos_id = tokenizer.eos_token_id
+    if eos_id is None:
+        raise UserError("the tokenizer has no eos token, which packing puts between documents")
+    cache_file = Path(cache_dir or default_cache_dir() / "packed") / (
+        _cache_key(path, tokenizer, seq_len, heldout_fraction, seed) + ".pt"
+    )
+    if cache_file.is_file():
+        packs = torch.load(cache_file, weights_only=True)
+        return PackedDataset(packs["train"]), PackedDataset(packs["heldout"])
+
+    train_docs, heldout_docs = split_documents(load_texts(path), heldout_fraction, seed)
+    train_ids, heldout_ids = (
+        tokenizer(docs, add_special_tokens=False)["input_ids"] for docs in (train_docs, heldout_docs)
+    )
+    n_train, n_heldout = (sum(len(ids) + 1 for ids in split) for split in (train_ids, heldout_ids))  # + eos each
+    if min(n_train, n_heldout) < seq_len + 1:
+        raise UserError(
+            f"too few tokens in {path}: {n_train + n_heldout} in all, {n_train} in the train split and "
+            f"{n_heldout} in the held-out split ({len(heldout_docs)} of {len(train_docs) + len(heldout_docs)} "
+            f"documents); one sequence of seq_len={seq_len} needs {seq_len + 1} tokens in each split. "
+            f"Add text (about {math.ceil((seq_len + 1) / heldout_fraction)} tokens in all at heldout_fraction="
+            f"{heldout_fraction}), lower seq_len, or raise heldout_fraction"
+        )
+    packs = {"train": pack(train_ids, seq_len, eos_id), "heldout": pack(heldout_ids, seq_len, eos_id)}
+    atomic_write(cache_file, lambda f: torch.save(packs, f))
+    return PackedDataset(packs["train"]), PackedDataset(packs["heldout"])
+
+
+def _cache_key(
+    path: Path, tokenizer: PreTrainedTokenizerBase, seq_len: int, heldout_fraction: float, seed: int
+) -> str:
+    """Hash of everything the packs depend on; a folder is fingerprinted by all the files in it."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    vocab = sorted(tokenizer.get_vocab().items())
+    blob = json.dumps([_PACK_FORMAT_VERSION, stats, vocab, tokenizer.eos_token_id, seq_len, heldout_fraction, seed])
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]

@@ -1,0 +1,77 @@
+"""Teacher -> spiking student: `to_spiking`, with thresholds calibrated on teacher activations."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import torch
+
+from spikingmamba.model.config import SpikingMambaConfig
+from spikingmamba.model.lm import SpikingMambaForCausalLM
+from spikingmamba.neurons import SpikingConfig
+from spikingmamba.neurons.calibration import mse_optimal_theta
+
+MAX_CALIBRATION_ROWS = 8192
+
+
+def to_spiking(teacher: SpikingMambaForCausalLM, levels: int = 4, neuron: str = "silif",
+               sites: tuple[str, ...] = ("in_proj", "out_proj"), per_channel: bool = True,
+               surrogate_alpha: float = 1.0,
+               calibration_ids: torch.LongTensor | None = None) -> SpikingMambaForCausalLM:
+    """A copy of the dense `teacher` with a spiking neuron before each chosen projection.
+
+    With `calibration_ids` (b, l), each neuron's theta is the MSE-optimal scale of the teacher's
+    activations at its site; otherwise theta = 1.
+    """
+    if teacher.is_spiking:
+        raise ValueError("to_spiking expects a dense teacher; this model already has spiking neurons")
+    spiking = SpikingConfig(levels=levels, neuron=neuron, sites=tuple(sites), per_channel=per_channel,
+                            surrogate_alpha=surrogate_alpha)
+    config = SpikingMambaConfig(**{**teacher.config.to_diff_dict(), "spiking": spiking.to_dict()})
+    student = SpikingMambaForCausalLM(config).to(teacher.lm_head.weight.dtype)
+    student.load_state_dict(copy.deepcopy(teacher.state_dict()), strict=False)
+    if config.tie_word_embeddings:
+        student.tie_weights()
+    if calibration_ids is not None:
+        calibrate(student, teacher, calibration_ids)
+    return student.train(teacher.training)
+
+
+@torch.no_grad()
+def collect_site_inputs(teacher: SpikingMambaForCausalLM, input_ids: torch.LongTensor,
+                        sites: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Teacher activations entering each site, keyed `layers.N.mixer.<site>`, as (rows, channels)."""
+    captured: dict[str, list[torch.Tensor]] = {}
+    handles = []
+    for i, layer in enumerate(teacher.backbone.layers):
+        for site in sites:
+            key = f"layers.{i}.mixer.{site}"
+            def hook(_m, args, key=key):
+                captured.setdefault(key, []).append(args[0].detach().flatten(0, -2).float())
+            handles.append(getattr(layer.mixer, site).register_forward_pre_hook(hook))
+    try:
+        teacher.eval()(input_ids)
+    finally:
+        for h in handles:
+            h.remove()
+    out = {}
+    for key, chunks in captured.items():
+        rows = torch.cat(chunks)
+        if rows.shape[0] > MAX_CALIBRATION_ROWS:
+            rows = rows[torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(0))[:MAX_CALIBRATION_ROWS]]
+        out[key] = rows
+    return out
+
+
+@torch.no_grad()
+def calibrate(student: SpikingMambaForCausalLM, teacher: SpikingMambaForCausalLM,
+              input_ids: torch.LongTensor) -> None:
+    """Set every neuron's theta from the teacher's activations at its site (MSE-optimal grid search)."""
+    sc = student.spiking_config
+    inputs = collect_site_inputs(teacher, input_ids, sc.sites)
+    for i, layer in enumerate(student.backbone.layers):
+        for site, neuron in (("in_proj", layer.mixer.in_neuron), ("out_proj", layer.mixer.out_neuron)):
+            if neuron is not None:
+                theta = mse_optimal_theta(inputs[f"layers.{i}.mixer.{site}"], neuron.lo, neuron.hi, sc.per_channel)
+                neuron.theta.copy_(theta.to(neuron.theta.dtype))

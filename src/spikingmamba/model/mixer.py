@@ -1,0 +1,89 @@
+"""Mamba-1 mixer with optional spiking neurons before `in_proj` and `out_proj`.
+
+Glossary (Gu & Dao 2023; SpikingMamba, Huang et al. 2025):
+    d_model / d_inner / d_state / dt_rank   hidden size, expand * d_model, N, rank of Delta
+    x, z        the two halves of in_proj: SSM branch and gate
+    Delta, B, C selective parameters from x_proj (Delta through dt_proj + softplus)
+    A = -exp(A_log), D skip
+    in_neuron / out_neuron   SI-LIF neurons whose integer spikes drive in_proj / out_proj
+
+Every projection is called as a module (never through `.weight` in a fused kernel), so the
+neurons cannot be skipped.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spikingmamba.model.config import SpikingMambaConfig
+from spikingmamba.model.state import LayerState
+from spikingmamba.neurons import SpikingConfig, SpikingNeuron, spiking_linear
+from spikingmamba.ops.selective_scan import selective_scan, selective_state_update
+
+
+class MambaMixer(nn.Module):
+    def __init__(self, config: SpikingMambaConfig):
+        super().__init__()
+        d_model, d_inner, n = config.hidden_size, config.intermediate_size, config.state_size
+        self.d_inner, self.d_state, self.dt_rank = d_inner, n, config.time_step_rank
+        self.conv_kernel = config.conv_kernel
+        self.scan_backend = config.scan_backend
+
+        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=config.use_bias)
+        self.conv1d = nn.Conv1d(d_inner, d_inner, config.conv_kernel, groups=d_inner,
+                                padding=config.conv_kernel - 1, bias=config.use_conv_bias)
+        self.x_proj = nn.Linear(d_inner, self.dt_rank + 2 * n, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, d_inner, bias=True)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(d_inner, 1))
+        self.D = nn.Parameter(torch.ones(d_inner))
+        self.out_proj = nn.Linear(d_inner, d_model, bias=config.use_bias)
+        self.in_neuron: SpikingNeuron | None = None
+        self.out_neuron: SpikingNeuron | None = None
+        if config.spiking is not None:
+            self.add_neurons(config.spiking_config)
+
+    def add_neurons(self, sc: SpikingConfig) -> None:
+        def make(channels):
+            return SpikingNeuron(channels, sc.levels, sc.neuron, sc.per_channel, sc.surrogate_alpha)
+        self.in_neuron = make(self.in_proj.in_features) if "in_proj" in sc.sites else None
+        self.out_neuron = make(self.out_proj.in_features) if "out_proj" in sc.sites else None
+
+    def _ssm_params(self, xc: torch.Tensor):
+        """Delta, B, C from the conv output xc (..., d_inner)."""
+        dt, B, C = torch.split(self.x_proj(xc), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        return F.softplus(self.dt_proj(dt)), B, C
+
+    def forward(self, hidden: torch.Tensor, return_state: bool = False):
+        """hidden (b, l, d_model) -> (b, l, d_model) [, LayerState after the last position]."""
+        length = hidden.shape[1]
+        xz = spiking_linear(self.in_neuron, self.in_proj, hidden)            # (b, l, 2 d_inner)
+        x, z = xz.chunk(2, dim=-1)                                            # (b, l, d_inner) x2
+        xc = F.silu(self.conv1d(x.transpose(1, 2))[..., :length].transpose(1, 2))  # (b, l, d_inner)
+        dt, B, C = self._ssm_params(xc)                                       # (b,l,d_inner), (b,l,n) x2
+        A = -torch.exp(self.A_log.float())                                    # (d_inner, n)
+        y, h_last = selective_scan(xc, dt, A, B, C, self.D, backend=self.scan_backend)
+        y = y * F.silu(z)                                                     # (b, l, d_inner)
+        out = spiking_linear(self.out_neuron, self.out_proj, y)               # (b, l, d_model)
+        if not return_state:
+            return out
+        k = self.conv_kernel - 1
+        conv = F.pad(x.transpose(1, 2), (max(k - length, 0), 0))[..., -k:] if k else x.new_zeros(x.shape[0], self.d_inner, 0)
+        return out, LayerState(conv=conv.detach(), ssm=h_last.detach())
+
+    def step(self, hidden: torch.Tensor, state: LayerState) -> tuple[torch.Tensor, LayerState]:
+        """One token: hidden (b, d_model) -> (b, d_model), with the constant-size state updated."""
+        xz = spiking_linear(self.in_neuron, self.in_proj, hidden)            # (b, 2 d_inner)
+        x, z = xz.chunk(2, dim=-1)                                            # (b, d_inner) x2
+        window = torch.cat([state.conv, x.unsqueeze(-1)], dim=-1)             # (b, d_inner, kernel)
+        xc = (window * self.conv1d.weight[:, 0, :]).sum(-1)
+        if self.conv1d.bias is not None:
+            xc = xc + self.conv1d.bias
+        xc = F.silu(xc)                                                       # (b, d_inner)
+        dt, B, C = self._ssm_params(xc)
+        A = -torch.exp(self.A_log.float())
+        y, h = selective_state_update(state.ssm, xc, dt, A, B, C, self.D)
+        y = y * F.silu(z)
+        out = spiking_linear(self.out_neuron, self.out_proj, y)               # (b, d_model)
+        return out, LayerState(conv=window[..., 1:], ssm=h)

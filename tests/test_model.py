@@ -1,0 +1,150 @@
+"""Dense model: parity with transformers' MambaForCausalLM, step mode, checkpoint formats, bad input."""
+
+import json
+
+import pytest
+import torch
+from conftest import make_hf_mamba
+from safetensors.torch import save_file
+
+import spikingmamba
+from spikingmamba.errors import CheckpointError, InputError
+
+PARITY_CONFIGS = [
+    dict(),                                                     # dt_rank auto, tied head
+    dict(time_step_rank=3, tie_word_embeddings=False),          # explicit dt_rank, untied head
+    dict(hidden_size=24, state_size=4, conv_kernel=3, expand=3, use_bias=True),
+    dict(num_hidden_layers=3, use_conv_bias=False, vocab_size=64),
+]
+
+
+@pytest.mark.parametrize("overrides", PARITY_CONFIGS)
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (3, 13)])
+def test_logits_match_transformers(tmp_path, overrides, shape):
+    folder, hf = make_hf_mamba(tmp_path, **overrides)
+    ours = spikingmamba.from_pretrained(folder)
+    ids = torch.randint(0, hf.config.vocab_size, shape)
+    with torch.no_grad():
+        expected, got = hf(ids).logits, ours(ids).logits
+    assert got.shape == (*shape, hf.config.vocab_size)
+    assert (got - expected).abs().max() <= 1e-4
+
+
+def test_hidden_states_match_transformers(hf_mamba):
+    folder, hf = hf_mamba
+    ours = spikingmamba.from_pretrained(folder)
+    ids = torch.randint(0, 101, (2, 9))
+    with torch.no_grad():
+        expected = hf(ids, output_hidden_states=True).hidden_states
+        got = ours(ids, output_hidden_states=True).hidden_states
+    assert len(got) == len(expected) == hf.config.num_hidden_layers + 1
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
+
+
+def test_step_mode_equals_full_forward(hf_mamba):
+    model = spikingmamba.from_pretrained(hf_mamba[0])
+    ids = torch.randint(0, 101, (2, 12))
+    with torch.no_grad():
+        full = model(ids).logits
+    logits, state = model.prefill(ids[:, :2])                  # shorter than the conv window
+    torch.testing.assert_close(logits, full[:, :2], rtol=1e-5, atol=1e-5)
+    size = state.nbytes()
+    for t in range(2, 12):
+        logits, state = model.step(ids[:, t], state)
+        torch.testing.assert_close(logits, full[:, t], rtol=1e-4, atol=1e-4)
+        assert state.nbytes() == size
+    fresh = model.init_state(2)
+    for t in range(12):
+        logits, fresh = model.step(ids[:, t], fresh)
+    torch.testing.assert_close(logits, full[:, -1], rtol=1e-4, atol=1e-4)
+
+
+def test_loss_is_shifted_cross_entropy(hf_mamba):
+    folder, hf = hf_mamba
+    ours = spikingmamba.from_pretrained(folder)
+    ids = torch.randint(0, 101, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids, labels=ids).loss, hf(ids, labels=ids).loss, rtol=1e-5, atol=1e-5)
+
+
+def test_state_spaces_format(tmp_path):
+    """The original release: d_model/n_layer config, `backbone.embedding`, padded vocabulary."""
+    folder, hf = make_hf_mamba(tmp_path, vocab_size=104)
+    ss = tmp_path / "state-spaces"
+    ss.mkdir()
+    (ss / "config.json").write_text(json.dumps({
+        "d_model": 32, "n_layer": 2, "vocab_size": 101, "ssm_cfg": {"d_state": 8}, "rms_norm": True,
+        "residual_in_fp32": True, "fused_add_norm": True, "pad_vocab_size_multiple": 8, "tie_embeddings": True}))
+    state = {k.replace("backbone.embeddings.", "backbone.embedding."): v.clone()
+             for k, v in hf.state_dict().items() if k != "lm_head.weight"}
+    torch.save(state, ss / "pytorch_model.bin")
+    ours = spikingmamba.from_pretrained(ss)
+    assert ours.config.vocab_size == 104
+    ids = torch.randint(0, 101, (2, 6))
+    with torch.no_grad():
+        assert (ours(ids).logits - hf(ids).logits).abs().max() <= 1e-4
+
+
+def test_save_and_reload_round_trip(hf_mamba, tmp_path):
+    model = spikingmamba.from_pretrained(hf_mamba[0])
+    model.save_pretrained(tmp_path / "ours")
+    again = spikingmamba.from_pretrained(tmp_path / "ours")
+    ids = torch.randint(0, 101, (1, 5))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, again(ids).logits)
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint folder"):
+        spikingmamba.from_pretrained(tmp_path / "nope" / "deeper")
+
+
+def test_folder_without_config(tmp_path):
+    with pytest.raises(CheckpointError, match="has no config.json"):
+        spikingmamba.from_pretrained(tmp_path)
+
+
+def test_not_a_mamba_config(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8}))
+    with pytest.raises(CheckpointError, match="model_type='llama'"):
+        spikingmamba.from_pretrained(tmp_path)
+
+
+def test_config_disagrees_with_weights(hf_mamba):
+    folder, _ = hf_mamba
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["hidden_size"] = 48
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="shapes disagree with config.json"):
+        spikingmamba.from_pretrained(folder)
+
+
+def test_missing_tensors_are_named(hf_mamba):
+    folder, hf = hf_mamba
+    state = {k: v for k, v in hf.state_dict().items() if "layers.1." not in k and k != "lm_head.weight"}
+    (folder / "model.safetensors").unlink()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"missing \d+ tensor"):
+        spikingmamba.from_pretrained(folder)
+
+
+def test_config_without_weights(hf_mamba):
+    folder, _ = hf_mamba
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="no weights"):
+        spikingmamba.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("bad", [torch.randn(1, 4), [[1, 2, 3]], torch.tensor([[1, 500]])])
+def test_bad_input_ids(hf_mamba, bad):
+    model = spikingmamba.from_pretrained(hf_mamba[0])
+    with pytest.raises(InputError, match="input_ids must be an integer|token ids must lie in"):
+        model(bad)
+
+
+def test_bad_config_value_is_named():
+    with pytest.raises(ValueError, match="config.hidden_size"):
+        spikingmamba.SpikingMambaConfig(hidden_size=0)

@@ -1,0 +1,131 @@
+"""SI-LIF neuron: quantiser, surrogate gradient, binary spike trains, SGC, statistics, calibration."""
+
+import pytest
+import torch
+from torch import nn
+
+from spikingmamba.errors import ConfigError
+from spikingmamba.neurons import SpikingConfig, SpikingNeuron, spiking_linear
+from spikingmamba.neurons.calibration import mse_optimal_theta
+from spikingmamba.neurons.spike_train import decode_spike_train, integrate_and_fire
+from spikingmamba.neurons.surrogate import multi_level_spike
+
+
+def test_quantiser_values():
+    u = torch.tensor([-7.0, -2.6, -0.4, 0.0, 0.6, 1.5, 2.49, 9.0])
+    assert multi_level_spike(u, -2, 2).tolist() == [-2, -2, 0, 0, 1, 2, 2, 2]
+    assert multi_level_spike(u, 0, 3).tolist() == [0, 0, 0, 0, 1, 2, 2, 3]
+
+
+def test_rectangular_surrogate_gradient():
+    u = torch.tensor([-3.0, -2.0, -0.7, 0.3, 2.0, 2.2], requires_grad=True)
+    multi_level_spike(u, -2, 2, alpha=0.5).sum().backward()
+    assert u.grad.tolist() == [0.0, 0.5, 0.5, 0.5, 0.5, 0.0]
+
+
+def test_theta_gradient_is_lsq():
+    """d(theta * s)/d theta = s - x/theta inside the range, s (= +-D) outside (alpha = 1)."""
+    neuron = SpikingNeuron(3, levels=2, per_channel=True)
+    with torch.no_grad():
+        neuron.theta.copy_(torch.tensor([0.5, 1.0, 2.0]))
+    x = torch.tensor([[0.3, -5.0, 1.7], [1.2, 0.4, -2.9]])
+    neuron(x).sum().backward()
+    theta = neuron.theta.detach()
+    u = x / theta
+    s = torch.round(u).clamp(-2, 2)
+    inside = (u >= -2) & (u <= 2)
+    expected = torch.where(inside, s - u, s).sum(0)
+    torch.testing.assert_close(neuron.theta.grad, expected)
+
+
+@pytest.mark.parametrize("kind,levels,lo,hi", [("silif", 3, -3, 3), ("ilif", 3, 0, 3), ("lif", 1, 0, 1)])
+def test_neuron_ranges(kind, levels, lo, hi):
+    neuron = SpikingNeuron(16, levels, kind)
+    s = neuron.spikes(torch.randn(1000, 16) * 4)
+    assert s.min() == lo and s.max() == hi
+    assert torch.equal(s, s.round())
+
+
+@pytest.mark.parametrize("levels", [1, 2, 4, 8])
+def test_integrate_and_fire_reproduces_integers(levels):
+    s = torch.randint(-levels, levels + 1, (64, 10)).float()
+    spikes, sign = integrate_and_fire(s, levels)
+    assert spikes.shape == (levels, 64, 10)
+    assert set(spikes.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(decode_spike_train(spikes, sign), s)
+    # magnitude injected at the first micro-step: the train fires on a prefix of the steps
+    assert torch.equal(spikes.cummin(0).values, spikes)
+
+
+@pytest.mark.parametrize("kind,levels", [("silif", 1), ("silif", 4), ("ilif", 3), ("lif", 1)])
+def test_binary_linear_equals_integer_linear(kind, levels):
+    neuron = SpikingNeuron(24, levels, kind).eval()
+    with torch.no_grad():
+        neuron.theta.uniform_(0.2, 1.0)
+    linear = nn.Linear(24, 8)
+    x = torch.randn(5, 7, 24)
+    with torch.no_grad():
+        integer = spiking_linear(neuron, linear, x)
+        neuron.spike_mode = "binary"
+        binary = spiking_linear(neuron, linear, x)
+    torch.testing.assert_close(binary, integer, rtol=0, atol=1e-5)
+
+
+def test_sgc_path_exists_in_training_only():
+    neuron = SpikingNeuron(8, levels=2)
+    x = torch.randn(4, 8) * 3
+    neuron.train()
+    hard = neuron(x)
+    neuron.sgc_lambda.fill_(0.25)
+    soft = neuron(x)
+    torch.testing.assert_close(soft, hard + 0.25 * (x - hard))
+    neuron.eval()
+    assert torch.equal(neuron(x), hard)
+
+
+def test_sgc_gradient_is_never_zero():
+    neuron = SpikingNeuron(4, levels=1).train()
+    neuron.sgc_lambda.fill_(0.1)
+    x = torch.tensor([[5.0, -5.0, 0.2, 0.9]], requires_grad=True)   # two clipped, two inside
+    neuron(x).sum().backward()
+    torch.testing.assert_close(x.grad, torch.tensor([[0.1, 0.1, 1.0, 1.0]]))
+
+
+def test_firing_statistics():
+    neuron = SpikingNeuron(4, levels=2)
+    x = torch.tensor([[0.0, 1.2, -2.6, 0.4], [3.0, -0.2, 0.0, -1.0]])
+    plain = neuron(x)
+    neuron.recording = True
+    assert torch.equal(neuron(x), plain)
+    stats = neuron.firing_stats()
+    # spikes: [0, 1, -2, 0], [2, 0, 0, -1]
+    assert stats["numel"] == 8
+    assert stats["firing_rate"] == 4 / 8
+    assert stats["mean_abs_spike"] == 6 / 8
+    assert stats["levels"] == [-2, -1, 0, 1, 2]
+    assert stats["histogram"] == [1, 1, 4, 1, 1]
+
+
+def test_calibration_beats_max_scaling():
+    x = torch.randn(4000, 6) * torch.tensor([0.1, 1, 3, 10, 0.5, 2])
+    x[0] *= 20                                                      # an outlier per channel
+    theta = mse_optimal_theta(x, -2, 2)
+    assert theta.shape == (6,)
+
+    def mse(t):
+        return ((torch.round(x / t).clamp(-2, 2) * t - x) ** 2).mean(0)
+
+    assert (mse(theta) < mse(x.abs().amax(0) / 2)).all()
+    assert mse_optimal_theta(x, -2, 2, per_channel=False).shape == (1,)
+
+
+@pytest.mark.parametrize("bad", [dict(levels=0), dict(levels=2.5), dict(neuron="relu"), dict(neuron="lif", levels=2),
+                                 dict(sites=("x_proj",)), dict(surrogate_alpha=0)])
+def test_bad_spiking_config_names_the_field(bad):
+    with pytest.raises(ConfigError, match="spiking\\."):
+        SpikingConfig(**bad)
+
+
+def test_unknown_spiking_key():
+    with pytest.raises(ConfigError, match="unknown spiking config key"):
+        SpikingConfig.from_dict({"levels": 2, "leak": 0.5})

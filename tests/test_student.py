@@ -1,0 +1,155 @@
+"""The spiking student: conversion, integer == binary inference, SGC removal, save/load, statistics."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import spikingmamba
+
+
+@pytest.fixture
+def teacher(hf_mamba):
+    return spikingmamba.from_pretrained(hf_mamba[0])
+
+
+@pytest.fixture
+def calib_ids():
+    return torch.randint(0, 101, (4, 32), generator=torch.Generator().manual_seed(1))
+
+
+def test_neurons_sit_before_in_and_out_proj(teacher):
+    student = spikingmamba.to_spiking(teacher, levels=3)
+    names = [name for name, _ in student.neurons()]
+    assert names == [f"backbone.layers.{i}.mixer.{site}_neuron" for i in range(2) for site in ("in", "out")]
+    only_out = spikingmamba.to_spiking(teacher, levels=3, sites=("out_proj",))
+    assert [n for n, _ in only_out.neurons()] == ["backbone.layers.0.mixer.out_neuron", "backbone.layers.1.mixer.out_neuron"]
+    assert not teacher.is_spiking and next(teacher.neurons(), None) is None
+
+
+def test_teacher_weights_copied_not_shared(teacher):
+    student = spikingmamba.to_spiking(teacher, levels=2)
+    for name, p in teacher.named_parameters():
+        q = student.get_parameter(name)
+        assert torch.equal(p, q) and p.data_ptr() != q.data_ptr()
+
+
+def test_binary_equals_integer_on_converted_model(teacher, calib_ids):
+    student = spikingmamba.to_spiking(teacher, levels=4, calibration_ids=calib_ids).eval()
+    ids = torch.randint(0, 101, (3, 17))
+    with torch.no_grad():
+        integer = student(ids).logits
+        student.spike_mode = "binary"
+        binary = student(ids).logits
+    torch.testing.assert_close(binary, integer, rtol=0, atol=1e-4)
+    assert torch.equal(binary.argmax(-1), integer.argmax(-1))
+
+
+def test_binary_equals_integer_in_step_mode(teacher, calib_ids):
+    student = spikingmamba.to_spiking(teacher, levels=2, calibration_ids=calib_ids).eval()
+    ids = torch.randint(0, 101, (2, 8))
+    outputs = {}
+    for mode in ("integer", "binary"):
+        student.spike_mode = mode
+        state, logits = student.init_state(2), []
+        for t in range(8):
+            out, state = student.step(ids[:, t], state)
+            logits.append(out)
+        outputs[mode] = torch.stack(logits, 1)
+    torch.testing.assert_close(outputs["binary"], outputs["integer"], rtol=0, atol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(outputs["integer"], student(ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_calibration_brings_student_closer_to_teacher(teacher, calib_ids):
+    ids = torch.randint(0, 101, (2, 16))
+    with torch.no_grad():
+        ref = teacher(ids).logits
+        errors = {}
+        for levels in (1, 8):
+            student = spikingmamba.to_spiking(teacher, levels=levels, calibration_ids=calib_ids).eval()
+            errors[levels] = (student(ids).logits - ref).abs().mean().item()
+        uncalibrated = spikingmamba.to_spiking(teacher, levels=8).eval()
+        errors["raw"] = (uncalibrated(ids).logits - ref).abs().mean().item()
+    assert errors[8] < errors[1]
+    assert errors[8] < errors["raw"]
+
+
+def test_sgc_does_not_exist_at_eval(teacher, calib_ids):
+    student = spikingmamba.to_spiking(teacher, levels=2, calibration_ids=calib_ids)
+    ids = torch.randint(0, 101, (2, 10))
+    student.eval()
+    with torch.no_grad():
+        before = student(ids).logits
+        student.set_sgc(0.7)
+        after = student(ids).logits
+        student.train()
+        training = student(ids).logits
+    assert torch.equal(before, after)
+    assert not torch.allclose(training, before)
+
+
+def test_student_round_trip(teacher, calib_ids, tmp_path):
+    student = spikingmamba.to_spiking(teacher, levels=3, neuron="ilif", calibration_ids=calib_ids).eval()
+    student.save_pretrained(tmp_path / "student")
+    again = spikingmamba.from_pretrained(tmp_path / "student")
+    assert again.spiking_config == student.spiking_config
+    ids = torch.randint(0, 101, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, student(ids).logits)
+
+
+def test_recording_statistics_does_not_change_logits(teacher, calib_ids):
+    student = spikingmamba.to_spiking(teacher, levels=2, calibration_ids=calib_ids).eval()
+    ids = torch.randint(0, 101, (2, 11))
+    with torch.no_grad():
+        plain = student(ids).logits
+        with student.record_spikes():
+            recorded = student(ids).logits
+    assert torch.equal(plain, recorded)
+    stats = student.firing_stats()
+    assert len(stats) == 4
+    for name, s in stats.items():
+        channels = 32 if name.endswith("in_neuron") else 64
+        assert s["numel"] == 2 * 11 * channels
+        assert sum(s["histogram"]) == s["numel"]
+        assert 0 < s["firing_rate"] <= 1
+
+
+def test_gradients_reach_weights_and_thresholds(teacher, calib_ids):
+    student = spikingmamba.to_spiking(teacher, levels=2, calibration_ids=calib_ids).train()
+    ids = torch.randint(0, 101, (2, 8))
+    student(ids, labels=ids).loss.backward()
+    for name, p in student.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert all(n.theta.grad.abs().sum() > 0 for _, n in student.neurons())
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "spikingmamba.cli.main", *map(str, args)],
+                          capture_output=True, text=True)
+
+
+def test_cli_convert(hf_mamba, tmp_path):
+    out = tmp_path / "student"
+    result = run_cli("convert", hf_mamba[0], out, "--levels", "2")
+    assert result.returncode == 0, result.stderr
+    student = spikingmamba.from_pretrained(out)
+    assert student.spiking_config.levels == 2
+    again = run_cli("convert", hf_mamba[0], out, "--levels", "2")
+    assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--levels", "0"], "--levels must be an integer >= 1"),
+    (["--sites", "x_proj"], "spiking.sites"),
+])
+def test_cli_convert_bad_input(hf_mamba, tmp_path, args, message):
+    result = run_cli("convert", hf_mamba[0], tmp_path / "s", *args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_convert_not_a_checkpoint(tmp_path):
+    result = run_cli("convert", tmp_path, tmp_path / "s")
+    assert result.returncode == 2 and "no config.json" in result.stderr and "Traceback" not in result.stderr
