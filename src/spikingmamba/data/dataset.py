@@ -113,10 +113,11 @@ def pack(token_ids_list: Sequence[Sequence[int]], seq_len: int, eos_id: int) -> 
     """
     if seq_len < 1:
         raise ConfigError(f"seq_len must be at least 1, got {seq_len}")
-    stream = torch.tensor(list(chain.from_iterable([*ids, eos_id] for ids in token_ids_list)), dtype=torch.long)
+    stream = list(chain.from_iterable([*ids, eos_id] for ids in token_ids_list))
     if len(stream) < seq_len + 1:
         return torch.empty(0, seq_len + 1, dtype=torch.long)
-    return stream.unfold(0, seq_len + 1, seq_len).contiguous()  # (n, seq_len + 1)
+    rows = torch.tensor(stream, dtype=torch.long).unfold(0, seq_len + 1, seq_len)  # (n, seq_len + 1)
+    return rows.contiguous()
 
 
 class PackedDataset(Dataset):
@@ -179,14 +180,15 @@ def build_datasets(
     train_ids, heldout_ids = (
         tokenizer(docs, add_special_tokens=False)["input_ids"] for docs in (train_docs, heldout_docs)
     )
-    n_train, n_heldout = (sum(len(ids) + 1 for ids in split) for split in (train_ids, heldout_ids))  # + eos each
+    n_train, n_heldout = (sum(len(ids) + 1 for ids in split) for split in (train_ids, heldout_ids))  # +eos
     if min(n_train, n_heldout) < seq_len + 1:
+        n_docs = len(train_docs) + len(heldout_docs)
+        wanted = math.ceil((seq_len + 1) / heldout_fraction)
         raise UserError(
             f"too few tokens in {path}: {n_train + n_heldout} in all, {n_train} in the train split and "
-            f"{n_heldout} in the held-out split ({len(heldout_docs)} of {len(train_docs) + len(heldout_docs)} "
-            f"documents); one sequence of seq_len={seq_len} needs {seq_len + 1} tokens in each split. "
-            f"Add text (about {math.ceil((seq_len + 1) / heldout_fraction)} tokens in all at heldout_fraction="
-            f"{heldout_fraction}), lower seq_len, or raise heldout_fraction"
+            f"{n_heldout} in the held-out split ({len(heldout_docs)} of {n_docs} documents); one sequence "
+            f"of seq_len={seq_len} needs {seq_len + 1} tokens in each split. Add text (about {wanted} "
+            f"tokens in all at heldout_fraction={heldout_fraction}), lower seq_len, or raise heldout_fraction"
         )
     packs = {"train": pack(train_ids, seq_len, eos_id), "heldout": pack(heldout_ids, seq_len, eos_id)}
     atomic_write(cache_file, lambda f: torch.save(packs, f))
@@ -200,5 +202,6 @@ def _cache_key(
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     vocab = sorted(tokenizer.get_vocab().items())
-    blob = json.dumps([_PACK_FORMAT_VERSION, stats, vocab, tokenizer.eos_token_id, seq_len, heldout_fraction, seed])
+    blob = json.dumps([_PACK_FORMAT_VERSION, stats, vocab, tokenizer.eos_token_id, seq_len, heldout_fraction,
+                       seed])
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]

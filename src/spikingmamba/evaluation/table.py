@@ -76,9 +76,10 @@ def _fmt(metric: str, value: float | None, sign: str = "") -> str:
         return "-"
     if metric in _PERCENT_METRICS:
         value = 100 * value
-    if sign == "±":
-        return f"±{value:.2f}"
-    return f"{value:+.2f}" if sign == "+" else f"{value:.2f}"
+    prefix = {"±": "±", "+": "+" if value >= 0 else ""}.get(sign, "")
+    # an untrained model's perplexity runs to 1e17: keep such numbers short
+    body = f"{value:.3g}" if abs(value) >= 1e5 else f"{value:.2f}"
+    return prefix + body
 
 
 def _render(header: list[str], rows: list[list[str]]) -> list[str]:

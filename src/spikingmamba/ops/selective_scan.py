@@ -11,7 +11,7 @@ Glossary (Gu & Dao 2023, Algorithm 2; shapes use b=batch, l=length, d=d_inner, n
 
 Backends:
     "reference"  sequential loop, autograd through it: the test oracle (slow backward, by design)
-    "fast"       discretise in one vectorised op, then `linear_recurrence` (hand-written backward)
+    "fast"       fused CPU loop with a hand-written backward (`fused_scan.py`)
     "cuda"       mamba-ssm's `selective_scan_fn` (needs CUDA tensors and the `mamba-ssm` package)
     "auto"       "cuda" when possible, else "fast"
 """
@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import torch
 
-from spikingmamba.ops.linear_recurrence import linear_recurrence
+from spikingmamba.ops.fused_scan import fused_selective_scan
 
 BACKENDS = ("auto", "reference", "fast", "cuda")
 
 
-def selective_scan_reference(x, dt, A, B, C, D, h0=None):
+def selective_scan_reference(x, dt, A, B, C, D):
     """Sequential oracle. Returns (y (b, l, d), h_last (b, d, n))."""
     batch, length, d_inner = x.shape
-    h = x.new_zeros(batch, d_inner, A.shape[1]) if h0 is None else h0
+    h = x.new_zeros(batch, d_inner, A.shape[1])
     ys = []
     for t in range(length):
         dA = torch.exp(dt[:, t, :, None] * A)                              # (b, d, n)
@@ -39,15 +39,10 @@ def selective_scan_reference(x, dt, A, B, C, D, h0=None):
     return y, h
 
 
-def selective_scan_fast(x, dt, A, B, C, D, h0=None):
-    """Vectorised discretisation + one-op recurrence. Returns (y (b, l, d), h_last (b, d, n))."""
-    # time-major so each step of the recurrence reads contiguous memory
-    dt_t = dt.transpose(0, 1)                                              # (l, b, d)
-    dA = torch.exp(dt_t.unsqueeze(-1) * A)                                 # (l, b, d, n)
-    dBx = (dt_t * x.transpose(0, 1)).unsqueeze(-1) * B.transpose(0, 1).unsqueeze(2)  # (l, b, d, n)
-    h = linear_recurrence(dA, dBx, h0)                                     # (l, b, d, n)
-    y = torch.einsum("lbdn,bln->bld", h, C) + x * D                        # (b, l, d)
-    return y, h[-1]
+def selective_scan_fast(x, dt, A, B, C, D):
+    """Fused CPU path (`fused_scan.py`): one in-cache time loop each way. Returns (y, h_last)."""
+    y, h_last = fused_selective_scan(x, dt, A, B, C)
+    return y + x * D, h_last
 
 
 def _mamba_ssm_available() -> bool:
@@ -58,12 +53,10 @@ def _mamba_ssm_available() -> bool:
     return True
 
 
-def selective_scan_cuda(x, dt, A, B, C, D, h0=None):
-    """mamba-ssm's fused kernel (channel-major layout). GPU only; no initial state."""
+def selective_scan_cuda(x, dt, A, B, C, D):
+    """mamba-ssm's fused kernel (channel-major layout). GPU only."""
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
-    if h0 is not None:
-        raise ValueError("the cuda selective-scan backend does not take an initial state")
     y, h_last = selective_scan_fn(
         x.transpose(1, 2).contiguous(), dt.transpose(1, 2).contiguous(), A.contiguous(),
         B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(), D.float(),
@@ -72,11 +65,11 @@ def selective_scan_cuda(x, dt, A, B, C, D, h0=None):
     return y.transpose(1, 2), h_last
 
 
-def resolve_backend(backend: str, x: torch.Tensor, h0: torch.Tensor | None = None) -> str:
+def resolve_backend(backend: str, x: torch.Tensor) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown selective-scan backend {backend!r}; choose one of {BACKENDS}")
     if backend == "auto":
-        return "cuda" if x.is_cuda and h0 is None and _mamba_ssm_available() else "fast"
+        return "cuda" if x.is_cuda and _mamba_ssm_available() else "fast"
     if backend == "cuda" and not (x.is_cuda and _mamba_ssm_available()):
         raise RuntimeError("scan backend 'cuda' needs CUDA tensors and the mamba-ssm package "
                            "(pip install 'spikingmamba[cuda]')")
@@ -86,12 +79,12 @@ def resolve_backend(backend: str, x: torch.Tensor, h0: torch.Tensor | None = Non
 _IMPLS = {"reference": selective_scan_reference, "fast": selective_scan_fast, "cuda": selective_scan_cuda}
 
 
-def selective_scan(x, dt, A, B, C, D, h0=None, backend: str = "auto"):
+def selective_scan(x, dt, A, B, C, D, backend: str = "auto"):
     """y[t] = C[t] h[t] + D x[t], h[t] = exp(dt[t] A) h[t-1] + dt[t] B[t] x[t].
 
     Returns (y (b, l, d), last state h (b, d, n)). See the module docstring for shapes.
     """
-    return _IMPLS[resolve_backend(backend, x, h0)](x, dt, A, B, C, D, h0)
+    return _IMPLS[resolve_backend(backend, x)](x, dt, A, B, C, D)
 
 
 def selective_state_update(h, x, dt, A, B, C, D):

@@ -1,0 +1,18 @@
+"""Files shipped with the package: the offline default teacher (`default_teacher/`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from spikingmamba.errors import UserError
+
+DEFAULT_TEACHER_DIR = Path(__file__).resolve().parent / "default_teacher"
+
+
+def default_teacher_dir() -> Path:
+    """Folder of the bundled dense teacher (weights, config, tokenizer, TRAINING.md)."""
+    if not (DEFAULT_TEACHER_DIR / "config.json").is_file():
+        raise UserError(f"the bundled default teacher is missing from {DEFAULT_TEACHER_DIR}; reinstall the "
+                        "package, pass --teacher, or train one with `spikingmamba pretrain` "
+                        "(see its TRAINING.md for the command)")
+    return DEFAULT_TEACHER_DIR

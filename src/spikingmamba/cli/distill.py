@@ -1,0 +1,36 @@
+"""`spikingmamba distill`: train a spiking student from a dense Mamba teacher."""
+
+from __future__ import annotations
+
+import argparse
+
+from spikingmamba.cli._training import add_parser, config_from_cli, print_summary
+from spikingmamba.distill.config import DistillConfig
+
+
+def register(subparsers) -> None:
+    add_parser(subparsers, "distill", DistillConfig, distill_command,
+               help="distill a spiking student from a dense Mamba teacher")
+
+
+def distill_command(args: argparse.Namespace) -> int:
+    """Single-stage distillation of a dense Mamba teacher into a SpikingMamba student.
+
+The student is the teacher with an SI-LIF neuron before every in_proj and out_proj (thresholds
+calibrated on training text). It is trained with KL(teacher || student) on the logits, per-layer
+hidden-state matching, optional cross-entropy and an optional firing-rate penalty, with the SGC
+path annealed from sgc_start to 0 by sgc_until of the run. The teacher stays frozen.
+
+Output (--out): the student (config.json, model.safetensors, tokenizer), checkpoint/,
+metrics.jsonl, train_config.yaml, result.json.
+
+Options come from the defaults, then --config YAML, then flags. Examples:
+  spikingmamba distill --teacher default --out runs/student
+  spikingmamba distill --config configs/distill_default.yaml --out runs/d2 --levels 2
+  spikingmamba distill --out runs/student --resume
+  torchrun --nproc_per_node 2 -m spikingmamba.cli.main distill --out runs/ddp --batch-size 4
+"""
+    from spikingmamba.distill.trainer import distill
+
+    print_summary(distill(config_from_cli(DistillConfig, args)))
+    return 0

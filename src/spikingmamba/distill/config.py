@@ -1,0 +1,68 @@
+"""Configuration of single-stage distillation (the training-loop fields come from `TrainConfig`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from spikingmamba.errors import ConfigError
+from spikingmamba.neurons.config import NEURON_KINDS, SITES
+from spikingmamba.training.config import TrainConfig, option
+
+
+@dataclass
+class DistillConfig(TrainConfig):
+    """Teacher, student, and the weights of the distillation loss."""
+
+    teacher: str = option("default", 'dense Mamba teacher: a checkpoint folder (ours, transformers or '
+                          'state-spaces), a hub id, or "default" (the bundled offline teacher)')
+    tokenizer: str | None = option(None, 'tokenizer folder, or "gpt-neox" (default: the one saved with '
+                                   "the teacher)")
+
+    # the student
+    levels: int = option(4, "D: largest spike magnitude = inference micro-steps", ge=1)
+    neuron: str = option("silif", "neuron: silif (signed integer), ilif (unsigned), lif (binary, levels 1)",
+                         choices=NEURON_KINDS)
+    sites: tuple[str, ...] = option(SITES, "projections that get a spiking neuron on their input")
+    per_channel: bool = option(True, "one threshold per input channel (else one per tensor)")
+    surrogate_alpha: float = option(1.0, "height of the rectangular surrogate gradient", gt=0)
+    calibration_tokens: int = option(8192, "training tokens whose teacher activations set the initial "
+                                     "thresholds (0: theta = 1)", ge=0)
+    freeze_embeddings: bool = option(True, "keep the (tied) embedding / LM head at the teacher's values, "
+                                     "as the authors did")
+
+    # SGC: lambda anneals linearly from sgc_start at step 0 to 0 at sgc_until * max_steps
+    sgc: bool = option(True, "use the training-only SGC path (--no-sgc: the ablation without it)")
+    sgc_start: float = option(0.5, "SGC weight lambda at the first step", ge=0, le=1)
+    sgc_until: float = option(0.5, "fraction of the run after which lambda is 0", gt=0, le=1)
+
+    # the loss
+    temperature: float = option(1.0, "softmax temperature of the KL term", gt=0)
+    kl_weight: float = option(1.0, "weight of KL(teacher || student) on the logits", ge=0)
+    hidden_weight: float = option(1.0, "weight of the hidden-state matching term", ge=0)
+    hidden_normalize: bool = option(True, "divide each layer's MSE by the teacher's mean square there")
+    hidden_layer_weights: tuple[float, ...] | None = option(
+        None, "weights of the n_layers + 1 hidden states (block outputs, then the final norm); default uniform",
+        ge=0)
+    ce_weight: float = option(0.0, "weight of cross-entropy on the text itself", ge=0)
+    rate_weight: float = option(0.0, "weight of the firing-rate penalty (0: off)", ge=0)
+    rate_target: float = option(0.0, "target spikes per neuron per token (mean |s|); only groups above it "
+                                "are penalised", ge=0)
+
+    lr: float = option(3e-4, "peak learning rate (AdamW)", gt=0)
+    warmup_steps: int = option(20, "linear warm-up steps", ge=0)
+    max_steps: int = option(500, "optimiser steps of the whole run (the schedule's length)", ge=1)
+    weight_decay: float = option(0.0, "AdamW decoupled weight decay on matrices (the student starts at "
+                                 "the teacher's weights; decay pulls it away)", ge=0)
+    eval_every: int = option(100, "held-out evaluation every this many steps (0: only at the end)", ge=0)
+    save_every: int = option(100, "write the checkpoint every this many steps (0: only at the end)", ge=0)
+
+    def check(self) -> None:
+        super().check()
+        if not self.teacher:
+            raise ConfigError("teacher is required: a Mamba checkpoint folder, a hub id, or \"default\"")
+        if self.neuron == "lif" and self.levels != 1:
+            raise ConfigError(f"levels must be 1 with neuron lif (binary spikes), got {self.levels}")
+        if not self.sites or any(s not in SITES for s in self.sites) or len(set(self.sites)) != len(self.sites):
+            raise ConfigError(f"sites must be a non-empty subset of {', '.join(SITES)}, got {self.sites!r}")
+        if self.kl_weight + self.hidden_weight + self.ce_weight == 0:
+            raise ConfigError("kl_weight, hidden_weight and ce_weight are all 0: nothing to learn from")

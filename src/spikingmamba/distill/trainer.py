@@ -1,0 +1,222 @@
+"""Single-stage distillation of a dense Mamba teacher into a spiking student: `distill(config)`.
+
+This module only orchestrates: the student comes from `to_spiking` (thresholds calibrated on
+training text), the loss terms from `losses.py`, the rate proxy from `rate.py`, and the loop,
+checkpoints and processes from `spikingmamba.training`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from spikingmamba.distill.config import DistillConfig
+from spikingmamba.distill.losses import (cross_entropy, hidden_state_loss, kl_divergence, spike_rate_penalty,
+                                         target_mask)
+from spikingmamba.distill.rate import SpikeRateProbe
+from spikingmamba.errors import UserError
+from spikingmamba.model.lm import SpikingMambaForCausalLM
+from spikingmamba.training.distributed import DistEnv, shutdown, unwrap
+from spikingmamba.training.loop import fit
+from spikingmamba.training.run import agree, check_output, prepare_output, setup_process
+from spikingmamba.training.setup import load_data, resolve_config, save_trained
+
+
+def sgc_lambda(step: int, total_steps: int, start: float, until: float) -> float:
+    """SGC weight at optimiser step `step`: linear from `start` to 0 at `until * total_steps`, then 0."""
+    progress = step / total_steps
+    return 0.0 if progress >= until else start * (1.0 - progress / until)
+
+
+def resolve_teacher(name: str) -> str:
+    if name == "default":
+        from spikingmamba.assets import default_teacher_dir
+
+        return str(default_teacher_dir())
+    return name
+
+
+def load_teacher(cfg: DistillConfig):
+    """(teacher in eval mode with no gradients, tokenizer), checked against each other."""
+    from spikingmamba import from_pretrained
+    from spikingmamba.data.tokenizer import check_vocab, load_tokenizer
+
+    path = resolve_teacher(cfg.teacher)
+    teacher = from_pretrained(path)
+    if teacher.is_spiking:
+        raise UserError(f"--teacher {cfg.teacher} is already a spiking student; distill from a dense Mamba")
+    if cfg.tokenizer is not None:
+        tokenizer = load_tokenizer(cfg.tokenizer)
+    elif Path(path).is_dir():
+        if not any((Path(path) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+            raise UserError(f"--teacher {path} holds no tokenizer; pass --tokenizer (a tokenizer folder, or "
+                            '"gpt-neox" for the public Mamba checkpoints)')
+        tokenizer = load_tokenizer(path)
+    else:
+        tokenizer = _hub_tokenizer(path)
+    check_vocab(tokenizer, teacher.config.vocab_size)
+    return teacher.requires_grad_(False).eval(), tokenizer
+
+
+def _hub_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except Exception as err:  # offline, unknown id, ...
+        raise UserError(f"could not load a tokenizer for hub id {name!r} ({err}); pass --tokenizer") from None
+
+
+def build_student(teacher: SpikingMambaForCausalLM, cfg: DistillConfig,
+                  calibration_ids: torch.Tensor | None) -> SpikingMambaForCausalLM:
+    from spikingmamba import to_spiking
+
+    student = to_spiking(teacher, levels=cfg.levels, neuron=cfg.neuron, sites=cfg.sites,
+                         per_channel=cfg.per_channel, surrogate_alpha=cfg.surrogate_alpha,
+                         calibration_ids=calibration_ids)
+    student.requires_grad_(True)
+    if cfg.freeze_embeddings:
+        student.get_input_embeddings().weight.requires_grad_(False)  # tied: the LM head too
+    return student.train()
+
+
+def calibration_batch(train_rows: torch.Tensor, n_tokens: int) -> torch.Tensor | None:
+    """The first `n_tokens` (rounded up to whole rows) input tokens of the train split, (rows, seq_len)."""
+    if n_tokens == 0:
+        return None
+    seq_len = train_rows.shape[1] - 1
+    return train_rows[: max(1, math.ceil(n_tokens / seq_len)), :-1]
+
+
+_LAYER = re.compile(r"layers\.(\d+)\.mixer\.(\w+)_neuron")
+
+
+@dataclass
+class DistillTask:
+    """The distillation step and evaluation, for `spikingmamba.training.fit`."""
+
+    model: SpikingMambaForCausalLM
+    teacher: SpikingMambaForCausalLM
+    cfg: DistillConfig
+    tokenizer: Any = None
+    eval_at_start: bool = True
+    probe: SpikeRateProbe | None = field(init=False, default=None)
+
+    def __post_init__(self):
+        if self.cfg.rate_weight > 0:
+            self.probe = SpikeRateProbe(self.model)
+        self.neuron_names = [name for name, _ in self.model.neurons()]
+
+    @property
+    def needs_hidden(self) -> bool:
+        return self.cfg.hidden_weight > 0
+
+    def to(self, device: torch.device) -> "DistillTask":
+        self.teacher.to(device)
+        return self
+
+    def before_step(self, step: int, total_steps: int) -> dict[str, float]:
+        lam = sgc_lambda(step, total_steps, self.cfg.sgc_start, self.cfg.sgc_until) if self.cfg.sgc else 0.0
+        self.model.set_sgc(lam)
+        return {"sgc": lam}
+
+    def loss(self, model: nn.Module, input_ids: torch.Tensor, target_ids: torch.Tensor):
+        cfg = self.cfg
+        with torch.no_grad():
+            t = self.teacher(input_ids, output_hidden_states=self.needs_hidden)
+        watch = self.probe.watch() if self.probe is not None else contextlib.nullcontext()
+        with watch:
+            s = model(input_ids, output_hidden_states=self.needs_hidden)
+        mask = target_mask(target_ids)
+        total = s.logits.new_zeros(())
+        parts: dict[str, torch.Tensor] = {}
+        with torch.set_grad_enabled(cfg.kl_weight > 0 and torch.is_grad_enabled()):
+            parts["kl"] = kl_divergence(s.logits, t.logits, cfg.temperature, mask)
+        if cfg.kl_weight > 0:
+            total = total + cfg.kl_weight * parts["kl"]
+        if cfg.hidden_weight > 0:
+            parts["hidden"] = hidden_state_loss(s.hidden_states, t.hidden_states, cfg.hidden_layer_weights,
+                                                cfg.hidden_normalize, mask)
+            total = total + cfg.hidden_weight * parts["hidden"]
+        if cfg.ce_weight > 0:
+            parts["ce"] = cross_entropy(s.logits, target_ids)
+            total = total + cfg.ce_weight * parts["ce"]
+        if self.probe is not None:
+            parts["rate_penalty"] = spike_rate_penalty(self.probe.rates, cfg.rate_target)
+            parts["rate"] = torch.stack(self.probe.rates).mean().detach()
+            total = total + cfg.rate_weight * parts["rate_penalty"]
+        return total, {k: v.detach() for k, v in parts.items()}
+
+    @torch.no_grad()
+    def eval_totals(self, model: nn.Module, input_ids: torch.Tensor, target_ids: torch.Tensor):
+        student = unwrap(model)
+        with student.record_spikes():
+            s_logits = model(input_ids).logits
+            stats = student.firing_stats()
+        t_logits = self.teacher(input_ids).logits
+        n = target_ids.numel()
+        spikes = torch.tensor([[stats[name]["numel"], stats[name]["firing_rate"] * stats[name]["numel"],
+                                stats[name]["spike_count"]] for name in self.neuron_names], dtype=torch.float64)
+        return {
+            "tokens": torch.tensor(float(n), dtype=torch.float64),
+            "student_nll": cross_entropy(s_logits, target_ids).double() * n,
+            "teacher_nll": cross_entropy(t_logits, target_ids).double() * n,
+            "kl": kl_divergence(s_logits, t_logits, 1.0).double() * n,
+            "spikes": spikes,  # per neuron: (inputs seen, non-zero spikes, |s| summed)
+        }
+
+    def eval_summary(self, totals: dict[str, Any]) -> dict[str, Any]:
+        tokens = totals["tokens"]
+        spikes = totals["spikes"]  # (neurons, 3)
+        numel, nonzero, count = spikes[:, 0].clamp(min=1), spikes[:, 1], spikes[:, 2]
+        per_layer: dict[str, dict[str, float]] = {}
+        for name, rate, per_neuron in zip(self.neuron_names, (nonzero / numel).tolist(), (count / numel).tolist()):
+            layer, site = _LAYER.search(name).groups()
+            per_layer.setdefault(layer, {})[f"{site}_proj"] = {"firing_rate": round(rate, 5),
+                                                               "spikes_per_neuron": round(per_neuron, 5)}
+        return {
+            "student_ppl": math.exp(totals["student_nll"] / tokens),
+            "teacher_ppl": math.exp(totals["teacher_nll"] / tokens),
+            "kl": totals["kl"] / tokens,
+            "firing_rate": float(nonzero.sum() / numel.sum()),
+            "spikes_per_neuron": float(count.sum() / numel.sum()),
+            "eval_tokens": int(tokens),
+            "per_layer": per_layer,
+        }
+
+    def save_model(self, out: Path, full_state: dict[str, torch.Tensor] | None = None) -> None:
+        save_trained(self.model, out, self.tokenizer, full_state)
+
+
+def distill(config: DistillConfig | dict | str | Path) -> dict[str, Any]:
+    """Distill a dense Mamba teacher into a spiking student; return the result (also in result.json).
+
+    `config` is a `DistillConfig`, a dict of its fields, or a YAML file. Under `torchrun` every
+    process calls this; they train one student together (DDP, or FSDP with distributed: fsdp).
+    """
+    cfg = resolve_config(DistillConfig, config)
+    env = setup_process(cfg)
+    try:
+        return _distill(cfg, env)
+    finally:
+        shutdown(env)
+
+
+def _distill(cfg: DistillConfig, env: DistEnv) -> dict[str, Any]:
+    agree(lambda: check_output(cfg), env)
+    teacher, tokenizer = agree(lambda: load_teacher(cfg), env)
+    train, heldout = load_data(cfg, tokenizer, env)
+    calibration = None if cfg.resume else calibration_batch(train.rows, cfg.calibration_tokens)
+    student = build_student(teacher, cfg, calibration)
+    out = prepare_output(cfg, env)
+    task = DistillTask(student, teacher, cfg, tokenizer).to(env.device)
+    describe = {"teacher": resolve_teacher(cfg.teacher), "levels": cfg.levels, "neuron": cfg.neuron,
+                "sgc": cfg.sgc, "train_rows": len(train), "heldout_rows": len(heldout)}
+    return fit(task, cfg, train, heldout, env, out, describe)

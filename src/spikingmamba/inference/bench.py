@@ -1,0 +1,317 @@
+"""Decode benchmark: dense vs sparse spike-driven decoding, tokens/s, weight bytes read, memory.
+
+Variants, all float32 on the same threads, timed in turn (A B C A B C ...) so machine noise hits
+them alike; each reports the median over repetitions:
+
+    dense (model.step)   the dense model's own step code (the reference)
+    dense (deploy)       the dense model through `deploy`: the same step code as the sparse variant
+    sparse (deploy)      the spiking student through `deploy(mode="sparse")`
+
+The speed-up is sparse / the faster dense variant, for the whole step (with the LM head) and for
+the blocks alone (`DecodeModel.step(head=False)`: blocks + final norm, no head).
+
+Firing rate (fraction of non-zero spikes) is set, not learned: `set_firing_rate` runs the student
+once on random tokens and, at each neuron in forward order (so each sees the activations the
+earlier spiking layers produce), sets theta_c = 2 * quantile(|x_c|, 1 - rate), so that
+|x_c / theta_c| >= 1/2 (a non-zero spike after rounding) for a fraction `rate` of the samples of
+channel c. The measured rate during decoding is reported next to the target.
+
+Memory: `decoder MB` is the bytes of tensors the decoder holds (shared tensors counted once),
+`state MB` the recurrent state, `decode growth MB` the rise of the process's peak RSS during a
+decode run (Linux: VmHWM after resetting it via /proc/self/clear_refs; 0 means the run needed no
+memory beyond what the process already had), `process peak MB` the process's peak RSS so far.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from spikingmamba.errors import InputError
+from spikingmamba.inference.deploy import DecodeModel, deploy
+from spikingmamba.inference.sparse_linear import SparseSpikeLinear
+from spikingmamba.model.config import SpikingMambaConfig
+from spikingmamba.model.lm import SpikingMambaForCausalLM
+from spikingmamba.neurons.silif import THETA_MIN
+
+# Mamba-1 shapes of the public checkpoints (state-spaces/mamba-130m, -370m), vocab padded to 50280.
+SHAPES = {
+    "130m": dict(hidden_size=768, num_hidden_layers=24, vocab_size=50280),
+    "370m": dict(hidden_size=1024, num_hidden_layers=48, vocab_size=50280),
+}
+MB = 1e6
+
+
+def random_model(shape: str, seed: int = 0) -> SpikingMambaForCausalLM:
+    """A dense Mamba of a named shape with random (initialisation) weights, eval mode, float32."""
+    if shape not in SHAPES:
+        raise InputError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
+    torch.manual_seed(seed)
+    return SpikingMambaForCausalLM(SpikingMambaConfig(**SHAPES[shape])).eval()
+
+
+def dense_twin(model: SpikingMambaForCausalLM) -> SpikingMambaForCausalLM:
+    """The same weights without neurons (a spiking checkpoint's dense counterpart)."""
+    if not model.is_spiking:
+        return model
+    config = SpikingMambaConfig(**{**model.config.to_diff_dict(), "spiking": None})
+    dense = SpikingMambaForCausalLM(config).to(model.lm_head.weight.dtype)
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("_neuron.theta")}
+    dense.load_state_dict(state, strict=False)
+    if config.tie_word_embeddings:
+        dense.tie_weights()
+    return dense.eval()
+
+
+@torch.no_grad()
+def set_firing_rate(student: SpikingMambaForCausalLM, rate: float, input_ids: torch.LongTensor) -> None:
+    """Set every neuron's theta so that a fraction `rate` of its spikes on `input_ids` are non-zero."""
+    if not 0 < rate <= 1:
+        raise InputError(f"firing rate must lie in (0, 1], got {rate}")
+    handles = []
+    for _, neuron in student.neurons():
+        def hook(module, args):
+            x = args[0].detach().float().reshape(-1, module.channels)        # (rows, channels)
+            if module.theta.numel() == 1:
+                x = x.reshape(-1, 1)
+            q = torch.quantile(x.abs(), 1 - rate, dim=0)                       # (channels,)
+            module.theta.copy_((2 * q).clamp(min=THETA_MIN).to(module.theta.dtype))
+        handles.append(neuron.register_forward_pre_hook(hook))
+    mode = student.spike_mode
+    student.spike_mode = "integer"           # binary mode calls spike_train, not forward: no hooks
+    try:
+        student.eval()(input_ids)
+    finally:
+        student.spike_mode = mode
+        for h in handles:
+            h.remove()
+
+
+# --- accounting ---------------------------------------------------------------------------------
+def _bytes(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.numel() * t.element_size()
+
+
+def weight_bytes_per_step(decoder: DecodeModel, batch: int,
+                          nonzero_per_step: dict[str, tuple[float, float]] | None = None, head: bool = True) -> int:
+    """Bytes of weights one decode step reads from memory (all batch rows): dense tensors once per
+    step; for a sparse projection, each distinct active row once (c_out weights; the other batch
+    rows that share it read it from the cache) plus an 8-byte index and a 4-byte value per spike.
+    `nonzero_per_step` maps a sparse projection's name to (distinct active rows, non-zero spikes)
+    per step; a projection not in it counts as dense."""
+    nonzero_per_step = nonzero_per_step or {}
+    total = batch * _bytes(decoder.embeddings.weight) // decoder.embeddings.weight.shape[0]  # b rows
+    for i, layer in enumerate(decoder.layers):
+        total += _bytes(layer.norm.weight) + _bytes(layer.conv_weight) + _bytes(layer.conv1d.bias)
+        total += _bytes(layer.x_proj.weight) + _bytes(layer.dt_proj.weight) + _bytes(layer.dt_proj.bias)
+        total += _bytes(layer.A) + _bytes(layer.D)
+        for site in ("in_proj", "out_proj"):
+            proj = getattr(layer, site)
+            name = f"layers.{i}.{site}"
+            if isinstance(proj, SparseSpikeLinear):
+                w = proj.weight_t
+                if name in nonzero_per_step and proj.mode != "dense":
+                    distinct, spikes = nonzero_per_step[name]
+                    total += int(distinct * w.shape[1] * w.element_size() + 12 * spikes) + _bytes(proj.bias)
+                else:
+                    total += _bytes(w) + _bytes(proj.bias)
+            else:
+                total += _bytes(proj.weight) + _bytes(proj.bias)
+    total += _bytes(decoder.norm_f.weight)
+    if head:
+        total += _bytes(decoder.lm_head.weight)
+    return total
+
+
+def resident_bytes(module: torch.nn.Module) -> int:
+    """Bytes of the distinct tensors (parameters and buffers) a module holds."""
+    seen, total = set(), 0
+    for t in list(module.parameters()) + list(module.buffers()):
+        key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        if key not in seen:
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+    return total
+
+
+def _proc_status_kb(field_name: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def peak_rss_growth(fn) -> tuple[float | None, float | None]:
+    """(rise of peak RSS during fn() in MB, process peak RSS in MB); None where not measurable."""
+    gc.collect()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")          # reset VmHWM to the current RSS
+        resettable = True
+    except OSError:
+        resettable = False
+    before = _proc_status_kb("VmRSS")
+    fn()
+    peak = _proc_status_kb("VmHWM")
+    if peak is None:
+        import resource
+        return None, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+    growth = max(peak - before, 0) * 1e3 / MB if (resettable and before is not None) else None
+    return growth, peak * 1e3 / MB
+
+
+# --- timing -------------------------------------------------------------------------------------
+@dataclass
+class Variant:
+    name: str
+    model: object            # SpikingMambaForCausalLM or DecodeModel
+    head: bool = True
+
+
+def _decode(variant: Variant, tokens: torch.LongTensor, warmup: int) -> float:
+    """Seconds for len(tokens) - warmup steps after `warmup` untimed ones; tokens (n, b) fixed in
+    advance (the same work for every variant, whatever the logits)."""
+    model = variant.model
+    state = model.init_state(tokens.shape[1])
+    for t in range(warmup):
+        _, state = model.step(tokens[t], state)
+    start = time.perf_counter()
+    for t in range(warmup, tokens.shape[0]):
+        if variant.head:
+            _, state = model.step(tokens[t], state)
+        else:
+            _, state = model.step(tokens[t], state, head=False)
+    return time.perf_counter() - start
+
+
+@dataclass
+class DecodeResult:
+    batch: int
+    target_rate: float | None
+    measured_rate: float | None
+    tokens_per_s: dict[str, float]
+    speedup: float | None
+    speedup_blocks: float | None
+    mb_per_token: dict[str, float]
+    mb_per_token_blocks: dict[str, float]
+    resident_mb: dict[str, float]
+    state_mb: float
+    decode_growth_mb: dict[str, float | None] = field(default_factory=dict)
+    process_peak_mb: float | None = None
+
+
+def run_decode_benchmark(dense: SpikingMambaForCausalLM, student: SpikingMambaForCausalLM | None,
+                         rates: list[float | None], batch_sizes: list[int], tokens: int = 32, repeats: int = 3,
+                         warmup: int = 4, seed: int = 0, calibration_tokens: int = 256, log=print
+                         ) -> list[DecodeResult]:
+    """Interleaved timing of dense vs sparse decoding (see the module docstring).
+
+    `rates`: target firing rates to set on `student` (None: keep its own thresholds).
+    """
+    vocab = dense.config.vocab_size
+    g = torch.Generator().manual_seed(seed)
+    calib = torch.randint(0, vocab, (max(calibration_tokens // 64, 1), 64), generator=g)
+    dense_deploy = deploy(dense)
+    results = []
+    for rate in rates:
+        sparse = None
+        if student is not None:
+            if rate is not None:
+                set_firing_rate(student, rate, calib)
+            sparse = deploy(student, mode="sparse")
+        for b in batch_sizes:
+            ids = torch.randint(0, vocab, (warmup + tokens, b), generator=g)
+            variants = [Variant("dense (model.step)", dense), Variant("dense (deploy)", dense_deploy),
+                        Variant("dense (deploy) blocks", dense_deploy, head=False)]
+            if sparse is not None:
+                variants += [Variant("sparse (deploy)", sparse), Variant("sparse (deploy) blocks", sparse, head=False)]
+            times: dict[str, list[float]] = {v.name: [] for v in variants}
+            for v in variants:                                                 # warm caches and allocator
+                _decode(v, ids[: warmup + 2], warmup)
+            if sparse is not None:
+                sparse.reset_counts()
+            for _ in range(repeats):
+                for v in variants:
+                    times[v.name].append(_decode(v, ids, warmup))
+            tps = {name: b * tokens / statistics.median(ts) for name, ts in times.items()}
+            measured = None
+            nonzero: dict[str, float] = {}
+            if sparse is not None:
+                measured = sparse.firing_rate()
+                steps = repeats * 2 * (warmup + tokens)                         # two runs (with/without head)
+                nonzero = {n: (m.count_distinct / steps, m.count_nonzero / steps)
+                           for n, m in sparse.sparse_projections()}
+            best_dense = max(tps["dense (model.step)"], tps["dense (deploy)"])
+            mb = {"dense": weight_bytes_per_step(dense_deploy, b) / b / MB}
+            mb_blocks = {"dense": weight_bytes_per_step(dense_deploy, b, head=False) / b / MB}
+            resident = {"dense": resident_bytes(dense) / MB}
+            growth = {}
+            growth["dense"], peak = peak_rss_growth(lambda: _decode(variants[1], ids, warmup))
+            if sparse is not None:
+                mb["sparse"] = weight_bytes_per_step(sparse, b, nonzero) / b / MB
+                mb_blocks["sparse"] = weight_bytes_per_step(sparse, b, nonzero, head=False) / b / MB
+                resident["sparse"] = resident_bytes(sparse) / MB
+                growth["sparse"], peak = peak_rss_growth(lambda: _decode(variants[3], ids, warmup))
+            result = DecodeResult(
+                batch=b, target_rate=rate, measured_rate=measured, tokens_per_s=tps,
+                speedup=tps["sparse (deploy)"] / best_dense if sparse is not None else None,
+                speedup_blocks=(tps["sparse (deploy) blocks"] / tps["dense (deploy) blocks"]
+                                if sparse is not None else None),
+                mb_per_token=mb, mb_per_token_blocks=mb_blocks, resident_mb=resident,
+                state_mb=dense.init_state(b).nbytes() / MB, decode_growth_mb=growth, process_peak_mb=peak)
+            results.append(result)
+            log(format_row(result))
+        del sparse
+        gc.collect()
+    return results
+
+
+def break_even(results: list[DecodeResult], batch: int, key: str = "speedup") -> float | None:
+    """Firing rate where the speed-up crosses 1, by linear interpolation between measured rates."""
+    pts = sorted((r.measured_rate, getattr(r, key)) for r in results
+                 if r.batch == batch and r.measured_rate is not None and getattr(r, key) is not None)
+    for (r0, s0), (r1, s1) in zip(pts, pts[1:]):
+        if (s0 - 1) * (s1 - 1) <= 0 and s0 != s1:
+            return r0 + (1 - s0) * (r1 - r0) / (s1 - s0)
+    return None
+
+
+TABLE_HEADERS = ("batch", "target rate", "measured rate", "dense tok/s (model.step)", "dense tok/s (deploy)",
+                 "sparse tok/s", "speed-up", "speed-up blocks", "MB/token dense", "MB/token sparse",
+                 "bytes ratio", "bytes ratio blocks", "resident MB dense / sparse", "decode growth MB dense / sparse")
+
+
+def _f(x, fmt):
+    return "-" if x is None else format(x, fmt)
+
+
+def format_row(r: DecodeResult) -> str:
+    t = r.tokens_per_s
+    cells = [str(r.batch), _f(r.target_rate, ".2f") if r.target_rate is not None else "own",
+             _f(r.measured_rate, ".3f"), _f(t.get("dense (model.step)"), ".1f"), _f(t.get("dense (deploy)"), ".1f"),
+             _f(t.get("sparse (deploy)"), ".1f"), _f(r.speedup, ".2f") + ("x" if r.speedup else ""),
+             _f(r.speedup_blocks, ".2f") + ("x" if r.speedup_blocks else ""),
+             _f(r.mb_per_token["dense"], ".1f"), _f(r.mb_per_token.get("sparse"), ".1f"),
+             _f(r.mb_per_token["dense"] / r.mb_per_token["sparse"] if "sparse" in r.mb_per_token else None, ".2f"),
+             _f(r.mb_per_token_blocks["dense"] / r.mb_per_token_blocks["sparse"]
+                if "sparse" in r.mb_per_token_blocks else None, ".2f"),
+             f"{r.resident_mb['dense']:.0f} / {_f(r.resident_mb.get('sparse'), '.0f')}",
+             f"{_f(r.decode_growth_mb.get('dense'), '.1f')} / {_f(r.decode_growth_mb.get('sparse'), '.1f')}"]
+    return "| " + " | ".join(cells) + " |"
+
+
+def markdown_table(results: list[DecodeResult]) -> str:
+    lines = ["| " + " | ".join(TABLE_HEADERS) + " |", "|" + "---|" * len(TABLE_HEADERS)]
+    lines += [format_row(r) for r in results]
+    return "\n".join(lines)
+
+
+def results_to_json(results: list[DecodeResult]) -> list[dict]:
+    return [asdict(r) for r in results]

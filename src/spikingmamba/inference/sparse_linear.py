@@ -1,0 +1,139 @@
+"""Deploy-time spiking projection: accumulate only the weight columns of neurons that fired.
+
+Glossary:
+    x        the neuron's input activation (b, c_in)
+    theta    the neuron's per-channel scale (c_in,) or (1,)
+    s        integer spikes clip(round(x / theta), lo, hi) (b, c_in), mostly zero
+    W        the projection weight (c_out, c_in); b its bias
+    Wt       theta folded into the columns of W and transposed once: Wt[i] = theta_i * W[:, i],
+             (c_in, c_out) contiguous, so the column of neuron i is one contiguous row
+
+Training computes y = W (theta * s) + b densely. Here, with k = number of non-zero spikes,
+
+    y = b + sum_{i : s_i != 0} s_i * Wt[i]
+
+which reads k rows of Wt instead of all c_in: the weight bytes read per token are proportional to
+the firing rate. One spike of value s_i is |s_i| binary spikes over the micro-timesteps; the
+accumulation applies them in one multiply by the small integer s_i (a shift-and-add in hardware).
+
+Kernel: `torch.nn.functional.embedding_bag(mode="sum", per_sample_weights=...)` gathers and
+accumulates the selected rows in one pass without materialising them (one bag per batch row).
+`dense_spike_accumulate` is its plain-matmul twin and test oracle. No compiled path: the
+gather-accumulate is already a single fused ATen kernel, and the remaining per-step cost is the
+dense rest of the model (see benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spikingmamba.errors import InputError
+from spikingmamba.neurons.silif import THETA_MIN, SpikingNeuron
+
+PROJECTION_MODES = ("sparse", "dense", "auto")
+
+
+def active_columns(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The non-zero spikes of s (b, c_in) as embedding-bag input: column indices (k,), the start of
+    each batch row's bag in them (b,), and the spike values (k,)."""
+    if s.shape[0] == 1:
+        cols = s[0].nonzero().squeeze(1)                                    # (k,) active neurons
+        return cols, torch.zeros(1, dtype=torch.long, device=s.device), s[0, cols]
+    rows, cols = s.nonzero().unbind(1)                                      # sorted by row
+    counts = torch.bincount(rows, minlength=s.shape[0])
+    return cols, torch.cumsum(counts, 0) - counts, s[rows, cols]
+
+
+def sparse_spike_accumulate(s: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None = None,
+                            active: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """y = s @ weight_t (+ bias), touching only the rows of weight_t where s is non-zero.
+
+    s (b, c_in) integer-valued spikes (any float dtype); weight_t (c_in, c_out). Returns (b, c_out).
+    `active` is `active_columns(s)` when the caller already has it.
+    """
+    if s.dim() != 2 or s.shape[1] != weight_t.shape[0]:
+        raise InputError(f"spikes must be (batch, {weight_t.shape[0]}), got {tuple(s.shape)}")
+    cols, offsets, values = active if active is not None else active_columns(s)
+    y = F.embedding_bag(cols, weight_t, offsets, mode="sum",
+                        per_sample_weights=values.to(weight_t.dtype))      # (b, c_out)
+    return y if bias is None else y + bias
+
+
+def dense_spike_accumulate(s: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None = None
+                           ) -> torch.Tensor:
+    """The reference twin: the same product as one dense matmul over every column."""
+    y = s.to(weight_t.dtype) @ weight_t
+    return y if bias is None else y + bias
+
+
+class SparseSpikeLinear(nn.Module):
+    """`linear(neuron(x))` of an eval-mode student, with theta folded into the weight columns.
+
+    mode: "sparse" (gather-accumulate of active columns), "dense" (matmul on the integer spikes,
+    same folded weights), or "auto" (sparse while the spikes of the batch are at most
+    `max_density` non-zero, dense above: a dense matmul of a batch reads every column once, a
+    per-row gather reads the active ones once per row).
+    """
+
+    def __init__(self, weight_t: torch.Tensor, bias: torch.Tensor | None, theta: torch.Tensor, lo: int, hi: int,
+                 mode: str = "auto", max_density: float = 0.5):
+        super().__init__()
+        if mode not in PROJECTION_MODES:
+            raise InputError(f"projection mode must be one of {PROJECTION_MODES}, got {mode!r}")
+        self.register_buffer("weight_t", weight_t.contiguous(), persistent=False)   # (c_in, c_out)
+        self.register_buffer("bias", bias, persistent=False)
+        self.register_buffer("theta", theta.clamp(min=THETA_MIN), persistent=False)
+        self.lo, self.hi, self.mode, self.max_density = lo, hi, mode, max_density
+        self.in_features, self.out_features = weight_t.shape
+        self.reset_counts()
+
+    @classmethod
+    @torch.no_grad()
+    def from_linear(cls, linear: nn.Linear, neuron: SpikingNeuron, mode: str = "auto",
+                    max_density: float = 0.5) -> SparseSpikeLinear:
+        """Fold neuron.theta into linear.weight's columns (a copy; the training modules are untouched)."""
+        theta = neuron.theta.detach().clamp(min=THETA_MIN)
+        weight_t = (linear.weight.detach() * theta.to(linear.weight.dtype)).t().contiguous()   # (c_in, c_out)
+        bias = None if linear.bias is None else linear.bias.detach().clone()
+        return cls(weight_t, bias, theta.clone(), neuron.lo, neuron.hi, mode, max_density)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, range=[{self.lo}, {self.hi}], "
+                f"mode={self.mode}")
+
+    def reset_counts(self) -> None:
+        self.count_nonzero = 0          # non-zero spikes (all batch rows)
+        self.count_distinct = 0         # distinct active columns per call, summed over calls
+        self.count_numel = 0
+
+    def spikes(self, x: torch.Tensor) -> torch.Tensor:
+        """The neuron's integer spikes, computed exactly as `SpikingNeuron.spikes` does."""
+        return torch.round(x / self.theta).clamp_(self.lo, self.hi)
+
+    def accumulate(self, s: torch.Tensor) -> torch.Tensor:
+        """y for given integer spikes s (b, c_in), by the mode's rule."""
+        self.count_numel += s.numel()
+        if self.mode == "dense":
+            self.count_nonzero += int(torch.count_nonzero(s))
+            self.count_distinct += int(s.ne(0).any(0).sum())
+            return dense_spike_accumulate(s, self.weight_t, self.bias)
+        active = active_columns(s)
+        nonzero = active[0].numel()
+        self.count_nonzero += nonzero
+        # rows a batch shares are read from memory once; the per-row gathers then hit the cache
+        self.count_distinct += nonzero if s.shape[0] == 1 else int(s.ne(0).any(0).sum())
+        if self.mode == "auto" and nonzero > self.max_density * s.numel():
+            return dense_spike_accumulate(s, self.weight_t, self.bias)
+        return sparse_spike_accumulate(s, self.weight_t, self.bias, active)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (b, c_in) -> (b, c_out)."""
+        return self.accumulate(self.spikes(x))
+
+    @property
+    def firing_rate(self) -> float:
+        """Fraction of non-zero spikes seen since the last `reset_counts()`."""
+        return self.count_nonzero / max(self.count_numel, 1)

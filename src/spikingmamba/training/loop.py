@@ -1,0 +1,321 @@
+"""The training loop, shared by `pretrain` and `distill`: they supply a `Task`, the loop does the rest.
+
+One optimiser step:
+    task.before_step(step)                      e.g. anneal the SGC weight
+    for each of grad_accum micro-batches:        rows of the global batch for this process
+        loss = task.loss(model, batch) / grad_accum;  loss.backward()   (DDP syncs on the last)
+    losses averaged over processes; non-finite -> stop (the last checkpoint is left as it was)
+    clip the gradient norm; AdamW step; scheduler step
+
+The rows of step s are positions [s*G, (s+1)*G) of an endless stream of per-epoch permutations of
+the training rows (G = batch_size x grad_accum x processes), so the data position is the step, a
+resumed run sees exactly the batches the uninterrupted run would have, and N processes with batch
+b see the same global batch as one process with batch N*b.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from spikingmamba.data.dataset import PackedDataset
+from spikingmamba.errors import UserError
+from spikingmamba.training.checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
+from spikingmamba.training.config import TrainConfig
+from spikingmamba.training.distributed import DistEnv, all_gather_objects, all_reduce_sum, unwrap, wrap_model
+from spikingmamba.training.metrics import MetricsLog
+from spikingmamba.training.schedule import make_scheduler
+
+RESULT_FILE = "result.json"
+
+
+class NonFiniteLossError(UserError):
+    """The loss or the gradient norm became NaN or infinite; training stopped."""
+
+
+class Task(Protocol):
+    """What a kind of training supplies to the loop."""
+
+    model: nn.Module            # the model to optimise (unwrapped)
+    eval_at_start: bool         # evaluate once before the first step
+
+    def before_step(self, step: int, total_steps: int) -> dict[str, float]:
+        """Called before optimiser step `step` (0-based); returns values to log (e.g. the SGC weight)."""
+
+    def loss(self, model: nn.Module, input_ids: torch.Tensor,
+             target_ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(scalar loss to minimise, named detached parts to log) for one micro-batch."""
+
+    def eval_totals(self, model: nn.Module, input_ids: torch.Tensor,
+                    target_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Additive sums over one held-out batch (summed over batches and processes by the loop)."""
+
+    def eval_summary(self, totals: dict[str, float]) -> dict[str, Any]:
+        """Metrics (perplexity, KL, ...) from the summed totals."""
+
+    def save_model(self, out: Path, full_state: dict[str, torch.Tensor] | None) -> None:
+        """Write the trained model folder (main process only). `full_state` is the gathered state
+        dict when FSDP shards `model` (None otherwise: save `model` itself)."""
+
+
+class BatchOrder:
+    """Endless stream of row indices: epoch e is a permutation of the rows seeded by (seed, e)."""
+
+    def __init__(self, n_rows: int, seed: int):
+        self.n_rows, self.seed = n_rows, seed
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def _epoch(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._cache:
+            self._cache = {epoch: torch.randperm(self.n_rows, generator=torch.Generator().manual_seed(
+                self.seed * 1_000_003 + epoch))}
+        return self._cache[epoch]
+
+    def take(self, start: int, count: int) -> torch.Tensor:
+        """Indices at stream positions [start, start + count)."""
+        out = []
+        for pos in range(start, start + count):
+            epoch, i = divmod(pos, self.n_rows)
+            out.append(int(self._epoch(epoch)[i]))
+        return torch.tensor(out, dtype=torch.long)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices (Linear weights, trained embeddings); not norms, biases, conv, A_log, D, theta."""
+    decay, no_decay, seen = [], [], set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        is_matrix = p.dim() == 2 and not name.endswith("A_log")
+        (decay if is_matrix else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    groups = _param_groups(model, cfg.weight_decay)
+    if not any(g["params"] for g in groups):
+        raise UserError("nothing to train: every parameter of the model is frozen")
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
+                             foreach=False)
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    if cfg.bf16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _sync_context(wrapped: nn.Module, strategy: str, last_micro: bool):
+    """Gradient sync only on the last micro-batch of a step."""
+    if hasattr(wrapped, "no_sync") and not last_micro:
+        return wrapped.no_sync()
+    if strategy == "fsdp" and hasattr(wrapped, "set_requires_gradient_sync"):
+        wrapped.set_requires_gradient_sync(last_micro)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(task: Task, model: nn.Module, heldout: PackedDataset, cfg: TrainConfig, env: DistEnv) -> dict:
+    """Held-out metrics over the first `eval_rows` rows, sharded over processes, summed exactly."""
+    n_rows = len(heldout) if cfg.eval_rows == 0 else min(cfg.eval_rows, len(heldout))
+    mine = list(range(env.rank, n_rows, env.world_size))
+    was_training = unwrap(model).training
+    unwrap(model).eval()
+    totals: dict[str, torch.Tensor] = {}
+    try:
+        for start in range(0, len(mine), cfg.batch_size):
+            rows = heldout.rows[mine[start:start + cfg.batch_size]].to(env.device)
+            with _autocast(cfg, env.device):
+                part = task.eval_totals(model, rows[:, :-1], rows[:, 1:])
+            for key, value in part.items():
+                totals[key] = totals.get(key, 0) + value.detach().double().cpu()
+    finally:
+        unwrap(model).train(was_training)
+    # every process takes part in the reduction with the same keys and shapes, even one without rows
+    shapes = {k: tuple(v.shape) for k, v in totals.items()}
+    if env.distributed:
+        for other in all_gather_objects(shapes, env):
+            shapes.update(other)
+    keys = sorted(shapes)
+    flat = torch.cat([totals.get(k, torch.zeros(shapes[k], dtype=torch.float64)).reshape(-1) for k in keys]
+                     + [torch.zeros(0, dtype=torch.float64)])
+    flat = all_reduce_sum(flat, env)
+    summed, i = {}, 0
+    for k in keys:
+        n = math.prod(shapes[k])
+        summed[k] = flat[i:i + n].reshape(shapes[k]) if shapes[k] else float(flat[i])
+        i += n
+    return task.eval_summary(summed)
+
+
+def fit(task: Task, cfg: TrainConfig, train: PackedDataset, heldout: PackedDataset, env: DistEnv,
+        out: Path, describe: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train `task.model` for `cfg.max_steps` steps (or up to `cfg.stop_at_step`); return the result
+    (with `describe` merged in), written to `<out>/result.json` when the run is complete."""
+    out = Path(out)
+    model = task.model.to(env.device)
+    global_batch = cfg.batch_size * cfg.grad_accum * env.world_size
+    if len(train) < global_batch:
+        raise UserError(f"the train split has {len(train)} sequences of {cfg.seq_len} tokens, fewer than one "
+                        f"step's global batch ({cfg.batch_size} x {cfg.grad_accum} accumulation x "
+                        f"{env.world_size} process(es) = {global_batch}): add text, or lower seq_len/batch_size")
+    wrapped = wrap_model(model, env, cfg.distributed)
+    sharded = env.distributed and cfg.distributed == "fsdp"
+    trained = wrapped if sharded else model
+    optimizer = make_optimizer(trained, cfg)
+    scheduler = make_scheduler(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+
+    step, tokens_seen, elapsed_before = 0, 0, 0.0
+    if cfg.resume:
+        meta = load_checkpoint(out, wrapped, optimizer, scheduler, env, sharded)
+        step, tokens_seen, elapsed_before = meta["step"], meta["tokens"], meta["elapsed_s"]
+    log = MetricsLog(out, enabled=env.is_main, resume_step=step if cfg.resume else None)
+    order = BatchOrder(len(train), cfg.seed)
+    end_step = cfg.stop_at_step or cfg.max_steps
+    tokens_per_step = global_batch * cfg.seq_len
+    first_eval = None
+
+    def run_eval() -> dict:
+        started = time.perf_counter()
+        metrics = evaluate(task, wrapped if sharded else model, heldout, cfg, env)
+        log.write({"kind": "eval", "step": step, **metrics, "eval_s": round(time.perf_counter() - started, 3)})
+        return metrics
+
+    def checkpoint() -> None:
+        save_checkpoint(out, wrapped, optimizer, scheduler,
+                        {"step": step, "tokens": tokens_seen, "elapsed_s": elapsed_before + run_time()}, env,
+                        sharded)
+
+    bar = _progress(cfg, env, step, end_step)
+    started = time.perf_counter()
+    run_time = lambda: time.perf_counter() - started  # noqa: E731
+    window_start, window_tokens = started, 0
+    last_eval = None
+    model.train()
+    try:
+        if task.eval_at_start and not cfg.resume:
+            first_eval = last_eval = run_eval()
+            _show_eval(bar, step, first_eval)
+            window_start = time.perf_counter()
+        while step < end_step:
+            extra = task.before_step(step, cfg.max_steps)
+            parts_sum: dict[str, torch.Tensor] = {}
+            loss_sum = torch.zeros((), dtype=torch.float64)
+            for micro in range(cfg.grad_accum):
+                start = step * global_batch + (micro * env.world_size + env.rank) * cfg.batch_size
+                rows = train.rows[order.take(start, cfg.batch_size)].to(env.device)
+                last = micro == cfg.grad_accum - 1
+                with _sync_context(wrapped, cfg.distributed, last):
+                    with _autocast(cfg, env.device):
+                        loss, parts = task.loss(wrapped, rows[:, :-1], rows[:, 1:])
+                    if cfg.debug_nan_at_step == step + 1:
+                        loss = loss * float("nan")
+                    (loss / cfg.grad_accum).backward()
+                loss_sum += loss.detach().double().cpu() / cfg.grad_accum
+                for key, value in parts.items():
+                    parts_sum[key] = parts_sum.get(key, 0) + value.detach().double().cpu() / cfg.grad_accum
+            keys = sorted(parts_sum)
+            reduced = all_reduce_sum(torch.stack([loss_sum, *(parts_sum[k] for k in keys)]), env) / env.world_size
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+            loss_value = float(reduced[0])
+            lr_used = optimizer.param_groups[0]["lr"]
+            if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+                what = "loss" if not math.isfinite(loss_value) else "gradient norm"
+                raise NonFiniteLossError(_non_finite_message(what, loss_value, grad_norm, step + 1, out))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens_seen += tokens_per_step
+            window_tokens += tokens_per_step
+            now = time.perf_counter()
+            record = {"kind": "train", "step": step, "loss": loss_value,
+                      **{k: float(v) for k, v in zip(keys, reduced[1:])},
+                      "lr": lr_used, "grad_norm": grad_norm, **extra,
+                      "tokens": tokens_seen, "tokens_per_s": window_tokens / max(now - window_start, 1e-9),
+                      "elapsed_s": elapsed_before + now - started}
+            if step % cfg.log_every == 0 or step == end_step:
+                log.write(record)
+                window_start, window_tokens = time.perf_counter(), 0
+            _show_train(bar, record)
+            if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps:
+                last_eval = run_eval()
+                _show_eval(bar, step, last_eval)
+                window_start, window_tokens = time.perf_counter(), 0
+            if (cfg.save_every and step % cfg.save_every == 0) or step == end_step:
+                checkpoint()
+    finally:
+        if bar is not None:
+            bar.close()
+        log.close()
+
+    result = {"out": str(out), "step": step, "max_steps": cfg.max_steps, "finished": step >= cfg.max_steps,
+              "tokens": tokens_seen, "processes": env.world_size,
+              "elapsed_s": round(elapsed_before + run_time(), 2),
+              "tokens_per_s": round(tokens_seen / max(elapsed_before + run_time(), 1e-9), 1),
+              "first_eval": first_eval, "final_eval": last_eval if step >= cfg.max_steps else None,
+              "checkpoint": str(out / CHECKPOINT_DIR), **(describe or {})}
+    if step >= cfg.max_steps:
+        full_state = None
+        if sharded:
+            from spikingmamba.training.checkpoint import _full_state
+
+            full_state = _full_state(wrapped, optimizer, sharded)[0]  # collective
+        if env.is_main:
+            task.save_model(out, full_state)
+            (out / RESULT_FILE).write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return result
+
+
+def _non_finite_message(what: str, loss: float, grad_norm: float, step: int, out: Path) -> str:
+    ckpt = out / CHECKPOINT_DIR / "trainer.json"
+    last = (f"the last good checkpoint (step {json.loads(ckpt.read_text())['step']}) is intact in "
+            f"{ckpt.parent}" if ckpt.is_file() else "no checkpoint had been written yet")
+    return (f"non-finite {what} at step {step} (loss {loss}, gradient norm {grad_norm}); training stopped "
+            f"before the update, and {last}. Lower lr, raise warmup_steps or set grad_clip, then "
+            "continue with --resume or start over with --overwrite")
+
+
+# --- progress display -------------------------------------------------------------------------
+def _progress(cfg: TrainConfig, env: DistEnv, step: int, end_step: int):
+    if not (cfg.progress and env.is_main):
+        return None
+    from tqdm.auto import tqdm
+
+    interactive = sys.stderr.isatty()
+    return tqdm(total=end_step, initial=step, unit="step", dynamic_ncols=True,
+                mininterval=0.5 if interactive else 30.0, file=sys.stderr)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+def _show_train(bar, record: dict) -> None:
+    if bar is None:
+        return
+    shown = {"loss": record["loss"]}
+    for key in ("kl", "ce", "hidden", "rate", "sgc"):
+        if key in record:
+            shown[key] = record[key]
+    shown["tok/s"] = round(record["tokens_per_s"])
+    bar.set_postfix({k: _fmt(v) for k, v in shown.items()}, refresh=False)
+    bar.update(1)
+
+
+def _show_eval(bar, step: int, metrics: dict) -> None:
+    if bar is None:
+        return
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    bar.write(f"eval @ step {step}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in scalars.items()))

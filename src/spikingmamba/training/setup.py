@@ -1,0 +1,64 @@
+"""Shared steps of the training entry points: the config argument, the data, the final model folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from spikingmamba.errors import ConfigError
+from spikingmamba.training.config import TrainConfig
+from spikingmamba.training.distributed import DistEnv
+from spikingmamba.training.run import agree
+
+C = TypeVar("C", bound=TrainConfig)
+
+
+def resolve_config(cls: type[C], config: C | dict[str, Any] | str | Path) -> C:
+    """A config object, a dict of its fields, or a YAML file -> a validated `cls`."""
+    if isinstance(config, cls):
+        config.validate()
+        return config
+    if isinstance(config, dict):
+        return cls.from_dict(config)
+    if isinstance(config, (str, Path)):
+        return cls.load(config)
+    raise ConfigError(f"expected a {cls.__name__}, a dict or a YAML path, got {type(config).__name__}")
+
+
+def data_path(cfg: TrainConfig) -> Path:
+    if cfg.data == "default":
+        from spikingmamba.data import fetch_default_corpus
+
+        return fetch_default_corpus()
+    return Path(cfg.data)
+
+
+def load_data(cfg: TrainConfig, tokenizer, env: DistEnv):
+    """(train, held-out) packed datasets. The main process reads, tokenises and caches first; the
+    others then read the cache (no duplicate tokenising, no race on the cache file)."""
+    from spikingmamba.data import build_datasets
+
+    def build():
+        return build_datasets(data_path(cfg), tokenizer, cfg.seq_len, cfg.heldout_fraction, cfg.seed)
+
+    first = agree(lambda: build() if env.is_main else None, env)
+    return first if env.is_main else agree(build, env)
+
+
+def save_trained(model, out: Path, tokenizer, full_state: dict[str, torch.Tensor] | None = None) -> None:
+    """Write the trained model (with SGC off) and its tokenizer as a loadable folder.
+
+    With FSDP, `model` is sharded, so a fresh copy is built from `full_state` and saved instead.
+    """
+    from spikingmamba.model.lm import SpikingMambaForCausalLM
+    from spikingmamba.utils.io import save_model
+
+    if full_state is not None:
+        fresh = SpikingMambaForCausalLM(model.config)
+        fresh.load_state_dict(full_state)
+        model = fresh
+    if model.is_spiking:
+        model.set_sgc(0.0)
+    save_model(model, out, tokenizer=tokenizer)

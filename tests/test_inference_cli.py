@@ -1,0 +1,128 @@
+"""CLI verbs of issue 6: generate, spikes, bench-decode (tiny models with a throwaway tokenizer)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+import spikingmamba
+from spikingmamba.cli.main import main
+from spikingmamba.inference import read_spikes
+from spikingmamba.utils.io import save_model
+
+CORPUS = Path(__file__).parent / "data" / "sample_corpus.txt"
+
+
+def _tokenizer(vocab_size=300):
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(CORPUS.read_text(encoding="utf-8").splitlines()[:2000], trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inference_cli")
+    tokenizer = _tokenizer()
+    torch.manual_seed(0)
+    config = spikingmamba.SpikingMambaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                             state_size=8, initializer_range=0.2)
+    dense = spikingmamba.SpikingMambaForCausalLM(config).eval()
+    calib = torch.tensor(tokenizer(CORPUS.read_text(encoding="utf-8")[:4000])["input_ids"][:256]).view(4, -1)
+    student = spikingmamba.to_spiking(dense, levels=4, calibration_ids=calib).eval()
+    save_model(dense, root / "dense", tokenizer=tokenizer)
+    save_model(student, root / "student", tokenizer=tokenizer)
+    return root
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_generate_dense_and_spiking(folders, capsys):
+    for name in ("dense", "student"):
+        code, out, err = _run(capsys, "generate", folders / name, "--prompt", "The King", "--max-new-tokens", 8,
+                              "--seed", 3, "--top-k", 20, "--top-p", 0.9, "--no-eos")
+        assert code == 0 and out.strip() and "8 tokens" in err
+    assert "engine sparse" in err and "spiking (integer)" in err
+
+
+def test_generate_greedy_same_text_in_every_spiking_engine(folders, capsys):
+    texts = set()
+    for extra in (["--engine", "sparse"], ["--engine", "model"], ["--engine", "model", "--spike-mode", "binary"]):
+        code, out, _ = _run(capsys, "generate", folders / "student", "--prompt", "MACBETH. So foul", "--temperature",
+                            0, "--max-new-tokens", 12, "--no-eos", *extra)
+        assert code == 0
+        texts.add(out)
+    assert len(texts) == 1 and len(texts.pop().strip()) > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompt", ""], "--prompt is empty"),
+    (["--prompt", "hello", "--max-new-tokens", "0"], "--max-new-tokens must be a positive integer"),
+    (["--prompt", "hello", "--top-p", "0"], "--top-p must lie in (0, 1]"),
+    (["--prompt", "hello", "--top-p", "1.5"], "--top-p must lie in (0, 1]"),
+    (["--prompt", "hello", "--top-k", "-1"], "--top-k must be >= 0"),
+    (["--prompt", "the king of Scotland and his son", "--max-prompt-tokens", "3"], "more than the limit of 3"),
+    (["--prompt", "hi", "--engine", "sparse", "--spike-mode", "binary"], "--engine model"),
+])
+def test_generate_bad_input_exits_2(folders, capsys, args, message):
+    code, _, err = _run(capsys, "generate", folders / "student", *args)
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_generate_bad_input_in_a_real_process(folders):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "spikingmamba.cli.main", "generate", str(folders / "dense"),
+                           "--prompt", "hi", "--max-new-tokens", "0"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert "--max-new-tokens must be a positive integer" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_spikes_export(folders, capsys, tmp_path):
+    out = tmp_path / "spikes.npz"
+    code, stdout, _ = _run(capsys, "spikes", folders / "student", "--text", "Fair is foul, and foul is fair",
+                           "--out", out)
+    assert code == 0
+    summary = json.loads(stdout)
+    record = read_spikes(out)
+    assert summary["events"] == record.events.size > 0 and summary["tokens"] == record.header["n_tokens"]
+    assert record.header["source"] == str(folders / "student") and len(record.streams) == 4
+    code, _, err = _run(capsys, "spikes", folders / "student", "--text", "again", "--out", out)
+    assert code == 2 and "--overwrite" in err
+    code, _, err = _run(capsys, "spikes", folders / "dense", "--text", "x", "--out", tmp_path / "d.npz")
+    assert code == 2 and "dense model" in err
+
+
+def test_bench_decode(folders, capsys, tmp_path):
+    code, out, _ = _run(capsys, "bench-decode", folders / "dense", "--rates", "0.1,0.5", "--batch-sizes", "1,2",
+                        "--tokens", 2, "--repeats", 1, "--warmup", 1, "--json", tmp_path / "r.json")
+    assert code == 0 and "| batch |" in out and "break-even firing rate, batch 1, whole step" in out
+    results = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert [(r["batch"], r["target_rate"]) for r in results] == [(1, 0.1), (2, 0.1), (1, 0.5), (2, 0.5)]
+    code, out, _ = _run(capsys, "bench-decode", folders / "student", "--batch-sizes", "1", "--tokens", 2,
+                        "--repeats", 1, "--warmup", 0)
+    assert code == 0 and "| 1 | own |" in out                        # a student keeps its own thresholds
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "either MODEL or --shape"), (["--shape", "7b"], "--shape must be one of"),
+    (["--shape", "130m", "--rates", "0,0.5"], "--rates must lie in (0, 1]"),
+    (["--shape", "130m", "--batch-sizes", "a"], "--batch-sizes must be comma-separated"),
+    (["--shape", "130m", "--tokens", "0"], "--tokens must be >= 1"),
+])
+def test_bench_decode_bad_input_exits_2(capsys, args, message):
+    code, _, err = _run(capsys, "bench-decode", *args)
+    assert code == 2 and message in err
