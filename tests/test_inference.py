@@ -7,12 +7,22 @@ import spikingmamba
 from spikingmamba.errors import InputError, UserError
 from spikingmamba.inference import (SamplingConfig, SparseSpikeLinear, TokenStream, deploy, dense_spike_accumulate,
                                     generate, sparse_spike_accumulate)
+from spikingmamba.inference.sparse_linear import ColumnLinear
 from spikingmamba.inference.bench import (DecodeResult, break_even, resident_bytes, run_decode_benchmark,
                                           set_firing_rate, weight_bytes_per_step)
 from spikingmamba.inference.generation import filter_logits
 from spikingmamba.neurons import SpikingNeuron
 
 VOCAB = 101
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Decoding runs ops on tiny tensors: thread hand-off would dominate on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +89,15 @@ def test_sparse_linear_folds_theta_and_matches_the_neuron():
     assert torch.equal(linear.weight, weight_before)                  # folding copies
 
 
+@pytest.mark.parametrize("batch", [1, 4])
+def test_column_linear_equals_linear(batch):
+    linear = torch.nn.Linear(40, 24)
+    x = torch.randn(batch, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(ColumnLinear(linear)(x), linear(x), rtol=1e-5, atol=1e-5)
+    assert ColumnLinear(linear).weight.shape == linear.weight.shape
+
+
 def test_sparse_linear_rejects_unknown_mode():
     with pytest.raises(InputError, match="projection mode"):
         SparseSpikeLinear(torch.zeros(4, 2), None, torch.ones(4), -1, 1, mode="fast")
@@ -105,18 +124,22 @@ def test_deploy_needs_eval_mode(dense):
         dense.eval()
 
 
-@pytest.mark.parametrize("which", ["dense", "student"])
-def test_deployed_step_matches_model_step(which, dense, student):
+@pytest.mark.parametrize("which, kernel", [("dense", "columns"), ("dense", "linear"), ("student", "columns"),
+                                           ("student", "linear")])
+def test_deployed_step_matches_model_step(which, kernel, dense, student):
     model = dense if which == "dense" else student
-    deployed = deploy(model, mode="sparse")
+    deployed = deploy(model, mode="sparse", dense_kernel=kernel)
+    assert isinstance(deployed.lm_head, ColumnLinear) == (kernel == "columns")
     ids = torch.randint(0, VOCAB, (3, 10), generator=torch.Generator().manual_seed(2))
     state_m, state_d = model.init_state(3), deployed.init_state(3)
     for t in range(10):
         logits_m, state_m = model.step(ids[:, t], state_m)
         logits_d, state_d = deployed.step(ids[:, t], state_d)
         torch.testing.assert_close(logits_d, logits_m, rtol=1e-4, atol=1e-4)
-    last, _ = deployed.prefill(ids)
-    torch.testing.assert_close(last, logits_d, rtol=1e-5, atol=1e-5)
+    for recurrent in (False, True):
+        last, state = deployed.prefill(ids, recurrent=recurrent)
+        torch.testing.assert_close(last, logits_d, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(state.layers[1].ssm, state_d.layers[1].ssm, rtol=1e-4, atol=1e-4)
     hidden, _ = deployed.step(ids[:, 0], deployed.init_state(3), head=False)
     assert hidden.shape == (3, model.config.hidden_size)
 

@@ -48,7 +48,7 @@ def test_step_mode_equals_full_forward(hf_mamba):
     with torch.no_grad():
         full = model(ids).logits
     logits, state = model.prefill(ids[:, :2])                  # shorter than the conv window
-    torch.testing.assert_close(logits, full[:, :2], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits, full[:, 1], rtol=1e-5, atol=1e-5)
     size = state.nbytes()
     for t in range(2, 12):
         logits, state = model.step(ids[:, t], state)

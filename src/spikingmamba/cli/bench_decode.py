@@ -20,9 +20,10 @@ def register(subparsers) -> None:
     p.add_argument("--rates", help=f"target firing rates, comma-separated (default {DEFAULT_RATES}; a spiking "
                                    "MODEL keeps its own thresholds unless given)")
     p.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes (default 1,8)")
-    p.add_argument("--tokens", type=int, default=32, help="timed decode steps per run (default 32)")
-    p.add_argument("--warmup", type=int, default=4, help="untimed steps before each run (default 4)")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved repetitions; median reported (default 3)")
+    p.add_argument("--tokens", type=int, default=8, help="decode steps per timed chunk (default 8)")
+    p.add_argument("--repeats", type=int, default=12,
+                   help="timed chunks per variant, variants taking turns; median reported (default 12)")
+    p.add_argument("--warmup", type=int, default=4, help="untimed steps before timing (default 4)")
     p.add_argument("--levels", type=int, default=4, help="D of the SI-LIF neurons added to a dense model (default 4)")
     p.add_argument("--threads", type=int, help="torch CPU threads for every variant (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and tokens (default 0)")
@@ -89,8 +90,8 @@ def bench_decode_cli(args: argparse.Namespace) -> int:
     else:
         student = to_spiking(dense, levels=args.levels).eval()
         rate_list = rates if rates is not None else _numbers(DEFAULT_RATES, float, "--rates")
-    print(f"# bench-decode: {source}, {torch.get_num_threads()} threads, float32, {args.tokens} tokens x "
-          f"{args.repeats} repeats (median), SI-LIF levels {student.spiking_config.levels}", flush=True)
+    print(f"# bench-decode: {source}, {torch.get_num_threads()} threads, float32, {args.repeats} interleaved chunks "
+          f"of {args.tokens} steps per variant (median), SI-LIF levels {student.spiking_config.levels}", flush=True)
     results = run_decode_benchmark(dense, student, rate_list, batch_sizes, tokens=args.tokens,
                                    repeats=args.repeats, warmup=args.warmup, seed=args.seed,
                                    log=lambda row: print(row, flush=True))

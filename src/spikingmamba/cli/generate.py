@@ -9,7 +9,7 @@ import time
 from spikingmamba.errors import UserError
 from spikingmamba.inference.generation import DEFAULT_MAX_PROMPT_TOKENS
 
-ENGINES = ("auto", "model", "sparse")
+ENGINES = ("auto", "model", "deploy")
 
 
 def register(subparsers) -> None:
@@ -23,9 +23,9 @@ def register(subparsers) -> None:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1]; 1 = off (default)")
     p.add_argument("--seed", type=int, help="random seed of the sampler (default: not seeded)")
     p.add_argument("--engine", choices=ENGINES, default="auto",
-                   help="model: the model's own step code; sparse: the deployed decoder that accumulates only "
-                        "the weight columns of firing neurons; auto (default): sparse for a spiking model "
-                        "(model when --spike-mode binary), model for a dense one")
+                   help="model: the model's own step code; deploy: the decode-optimised snapshot (spiking "
+                        "projections accumulate only the weight columns of firing neurons, dense ones use a "
+                        "faster column kernel); auto (default): deploy, or model with --spike-mode binary")
     p.add_argument("--spike-mode", choices=("integer", "binary"), default="integer",
                    help="spiking model, --engine model: integer spikes or binary micro-step trains (same tokens)")
     p.add_argument("--max-prompt-tokens", type=int, default=DEFAULT_MAX_PROMPT_TOKENS,
@@ -40,8 +40,9 @@ def generate_cli(args: argparse.Namespace) -> int:
     """Continue --prompt with MODEL in recurrent step mode (constant memory per token), printing
     the text to stdout as it is generated and a summary line (tokens, tokens/s, engine) to stderr.
 
-    A spiking model decodes through the sparse engine by default: thresholds folded into the
-    weights once, and each step reads only the weight columns of the neurons that fired.
+    By default the model decodes through `spikingmamba.inference.deploy`: a spiking model's
+    thresholds are folded into the weights once, and each step reads only the weight columns of
+    the neurons that fired (same tokens as the model's own step code, --engine model).
     """
     import torch
 
@@ -67,16 +68,16 @@ def generate_cli(args: argparse.Namespace) -> int:
         raise UserError(f"--top-p must lie in (0, 1] (1 = off), got {args.top_p:g}")
     sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     engine = args.engine
-    if engine == "sparse" and args.spike_mode == "binary":
+    if engine == "deploy" and args.spike_mode == "binary":
         raise UserError("--spike-mode binary runs the model's own step code; use --engine model (or auto)")
     torch.set_flush_denormal(True)
     model = from_pretrained(args.model)
     tokenizer = load_tokenizer(args.tokenizer or args.model)
     if engine == "auto":
-        engine = "sparse" if model.is_spiking and args.spike_mode == "integer" else "model"
+        engine = "model" if args.spike_mode == "binary" else "deploy"
     if model.is_spiking:
         model.spike_mode = args.spike_mode
-    decoder = deploy(model) if engine == "sparse" else model
+    decoder = deploy(model) if engine == "deploy" else model
     tokens: list[int] = []
     start = time.perf_counter()
     for piece in stream_text(decoder, tokenizer, args.prompt, sampling, args.max_prompt_tokens,

@@ -45,7 +45,7 @@ class DistillConfig(TrainConfig):
         ge=0)
     ce_weight: float = option(0.0, "weight of cross-entropy on the text itself", ge=0)
     rate_weight: float = option(0.0, "weight of the firing-rate penalty (0: off)", ge=0)
-    rate_target: float = option(0.0, "target spikes per neuron per token (mean |s|); only groups above it "
+    rate_target: float = option(0.0, "target spikes per neuron per token (mean |s|); only tokens above it "
                                 "are penalised", ge=0)
 
     lr: float = option(3e-4, "peak learning rate (AdamW)", gt=0)

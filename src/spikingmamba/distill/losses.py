@@ -5,12 +5,15 @@ Glossary:
     T           temperature; p = softmax(z / T)
     mask        (b, l) bool, True where a position counts (targets != ignore_index)
     h_s, h_t    student / teacher hidden states, one (b, l, d) per layer
-    r           spikes per neuron per token of one neuron group: mean |s| (binary spikes of the
-                D-micro-step train; exactly what the energy count charges as accumulates)
+    r           spikes per neuron of one neuron group at one position: mean over channels of |s|
+                (binary spikes of the D-micro-step train; what the energy count charges as accumulates)
 
 Total distillation loss (weights from the config):
 
-    L = w_kl * KL_T(p_t || p_s) + w_h * sum_i a_i * MSE_i + w_ce * CE(z_s, y) + w_r * mean_g relu(r_g - r*)
+    L = w_kl * KL_T(p_t || p_s) + w_h * sum_i a_i * MSE_i + w_ce * CE(z_s, y) + w_r * mean relu(r - r*)
+
+Every term is a mean over positions of a per-position quantity, so the loss of a global batch is
+the same however it is cut into micro-batches (gradient accumulation) or processes (DDP).
 """
 
 from __future__ import annotations
@@ -55,12 +58,13 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
 def hidden_state_loss(student_hidden: Sequence[torch.Tensor], teacher_hidden: Sequence[torch.Tensor],
                       layer_weights: Sequence[float] | None = None, normalize: bool = True,
                       mask: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
-    """Weighted mean over layers of the per-layer MSE between student and teacher hidden states.
+    """Weighted mean over layers of the per-layer error between student and teacher hidden states.
 
-    MSE_i = mean over counted positions and channels of (h_s - h_t)^2; with `normalize`, divided by
-    the teacher's mean square at that layer, mean(h_t^2), so that a relative error counts the same
-    at every depth (the residual stream grows with depth). `layer_weights` default to uniform and
-    are renormalised to sum to 1.
+    Per layer i and position: e = mean over channels of (h_s - h_t)^2; with `normalize`, divided
+    by the teacher's mean square at that position, mean(h_t^2), a relative error that counts the
+    same at every depth (the residual stream grows with depth) and for every token. MSE_i is the
+    mean of e over counted positions. `layer_weights` default to uniform and are renormalised to
+    sum to 1.
     """
     if len(student_hidden) != len(teacher_hidden):
         raise ValueError(f"{len(student_hidden)} student vs {len(teacher_hidden)} teacher hidden states")
@@ -74,24 +78,28 @@ def hidden_state_loss(student_hidden: Sequence[torch.Tensor], teacher_hidden: Se
         if w == 0:
             continue
         h_t = h_t.detach().float()
-        err = masked_mean((h_s.float() - h_t).pow(2).mean(-1), mask)
+        err = (h_s.float() - h_t).pow(2).mean(-1)                               # (b, l)
         if normalize:
-            err = err / (masked_mean(h_t.pow(2).mean(-1), mask) + eps)
-        total = total + w * err
+            err = err / (h_t.pow(2).mean(-1) + eps)
+        total = total + w * masked_mean(err, mask)
     return total
 
 
-def spike_rate_penalty(rates: Sequence[torch.Tensor] | torch.Tensor, target: float) -> torch.Tensor:
-    """Mean over neuron groups of relu(r_g - target): only groups firing above the target pay.
+def spike_rate_penalty(rates: Sequence[torch.Tensor] | torch.Tensor, target: float,
+                       mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over neuron groups and positions of relu(r - target): only activity above the target pays.
 
-    `rates` are differentiable spike rates (see `spikingmamba.distill.rate`); a hinge rather than a
-    squared distance, so groups already below the target are left alone and the push above it does
-    not fade as the rate approaches the target.
+    `rates` holds one (b, l) tensor per neuron group: spikes per neuron at each position,
+    differentiable (see `spikingmamba.distill.rate`). A hinge rather than a squared distance, so
+    positions already below the target are left alone and the push above it does not fade as the
+    rate nears the target. Per position rather than per batch, so that the penalty of a batch does
+    not depend on how it is split across micro-batches or processes.
     """
-    rates = torch.stack(list(rates)) if not isinstance(rates, torch.Tensor) else rates
+    rates = torch.stack(list(rates)) if not isinstance(rates, torch.Tensor) else rates    # (groups, b, l)
     if rates.numel() == 0:
         raise ValueError("no spike rates given (the model has no neurons?)")
-    return F.relu(rates.float() - target).mean()
+    excess = F.relu(rates.float() - target)
+    return masked_mean(excess.mean(0), mask)
 
 
 def target_mask(targets: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """A differentiable spike rate for the firing-rate penalty.
 
-The rate of a neuron group is r = mean |s|, the number of binary spikes per neuron per token
-(a multi-level spike of value k is k spikes of the D-micro-step train, and costs |k| accumulates,
-DESIGN.md section 2), so pushing r down is pushing the energy down.
+The rate of a neuron group at one position is r = mean over its channels of |s|, the number of
+binary spikes per neuron for that token (a multi-level spike of value k is k spikes of the
+D-micro-step train, and costs |k| accumulates, DESIGN.md section 2), so pushing r down is
+pushing the energy down.
 
 r is measured exactly in the forward pass; its gradient comes from the same rectangular surrogate
 as the neuron's own (ds/du = alpha inside the clipping range, u = x / theta):
@@ -29,9 +30,10 @@ from spikingmamba.neurons.surrogate import multi_level_spike
 
 
 def spike_rate(neuron: SpikingNeuron, x: torch.Tensor) -> torch.Tensor:
-    """mean |s| of `neuron` on input `x` (scalar), differentiable through the surrogate."""
+    """mean over channels of |s| for `neuron` on input `x` (..., channels) -> (...),
+    differentiable through the surrogate."""
     u = x / neuron.theta.clamp(min=THETA_MIN)
-    return multi_level_spike(u, neuron.lo, neuron.hi, neuron.surrogate_alpha).abs().float().mean()
+    return multi_level_spike(u, neuron.lo, neuron.hi, neuron.surrogate_alpha).abs().float().mean(-1)
 
 
 class SpikeRateProbe:

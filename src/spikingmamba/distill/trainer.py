@@ -88,11 +88,14 @@ def build_student(teacher: SpikingMambaForCausalLM, cfg: DistillConfig,
 
 
 def calibration_batch(train_rows: torch.Tensor, n_tokens: int) -> torch.Tensor | None:
-    """The first `n_tokens` (rounded up to whole rows) input tokens of the train split, (rows, seq_len)."""
+    """About `n_tokens` input tokens of the train split (whole rows, spread evenly over it so that
+    every part of the corpus is represented), (rows, seq_len); None for no calibration."""
     if n_tokens == 0:
         return None
     seq_len = train_rows.shape[1] - 1
-    return train_rows[: max(1, math.ceil(n_tokens / seq_len)), :-1]
+    n_rows = min(len(train_rows), max(1, math.ceil(n_tokens / seq_len)))
+    picks = torch.linspace(0, len(train_rows) - 1, n_rows).round().long()
+    return train_rows[picks, :-1]
 
 
 _LAYER = re.compile(r"layers\.(\d+)\.mixer\.(\w+)_neuron")
@@ -149,7 +152,7 @@ class DistillTask:
             parts["ce"] = cross_entropy(s.logits, target_ids)
             total = total + cfg.ce_weight * parts["ce"]
         if self.probe is not None:
-            parts["rate_penalty"] = spike_rate_penalty(self.probe.rates, cfg.rate_target)
+            parts["rate_penalty"] = spike_rate_penalty(self.probe.rates, cfg.rate_target, mask)
             parts["rate"] = torch.stack(self.probe.rates).mean().detach()
             total = total + cfg.rate_weight * parts["rate_penalty"]
         return total, {k: v.detach() for k, v in parts.items()}

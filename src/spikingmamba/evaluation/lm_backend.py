@@ -27,7 +27,6 @@ or by name, once this module is imported (`spikingmamba.evaluation` imports it w
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 from pathlib import Path
 from typing import Any
@@ -60,10 +59,8 @@ def load_model(path: str | os.PathLike) -> transformers.PreTrainedModel:
     folder = Path(path)
     if not folder.is_dir():
         raise CheckpointError(f"model folder {folder} does not exist")
-    try:
-        from spikingmamba import from_pretrained
-    except ImportError:  # TODO(lead): remove once spikingmamba.from_pretrained exists
-        from_pretrained = transformers.AutoModelForCausalLM.from_pretrained
+    from spikingmamba import from_pretrained
+
     try:
         model = from_pretrained(str(folder))
     except (OSError, ValueError) as err:
@@ -181,7 +178,7 @@ class SpikingMambaLM(HFLM):
         """
         model = self.model
         ids = torch.tensor(contexts, dtype=torch.long, device=self.device)  # (b, l)
-        logits, state = self._prefill(ids)  # (b, vocab), state after the context
+        logits, state = self.model.prefill(ids)  # (b, vocab) at the last position, state after it
         lengths = [len(c) for c in continuations]
         # Longest continuations first, so the rows still running at step t are a prefix.
         order = sorted(range(len(continuations)), key=lambda r: -lengths[r])
@@ -207,15 +204,6 @@ class SpikingMambaLM(HFLM):
         for i, r in enumerate(order):
             answers[r] = (float(total[i]), bool(greedy[i]))
         return answers
-
-    def _prefill(self, ids: torch.Tensor):
-        """Logits at the last context position (b, vocab) and the state after it."""
-        prefill = self.model.prefill
-        if "logits_to_keep" in inspect.signature(prefill).parameters:
-            logits, state = prefill(ids, logits_to_keep=1)
-        else:
-            logits, state = prefill(ids)
-        return (logits[:, -1] if logits.dim() == 3 else logits), state
 
 
 def _same_length_batches(contexts: list[tuple[int, ...]], batch_size: int):

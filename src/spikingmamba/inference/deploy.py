@@ -4,13 +4,17 @@
 
     every spiking projection   -> `SparseSpikeLinear` (theta folded into a transposed weight copy;
                                   only the columns of firing neurons are read)
+    dense in_proj / out_proj   -> `ColumnLinear` (a transposed copy; the same column-accumulate
+    and the LM head               kernel over every column), or the model's own `nn.Linear` with
+                                  dense_kernel="linear"
     everything else            -> the training model's own modules, shared (not copied)
     A = -exp(A_log)            -> computed once instead of at every step
 
-The training model is not modified. The snapshot shares the dense modules' tensors and copies the
-folded projections, so deploy again after changing the weights or the thresholds. A dense model
-deploys too (its projections stay dense): the same step code then measures dense decoding, which
-is what the decode benchmark compares against.
+The training model is not modified. The snapshot copies in_proj, out_proj (theta folded in) and
+the head (transposed) and shares the small modules and the embedding, so deploy again after
+changing the weights or the thresholds. `prefill` runs the training model's parallel scan over the
+prompt (it is kept for that). A dense model deploys too (its projections stay dense): the same step
+code then measures dense decoding, which is what the decode benchmark compares against.
 
 The step is the mixer's `step` line by line (spikingmamba.model.mixer), so a deployed spiking model
 decodes the same tokens as the model in `integer` or `binary` spike mode; the only numerical
@@ -24,24 +28,30 @@ import torch.nn.functional as F
 from torch import nn
 
 from spikingmamba.errors import InputError
-from spikingmamba.inference.sparse_linear import PROJECTION_MODES, SparseSpikeLinear
+from spikingmamba.inference.sparse_linear import PROJECTION_MODES, ColumnLinear, SparseSpikeLinear
 from spikingmamba.model.lm import MambaBlock, SpikingMambaForCausalLM
 from spikingmamba.model.state import LayerState, MambaState
 from spikingmamba.ops.selective_scan import selective_state_update
 
 
+DENSE_KERNELS = ("columns", "linear")
+
+
 class DecodeBlock(nn.Module):
     """One residual block, step mode only: h + mixer(norm(h))."""
 
-    def __init__(self, block: MambaBlock, mode: str, max_density: float):
+    def __init__(self, block: MambaBlock, mode: str, max_density: float, dense_kernel: str):
         super().__init__()
         mixer = block.mixer
         self.residual_in_fp32 = block.residual_in_fp32
         self.norm = block.norm                                   # shared with the training model
-        self.in_proj = (SparseSpikeLinear.from_linear(mixer.in_proj, mixer.in_neuron, mode, max_density)
-                        if mixer.in_neuron is not None else mixer.in_proj)
-        self.out_proj = (SparseSpikeLinear.from_linear(mixer.out_proj, mixer.out_neuron, mode, max_density)
-                         if mixer.out_neuron is not None else mixer.out_proj)
+
+        def projection(linear, neuron):
+            if neuron is not None:
+                return SparseSpikeLinear.from_linear(linear, neuron, mode, max_density)
+            return ColumnLinear(linear) if dense_kernel == "columns" else linear
+        self.in_proj = projection(mixer.in_proj, mixer.in_neuron)
+        self.out_proj = projection(mixer.out_proj, mixer.out_neuron)
         self.conv1d, self.x_proj, self.dt_proj = mixer.conv1d, mixer.x_proj, mixer.dt_proj
         self.d_inner, self.d_state, self.dt_rank = mixer.d_inner, mixer.d_state, mixer.dt_rank
         self.register_buffer("conv_weight", mixer.conv1d.weight.detach()[:, 0, :], persistent=False)  # (d_inner, k)
@@ -71,18 +81,23 @@ class DecodeBlock(nn.Module):
 class DecodeModel(nn.Module):
     """Step-mode language model built by `deploy`; same state layout as the training model."""
 
-    def __init__(self, model: SpikingMambaForCausalLM, mode: str = "auto", max_density: float = 0.5):
+    def __init__(self, model: SpikingMambaForCausalLM, mode: str = "auto", max_density: float = 0.5,
+                 dense_kernel: str = "columns"):
         super().__init__()
         if not isinstance(model, SpikingMambaForCausalLM):
             raise InputError(f"deploy expects a SpikingMambaForCausalLM, got {type(model).__name__}")
         if mode not in PROJECTION_MODES:
             raise InputError(f"projection mode must be one of {PROJECTION_MODES}, got {mode!r}")
+        if dense_kernel not in DENSE_KERNELS:
+            raise InputError(f"dense_kernel must be one of {DENSE_KERNELS}, got {dense_kernel!r}")
         self.config = model.config
         self.is_spiking = model.is_spiking
         self.embeddings = model.backbone.embeddings
-        self.layers = nn.ModuleList(DecodeBlock(block, mode, max_density) for block in model.backbone.layers)
+        self.layers = nn.ModuleList(DecodeBlock(block, mode, max_density, dense_kernel)
+                                    for block in model.backbone.layers)
         self.norm_f = model.backbone.norm_f
-        self.lm_head = model.lm_head
+        self.lm_head = ColumnLinear(model.lm_head) if dense_kernel == "columns" else model.lm_head
+        self._model = (model,)                   # for `prefill`; a tuple keeps it out of the module tree
         self.conv_kernel = model.config.conv_kernel
 
     # --- the decoding interface shared with SpikingMambaForCausalLM ------------------------
@@ -116,12 +131,18 @@ class DecodeModel(nn.Module):
         return self.lm_head(h.to(self.lm_head.weight.dtype)).float(), MambaState(new)
 
     @torch.no_grad()
-    def prefill(self, input_ids: torch.LongTensor) -> tuple[torch.Tensor, MambaState]:
-        """Consume a prompt (b, l) token by token; returns the last position's logits (b, vocab)
-        and the state. (The training model's `prefill` returns every position's logits.)"""
+    def prefill(self, input_ids: torch.LongTensor, recurrent: bool = False) -> tuple[torch.Tensor, MambaState]:
+        """Consume a prompt (b, l): the last position's logits (b, vocab) and the state after it.
+
+        By default the training model's full-sequence `prefill` (parallel scan: fast for long
+        prompts; the same spikes, unfolded theta). `recurrent=True` steps this decoder through the
+        prompt token by token instead (spike-driven throughout, l times slower).
+        """
         self._check_ids(input_ids)
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise InputError(f"prompt ids must be (batch, length >= 1), got {tuple(input_ids.shape)}")
+        if not recurrent:
+            return self._model[0].prefill(input_ids)
         state = self.init_state(input_ids.shape[0])
         for t in range(input_ids.shape[1] - 1):
             _, state = self.step(input_ids[:, t], state, head=False)
@@ -142,9 +163,14 @@ class DecodeModel(nn.Module):
         return sum(m.count_nonzero for m in projections) / max(numel, 1)
 
 
-def deploy(model: SpikingMambaForCausalLM, mode: str = "auto", max_density: float = 0.5) -> DecodeModel:
-    """Decode-optimised snapshot of `model` (see the module docstring). mode: "sparse", "dense" or
-    "auto" for the spiking projections (`SparseSpikeLinear`)."""
+def deploy(model: SpikingMambaForCausalLM, mode: str = "auto", max_density: float = 0.5,
+           dense_kernel: str = "columns") -> DecodeModel:
+    """Decode-optimised snapshot of `model` (see the module docstring).
+
+    mode: "sparse", "dense" or "auto" for the spiking projections (`SparseSpikeLinear`);
+    dense_kernel: "columns" (`ColumnLinear`, transposed copies; faster on CPUs at batch 1) or
+    "linear" (the model's own `nn.Linear`, no copy) for the dense projections and the LM head.
+    """
     if model.training:
         raise InputError("deploy needs an eval-mode model (call model.eval()): training adds the SGC path")
-    return DecodeModel(model, mode, max_density).eval()
+    return DecodeModel(model, mode, max_density, dense_kernel).eval()

@@ -89,12 +89,6 @@ def _as_batch(input_ids, max_prompt_tokens: int) -> torch.LongTensor:
     return ids
 
 
-def _prefill_last(model, ids: torch.LongTensor):
-    """Logits of the prompt's last position (b, V) and the state after it."""
-    logits, state = model.prefill(ids)
-    return (logits[:, -1] if logits.dim() == 3 else logits), state
-
-
 class TokenStream:
     """Iterator over generated tokens, one (b,) tensor per step; `state` is the current recurrent
     state (its size is fixed: `state.nbytes()` is the same after every token).
@@ -117,7 +111,7 @@ class TokenStream:
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         with torch.no_grad():
-            logits, self.state = _prefill_last(self.model, self.prompt)
+            logits, self.state = self.model.prefill(self.prompt)      # (b, V) at the last position
             done = torch.zeros(self.prompt.shape[0], dtype=torch.bool)
             for _ in range(self.sampling.max_new_tokens):
                 token = sample_next(logits, self.sampling, self.generator)

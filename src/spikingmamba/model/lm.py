@@ -150,14 +150,15 @@ class SpikingMambaForCausalLM(PreTrainedModel):
     # --- recurrent step mode ----------------------------------------------------------------
     @torch.no_grad()
     def prefill(self, input_ids: torch.LongTensor) -> tuple[torch.Tensor, MambaState]:
-        """Full-sequence pass that also returns the state after the last position."""
+        """Full-sequence pass over a prompt (b, l): logits of its last position (b, vocab) and the
+        state after it. Only the last position goes through the head."""
         self._check_ids(input_ids)
         h = self.backbone.embeddings(input_ids)
         states = []
         for layer in self.backbone.layers:
             h, s = layer(h, return_state=True)
             states.append(s)
-        h = self.backbone.norm_f(h.to(self.backbone.norm_f.weight.dtype))
+        h = self.backbone.norm_f(h[:, -1].to(self.backbone.norm_f.weight.dtype))     # (b, d_model)
         return self.lm_head(h.to(self.lm_head.weight.dtype)).float(), MambaState(states)
 
     def init_state(self, batch_size: int) -> MambaState:

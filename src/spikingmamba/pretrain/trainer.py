@@ -27,7 +27,7 @@ from spikingmamba.pretrain.config import PretrainConfig
 from spikingmamba.training.distributed import DistEnv, shutdown
 from spikingmamba.training.loop import fit
 from spikingmamba.training.run import agree, check_output, prepare_output, setup_process
-from spikingmamba.training.setup import data_path, load_data, resolve_config, save_trained
+from spikingmamba.training.setup import data_path, load_data, main_first, resolve_config, save_trained
 
 
 @dataclass
@@ -119,8 +119,7 @@ def _pretrain(cfg: PretrainConfig, env: DistEnv) -> dict[str, Any]:
 
         tokenizer = agree(lambda: load_tokenizer(cfg.out), env)
     else:
-        first = agree(lambda: make_tokenizer(cfg) if env.is_main else None, env)
-        tokenizer = first if env.is_main else agree(lambda: make_tokenizer(cfg), env)
+        tokenizer = main_first(lambda: make_tokenizer(cfg), env)
     train, heldout = load_data(cfg, tokenizer, env)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, tokenizer)

@@ -42,7 +42,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _full_state(model: nn.Module, optimizer: torch.optim.Optimizer, sharded: bool):
+def full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer, sharded: bool):
     """(model state, optimizer state), gathered to full tensors on the CPU when FSDP shards them."""
     if not sharded:
         return unwrap(model).state_dict(), optimizer.state_dict()
@@ -57,7 +57,7 @@ def save_checkpoint(out: Path, model: nn.Module, optimizer: torch.optim.Optimize
                     scheduler: torch.optim.lr_scheduler.LRScheduler, trainer_state: dict[str, Any],
                     env: DistEnv, sharded: bool = False) -> Path:
     """Collective: every process calls it; process 0 writes."""
-    model_state, optim_state = _full_state(model, optimizer, sharded)
+    model_state, optim_state = full_state_dicts(model, optimizer, sharded)
     rngs = all_gather_objects(rng_state(), env)
     target = Path(out) / CHECKPOINT_DIR
     if env.is_main:

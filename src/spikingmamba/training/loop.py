@@ -28,7 +28,7 @@ from torch import nn
 
 from spikingmamba.data.dataset import PackedDataset
 from spikingmamba.errors import UserError
-from spikingmamba.training.checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
+from spikingmamba.training.checkpoint import CHECKPOINT_DIR, full_state_dicts, load_checkpoint, save_checkpoint
 from spikingmamba.training.config import TrainConfig
 from spikingmamba.training.distributed import DistEnv, all_gather_objects, all_reduce_sum, unwrap, wrap_model
 from spikingmamba.training.metrics import MetricsLog
@@ -157,6 +157,34 @@ def evaluate(task: Task, model: nn.Module, heldout: PackedDataset, cfg: TrainCon
     return task.eval_summary(summed)
 
 
+def _accumulate_gradients(task: Task, wrapped: nn.Module, train: PackedDataset, order: BatchOrder, step: int,
+                          cfg: TrainConfig, env: DistEnv, params: list[torch.Tensor]):
+    """Forward + backward over this process's micro-batches of step `step`; clip the gradient.
+
+    Returns (loss, named parts, gradient norm), the loss and parts averaged over all processes,
+    so that every process sees the same values (and stops together on a non-finite one).
+    """
+    global_batch = cfg.batch_size * cfg.grad_accum * env.world_size
+    sums: dict[str, torch.Tensor] = {}
+    for micro in range(cfg.grad_accum):
+        start = step * global_batch + (micro * env.world_size + env.rank) * cfg.batch_size
+        rows = train.rows[order.take(start, cfg.batch_size)].to(env.device)       # (batch, seq_len + 1)
+        with _sync_context(wrapped, cfg.distributed, last_micro=micro == cfg.grad_accum - 1):
+            with _autocast(cfg, env.device):
+                loss, parts = task.loss(wrapped, rows[:, :-1], rows[:, 1:])
+            if cfg.debug_nan_at_step == step + 1:
+                loss = loss * float("nan")
+            (loss / cfg.grad_accum).backward()
+        for key, value in {"loss": loss, **parts}.items():
+            sums[key] = sums.get(key, 0) + value.detach().double().cpu() / cfg.grad_accum
+    keys = sorted(sums)
+    reduced = all_reduce_sum(torch.stack([sums[k] for k in keys]), env) / env.world_size
+    values = dict(zip(keys, reduced.tolist()))
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+    return values.pop("loss"), values, grad_norm
+
+
 def fit(task: Task, cfg: TrainConfig, train: PackedDataset, heldout: PackedDataset, env: DistEnv,
         out: Path, describe: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train `task.model` for `cfg.max_steps` steps (or up to `cfg.stop_at_step`); return the result
@@ -209,26 +237,7 @@ def fit(task: Task, cfg: TrainConfig, train: PackedDataset, heldout: PackedDatas
             window_start = time.perf_counter()
         while step < end_step:
             extra = task.before_step(step, cfg.max_steps)
-            parts_sum: dict[str, torch.Tensor] = {}
-            loss_sum = torch.zeros((), dtype=torch.float64)
-            for micro in range(cfg.grad_accum):
-                start = step * global_batch + (micro * env.world_size + env.rank) * cfg.batch_size
-                rows = train.rows[order.take(start, cfg.batch_size)].to(env.device)
-                last = micro == cfg.grad_accum - 1
-                with _sync_context(wrapped, cfg.distributed, last):
-                    with _autocast(cfg, env.device):
-                        loss, parts = task.loss(wrapped, rows[:, :-1], rows[:, 1:])
-                    if cfg.debug_nan_at_step == step + 1:
-                        loss = loss * float("nan")
-                    (loss / cfg.grad_accum).backward()
-                loss_sum += loss.detach().double().cpu() / cfg.grad_accum
-                for key, value in parts.items():
-                    parts_sum[key] = parts_sum.get(key, 0) + value.detach().double().cpu() / cfg.grad_accum
-            keys = sorted(parts_sum)
-            reduced = all_reduce_sum(torch.stack([loss_sum, *(parts_sum[k] for k in keys)]), env) / env.world_size
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-            loss_value = float(reduced[0])
+            loss_value, parts, grad_norm = _accumulate_gradients(task, wrapped, train, order, step, cfg, env, params)
             lr_used = optimizer.param_groups[0]["lr"]
             if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
                 what = "loss" if not math.isfinite(loss_value) else "gradient norm"
@@ -240,9 +249,7 @@ def fit(task: Task, cfg: TrainConfig, train: PackedDataset, heldout: PackedDatas
             tokens_seen += tokens_per_step
             window_tokens += tokens_per_step
             now = time.perf_counter()
-            record = {"kind": "train", "step": step, "loss": loss_value,
-                      **{k: float(v) for k, v in zip(keys, reduced[1:])},
-                      "lr": lr_used, "grad_norm": grad_norm, **extra,
+            record = {"kind": "train", "step": step, "loss": loss_value, **parts, "lr": lr_used, "grad_norm": grad_norm, **extra,
                       "tokens": tokens_seen, "tokens_per_s": window_tokens / max(now - window_start, 1e-9),
                       "elapsed_s": elapsed_before + now - started}
             if step % cfg.log_every == 0 or step == end_step:
@@ -269,9 +276,7 @@ def fit(task: Task, cfg: TrainConfig, train: PackedDataset, heldout: PackedDatas
     if step >= cfg.max_steps:
         full_state = None
         if sharded:
-            from spikingmamba.training.checkpoint import _full_state
-
-            full_state = _full_state(wrapped, optimizer, sharded)[0]  # collective
+            full_state = full_state_dicts(wrapped, optimizer, sharded)[0]  # collective
         if env.is_main:
             task.save_model(out, full_state)
             (out / RESULT_FILE).write_text(json.dumps(result, indent=2), encoding="utf-8")

@@ -99,7 +99,13 @@ def prepare_output(cfg: TrainConfig, env: DistEnv) -> Path:
     return out
 
 
+# Saved values a resumed run does not inherit: they describe how the first part was run.
+_NOT_INHERITED = ("overwrite", "resume", "stop_at_step", "debug_nan_at_step")
+
+
 def config_for_resume(cls: type[TrainConfig], out: str | Path, overrides: dict) -> dict:
-    """The values to build a resumed run's config from: the saved recipe, then `overrides`."""
+    """The values to build a resumed run's config from: the saved recipe (less where the first part
+    stopped and its testing aids), then `overrides`."""
     file = Path(out) / CONFIG_FILE
-    return {**(read_yaml(file) if file.is_file() else {}), **overrides}
+    saved = read_yaml(file) if file.is_file() else {}
+    return {**{k: v for k, v in saved.items() if k not in _NOT_INHERITED}, **overrides}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
@@ -13,6 +14,7 @@ from spikingmamba.training.distributed import DistEnv
 from spikingmamba.training.run import agree
 
 C = TypeVar("C", bound=TrainConfig)
+T = TypeVar("T")
 
 
 def resolve_config(cls: type[C], config: C | dict[str, Any] | str | Path) -> C:
@@ -43,8 +45,15 @@ def load_data(cfg: TrainConfig, tokenizer, env: DistEnv):
     def build():
         return build_datasets(data_path(cfg), tokenizer, cfg.seq_len, cfg.heldout_fraction, cfg.seed)
 
-    first = agree(lambda: build() if env.is_main else None, env)
-    return first if env.is_main else agree(build, env)
+    return main_first(build, env)
+
+
+def main_first(fn: Callable[[], T], env: DistEnv) -> T:
+    """`fn()` on the main process, then on the others (e.g. to fill a cache the others then read).
+    Both rounds are collective, so a UserError anywhere stops every process."""
+    first = agree(lambda: fn() if env.is_main else None, env)
+    rest = agree(lambda: None if env.is_main else fn(), env)
+    return first if env.is_main else rest
 
 
 def save_trained(model, out: Path, tokenizer, full_state: dict[str, torch.Tensor] | None = None) -> None:

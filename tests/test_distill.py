@@ -1,0 +1,127 @@
+"""Distillation end to end on a tiny teacher: the student, SGC, frozen embeddings, the rate
+penalty, exact resume, and clear errors before any training starts."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+import spikingmamba
+from spikingmamba.cli.main import main
+from spikingmamba.distill import distill
+from spikingmamba.errors import CheckpointError, UserError
+from spikingmamba.training.metrics import read_metrics
+from training_helpers import VOCAB, distill_settings, make_teacher, train_losses, weights
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    return make_teacher(tmp_path_factory.mktemp("teacher"))
+
+
+def test_distill_end_to_end(tmp_path, teacher):
+    out = tmp_path / "student"
+    # thresholds left at 1 (no calibration), so that the student starts visibly off the teacher
+    result = distill(distill_settings(out, teacher, levels=2, calibration_tokens=0, lr=1e-2, max_steps=8,
+                                      eval_every=4))
+    first, final = result["first_eval"], result["final_eval"]
+    for metrics in (first, final):
+        assert {"student_ppl", "teacher_ppl", "kl", "firing_rate", "spikes_per_neuron", "per_layer"} <= set(metrics)
+        assert 0 < metrics["firing_rate"] <= 1 and metrics["kl"] >= 0
+        assert set(metrics["per_layer"]) == {"0", "1"} and set(metrics["per_layer"]["0"]) == {"in_proj", "out_proj"}
+    assert final["teacher_ppl"] == pytest.approx(first["teacher_ppl"])
+    assert final["kl"] < first["kl"]                      # distillation moves the student toward the teacher
+    train = read_metrics(out, "train")
+    assert [r["step"] for r in train] == list(range(1, 9)) and all("kl" in r and "hidden" in r for r in train)
+    # the SGC weight anneals from 0.5 to 0 by half of the run
+    assert [r["sgc"] for r in train] == [0.5, 0.375, 0.25, 0.125, 0, 0, 0, 0]
+
+    student = spikingmamba.from_pretrained(out)
+    assert student.is_spiking and student.spiking_config.levels == 2
+    dense = weights(teacher)
+    trained = weights(out)
+    assert torch.equal(trained["backbone.embeddings.weight"], dense["backbone.embeddings.weight"])  # frozen
+    assert not torch.equal(trained["backbone.layers.0.mixer.in_proj.weight"],
+                           dense["backbone.layers.0.mixer.in_proj.weight"])
+    assert (out / "tokenizer.json").is_file() and json.loads((out / "result.json").read_text())["levels"] == 2
+
+
+def test_no_sgc_and_trainable_embeddings(tmp_path, teacher):
+    out = tmp_path / "s"
+    distill(distill_settings(out, teacher, sgc=False, freeze_embeddings=False, max_steps=2, eval_every=0))
+    assert all(r["sgc"] == 0 for r in read_metrics(out, "train"))
+    assert not torch.equal(weights(out)["backbone.embeddings.weight"], weights(teacher)["backbone.embeddings.weight"])
+
+
+@pytest.mark.parametrize("neuron, levels", [("ilif", 2), ("lif", 1)])
+def test_other_neurons(tmp_path, teacher, neuron, levels):
+    result = distill(distill_settings(tmp_path / neuron, teacher, neuron=neuron, levels=levels, max_steps=2,
+                                      eval_every=0))
+    assert result["finished"] and spikingmamba.from_pretrained(tmp_path / neuron).spiking_config.neuron == neuron
+
+
+def test_rate_penalty_lowers_the_firing_rate(tmp_path, teacher):
+    common = dict(max_steps=5, eval_every=0, lr=1e-2, hidden_weight=0.0, sgc=False)
+    free = distill(distill_settings(tmp_path / "free", teacher, **common))
+    pushed = distill(distill_settings(tmp_path / "pushed", teacher, rate_weight=10.0, rate_target=0.0, **common))
+    assert pushed["final_eval"]["spikes_per_neuron"] < 0.8 * free["final_eval"]["spikes_per_neuron"]
+    assert "rate" in read_metrics(tmp_path / "pushed", "train")[-1]
+
+
+def test_distill_resume_is_exact(tmp_path, teacher):
+    settings = dict(rate_weight=0.1, rate_target=0.2, ce_weight=0.5, temperature=2.0)
+    distill(distill_settings(tmp_path / "a", teacher, **settings))
+    distill(distill_settings(tmp_path / "b", teacher, stop_at_step=2, **settings))
+    distill(distill_settings(tmp_path / "b", teacher, resume=True, **settings))
+    assert train_losses(tmp_path / "a") == train_losses(tmp_path / "b")
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- errors before training -----------------------------------------------------------------
+def test_teacher_that_does_not_load(tmp_path, teacher):
+    with pytest.raises(CheckpointError, match="no such checkpoint folder"):
+        distill(distill_settings(tmp_path / "o", tmp_path / "nowhere"))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        distill(distill_settings(tmp_path / "o", broken))
+    assert not (tmp_path / "o").exists()
+
+
+def test_tokenizer_larger_than_the_teacher_embedding(tmp_path, teacher):
+    small = tmp_path / "small_teacher"
+    model = spikingmamba.SpikingMambaForCausalLM(spikingmamba.SpikingMambaConfig(
+        vocab_size=VOCAB - 64, hidden_size=16, num_hidden_layers=1, state_size=4))
+    model.save_pretrained(small)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(teacher / name, small / name)
+    with pytest.raises(CheckpointError, match=f"tokenizer has {VOCAB} tokens but the model's embedding has only"):
+        distill(distill_settings(tmp_path / "o", small))
+    (small / "tokenizer.json").unlink()
+    (small / "tokenizer_config.json").unlink()
+    with pytest.raises(UserError, match="holds no tokenizer"):
+        distill(distill_settings(tmp_path / "o", small))
+
+
+def test_out_untouched_on_bad_input(tmp_path, teacher):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="already holds files"):
+        distill(distill_settings(out, teacher))
+    short = tmp_path / "short.txt"
+    short.write_text("Hail.\n\nAll hail.\n")
+    with pytest.raises(UserError, match="too few tokens"):
+        distill(distill_settings(out, teacher, data=str(short), overwrite=True))
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_cli_errors_exit_2(tmp_path, teacher, capsys):
+    assert main(["distill", "--teacher", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "spikingmamba distill: error:" in err and "nowhere" in err and "Traceback" not in err
+    assert main(["distill", "--teacher", str(teacher), "--out", str(tmp_path / "o"), "--neuron", "lif"]) == 2
+    assert "levels must be 1" in capsys.readouterr().err

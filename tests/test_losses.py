@@ -1,0 +1,136 @@
+"""Distillation losses, the rate proxy and the schedules, on hand-computed tensors."""
+
+import math
+
+import pytest
+import torch
+
+from spikingmamba.distill.losses import (cross_entropy, hidden_state_loss, kl_divergence, masked_mean,
+                                         spike_rate_penalty, target_mask)
+from spikingmamba.distill.rate import SpikeRateProbe, spike_rate
+from spikingmamba.distill.trainer import sgc_lambda
+from spikingmamba.neurons.silif import SpikingNeuron
+from spikingmamba.training.schedule import warmup_cosine
+
+# teacher p = (3/4, 1/4) from logits (ln 3, 0); student uniform (1/2, 1/2)
+KL_3_1 = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
+
+
+def test_kl_against_hand_computation():
+    student = torch.zeros(1, 1, 2)
+    teacher = torch.tensor([[[math.log(3.0), 0.0]]])
+    assert kl_divergence(student, teacher).item() == pytest.approx(KL_3_1, rel=1e-6)
+    assert kl_divergence(teacher, teacher).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_kl_temperature_softens_and_scales_by_t_squared():
+    student = torch.zeros(1, 1, 2)
+    teacher = torch.tensor([[[math.log(3.0), 0.0]]])
+    p = math.sqrt(3) / (math.sqrt(3) + 1)  # softmax((ln 3) / 2, 0)
+    expected = 4 * (p * math.log(p / 0.5) + (1 - p) * math.log((1 - p) / 0.5))
+    assert kl_divergence(student, teacher, temperature=2.0).item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError):
+        kl_divergence(student, teacher, temperature=0.0)
+
+
+def test_kl_masks_ignored_positions():
+    student = torch.zeros(1, 2, 2)
+    teacher = torch.tensor([[[math.log(3.0), 0.0], [0.0, 0.0]]])       # KL_3_1 at position 0, 0 at 1
+    assert kl_divergence(student, teacher).item() == pytest.approx(KL_3_1 / 2, rel=1e-6)
+    mask = target_mask(torch.tensor([[5, -100]]))
+    assert kl_divergence(student, teacher, mask=mask).item() == pytest.approx(KL_3_1, rel=1e-6)
+
+
+def test_kl_gradient_reaches_only_the_student():
+    student = torch.zeros(1, 1, 2, requires_grad=True)
+    teacher = torch.tensor([[[math.log(3.0), 0.0]]], requires_grad=True)
+    kl_divergence(student, teacher).backward()
+    # d KL / d z_s = p_s - p_t = (0.5 - 0.75, 0.5 - 0.25)
+    torch.testing.assert_close(student.grad, torch.tensor([[[-0.25, 0.25]]]))
+    assert teacher.grad is None
+
+
+def test_cross_entropy_ignores_minus_100():
+    logits = torch.tensor([[[math.log(3.0), 0.0], [0.0, 0.0]]])
+    assert cross_entropy(logits, torch.tensor([[0, -100]])).item() == pytest.approx(-math.log(0.75), rel=1e-6)
+    assert cross_entropy(logits, torch.tensor([[1, 0]])).item() == pytest.approx(
+        (-math.log(0.25) - math.log(0.5)) / 2, rel=1e-6)
+
+
+def test_hidden_state_loss_plain_normalised_and_weighted():
+    h_s = [torch.tensor([[[1.0, 2.0]]]), torch.tensor([[[0.0, 0.0]]])]
+    h_t = [torch.tensor([[[1.0, 0.0]]]), torch.tensor([[[2.0, 2.0]]])]
+    # layer 0: mse 2, teacher mean square 0.5 -> 4;  layer 1: mse 4, mean square 4 -> 1
+    assert hidden_state_loss(h_s, h_t, normalize=False).item() == pytest.approx((2 + 4) / 2)
+    assert hidden_state_loss(h_s, h_t, normalize=True).item() == pytest.approx((4 + 1) / 2, rel=1e-5)
+    assert hidden_state_loss(h_s, h_t, [1, 3], normalize=False).item() == pytest.approx(0.25 * 2 + 0.75 * 4)
+    assert hidden_state_loss(h_s, h_t, [0, 1], normalize=False).item() == pytest.approx(4.0)
+    with pytest.raises(ValueError):
+        hidden_state_loss(h_s, h_t, [1.0])
+    with pytest.raises(ValueError):
+        hidden_state_loss(h_s, h_t[:1])
+
+
+def test_hidden_state_loss_is_a_mean_over_positions():
+    """Per-position normalisation: the loss of a batch is the mean of its halves' losses (this is
+    what makes gradient accumulation and DDP equal to one large batch)."""
+    g = torch.Generator().manual_seed(0)
+    h_s = [torch.randn(4, 3, 5, generator=g) for _ in range(2)]
+    h_t = [torch.randn(4, 3, 5, generator=g) * 3 for _ in range(2)]
+    whole = hidden_state_loss(h_s, h_t)
+    halves = [hidden_state_loss([h[i:i + 2] for h in h_s], [h[i:i + 2] for h in h_t]) for i in (0, 2)]
+    assert whole.item() == pytest.approx(sum(halves).item() / 2, rel=1e-6)
+
+
+def test_masked_mean():
+    values = torch.tensor([[1.0, 3.0], [5.0, 7.0]])
+    assert masked_mean(values, None).item() == 4.0
+    assert masked_mean(values, torch.tensor([[True, False], [False, True]])).item() == 4.0
+    assert masked_mean(values, torch.tensor([[False, True], [False, False]])).item() == 3.0
+
+
+def test_rate_penalty_is_a_hinge_above_the_target():
+    rates = [torch.tensor([[0.5, 1.5]]), torch.tensor([[1.0, 3.0]])]    # two groups, (b=1, l=2)
+    # excess over 1: group 0 (0, 0.5), group 1 (0, 2) -> mean over groups (0, 1.25) -> mean 0.625
+    assert spike_rate_penalty(rates, 1.0).item() == pytest.approx(0.625)
+    assert spike_rate_penalty(rates, 5.0).item() == 0.0
+    assert spike_rate_penalty(rates, 1.0, mask=torch.tensor([[True, False]])).item() == 0.0
+
+
+def test_spike_rate_counts_spikes_and_has_the_surrogate_gradient():
+    neuron = SpikingNeuron(channels=4, levels=2, kind="silif")                 # theta = 1
+    x = torch.tensor([0.2, -0.7, 1.6, 3.0], requires_grad=True)
+    rate = spike_rate(neuron, x)                                               # s = (0, -1, 2, 2)
+    assert rate.item() == pytest.approx(5 / 4)
+    rate.backward()
+    # d mean|s| / dx = sign(s) * alpha * [inside -D..D] / 4: silent and clipped channels get nothing
+    torch.testing.assert_close(x.grad, torch.tensor([0.0, -0.25, 0.25, 0.0]))
+    assert neuron.theta.grad is not None and neuron.theta.grad.abs().sum() > 0
+
+
+def test_spike_rate_probe_sees_every_neuron_once_per_forward():
+    model = torch.nn.Sequential(SpikingNeuron(3, 1, "silif"), torch.nn.Linear(3, 3), SpikingNeuron(3, 1, "silif"))
+    probe = SpikeRateProbe(model)
+    with probe.watch():
+        model(torch.randn(2, 5, 3))
+    assert len(probe.rates) == 2 and probe.rates[0].shape == (2, 5)
+    model(torch.randn(2, 5, 3))                                                # hooks are gone
+    assert len(probe.rates) == 2
+
+
+def test_sgc_lambda_anneals_linearly_to_zero():
+    assert sgc_lambda(0, 100, 0.5, 0.5) == 0.5
+    assert sgc_lambda(25, 100, 0.5, 0.5) == pytest.approx(0.25)
+    assert sgc_lambda(50, 100, 0.5, 0.5) == 0.0
+    assert sgc_lambda(99, 100, 0.5, 0.5) == 0.0
+    assert sgc_lambda(50, 100, 1.0, 1.0) == pytest.approx(0.5)
+
+
+def test_warmup_cosine():
+    assert warmup_cosine(0, 10, 110, 0.1) == pytest.approx(0.1)
+    assert warmup_cosine(9, 10, 110, 0.1) == pytest.approx(1.0)
+    assert warmup_cosine(10, 10, 110, 0.1) == pytest.approx(1.0)
+    assert warmup_cosine(60, 10, 110, 0.1) == pytest.approx(0.55)
+    assert warmup_cosine(110, 10, 110, 0.1) == pytest.approx(0.1)
+    assert warmup_cosine(500, 10, 110, 0.1) == pytest.approx(0.1)
+    assert warmup_cosine(0, 0, 10, 0.0) == pytest.approx(1.0)

@@ -1,0 +1,132 @@
+"""The training loop (through `pretrain`, its simplest task): exact resume, accumulation, NaN stop,
+output-folder safety, data order, and the CLI's handling of user errors."""
+
+import json
+
+import pytest
+import torch
+
+from spikingmamba.cli.main import main
+from spikingmamba.errors import ConfigError, UserError
+from spikingmamba.pretrain import pretrain
+from spikingmamba.training.loop import BatchOrder, NonFiniteLossError
+from training_helpers import make_teacher, pretrain_settings, train_losses, weights
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return make_teacher(tmp_path_factory.mktemp("tok"))
+
+
+def test_pretrain_trains_and_saves_a_loadable_model(tmp_path, tokenizer):
+    import spikingmamba
+
+    result = pretrain(pretrain_settings(tmp_path / "run", tokenizer, lr=1e-2, max_steps=8))
+    losses = [loss for _, loss in train_losses(tmp_path / "run")]
+    assert losses[-1] < losses[0]
+    assert result["finished"] and result["final_eval"]["heldout_ppl"] > 1
+    model = spikingmamba.from_pretrained(tmp_path / "run")
+    assert not model.is_spiking and model.config.hidden_size == 16
+    saved = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert saved["step"] == 8 and saved["parameters"] == sum(p.numel() for p in model.parameters())
+    assert (tmp_path / "run" / "tokenizer.json").is_file()
+
+
+def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path, tokenizer):
+    pretrain(pretrain_settings(tmp_path / "a", tokenizer))
+    stopped = pretrain(pretrain_settings(tmp_path / "b", tokenizer, stop_at_step=4, save_every=0))
+    assert stopped["step"] == 4 and not stopped["finished"]
+    assert not (tmp_path / "b" / "model.safetensors").exists()
+    pretrain(pretrain_settings(tmp_path / "b", tokenizer, resume=True))
+    assert train_losses(tmp_path / "b") == train_losses(tmp_path / "a")      # bit for bit
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gradient_accumulation_equals_one_large_batch(tmp_path, tokenizer):
+    pretrain(pretrain_settings(tmp_path / "big", tokenizer, batch_size=4, max_steps=3))
+    pretrain(pretrain_settings(tmp_path / "acc", tokenizer, batch_size=2, grad_accum=2, max_steps=3))
+    a, b = weights(tmp_path / "big"), weights(tmp_path / "acc")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tokenizer):
+    out = tmp_path / "nan"
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 5.*checkpoint \(step 3\) is intact"):
+        pretrain(pretrain_settings(out, tokenizer, save_every=3, debug_nan_at_step=5))
+    assert json.loads((out / "checkpoint" / "trainer.json").read_text())["step"] == 3
+    assert not (out / "model.safetensors").exists()
+    # the checkpoint is good: resuming (without the injected NaN) finishes like a clean run
+    pretrain(pretrain_settings(out, tokenizer, resume=True))
+    pretrain(pretrain_settings(tmp_path / "clean", tokenizer))
+    assert train_losses(out) == train_losses(tmp_path / "clean")
+
+
+def test_out_is_never_overwritten_without_permission(tmp_path, tokenizer):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep")
+    with pytest.raises(UserError, match="already holds files"):
+        pretrain(pretrain_settings(out, tokenizer))
+    assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
+    pretrain(pretrain_settings(out, tokenizer, overwrite=True, max_steps=2))
+    assert (out / "model.safetensors").is_file()
+
+
+def test_resume_checks(tmp_path, tokenizer):
+    with pytest.raises(UserError, match="no checkpoint"):
+        pretrain(pretrain_settings(tmp_path / "empty", tokenizer, resume=True))
+    pretrain(pretrain_settings(tmp_path / "r", tokenizer, stop_at_step=2))
+    with pytest.raises(ConfigError, match=r"may not change the recipe.*lr"):
+        pretrain(pretrain_settings(tmp_path / "r", tokenizer, resume=True, lr=0.5))
+
+
+def test_too_little_data_is_a_clear_error(tmp_path, tokenizer):
+    short = tmp_path / "short.txt"
+    short.write_text("To be or not to be.\n\nThat is the question.\n")
+    with pytest.raises(UserError, match="too few tokens"):
+        pretrain(pretrain_settings(tmp_path / "o1", tokenizer, data=str(short), seq_len=64))
+    with pytest.raises(UserError, match="fewer than one step's global batch"):
+        pretrain(pretrain_settings(tmp_path / "o2", tokenizer, batch_size=100_000, seq_len=16))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(UserError, match="empty"):
+        pretrain(pretrain_settings(tmp_path / "o3", tokenizer, data=str(empty)))
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o3").exists()
+
+
+def test_batch_order_is_a_deterministic_permutation_per_epoch():
+    order = BatchOrder(5, seed=3)
+    stream = order.take(0, 15).tolist()
+    for epoch in range(3):
+        assert sorted(stream[5 * epoch: 5 * epoch + 5]) == list(range(5))
+    assert stream[:5] != stream[5:10]
+    assert BatchOrder(5, seed=3).take(7, 4).tolist() == stream[7:11]
+
+
+def test_cli_user_errors_exit_2_without_traceback(tmp_path, tokenizer, capsys):
+    assert main(["pretrain", "--out", str(tmp_path / "x"), "--lr", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "lr must be > 0" in err and "Traceback" not in err
+    bad_yaml = tmp_path / "r.yaml"
+    bad_yaml.write_text("learning_rate: 0.1\n")
+    assert main(["pretrain", "--out", str(tmp_path / "x"), "--config", str(bad_yaml)]) == 2
+    assert "learning_rate" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own type errors exit 2 as well
+        main(["pretrain", "--out", str(tmp_path / "x"), "--max-steps", "ten"])
+    assert exit_info.value.code == 2
+
+
+def test_cli_resume_needs_only_out(tmp_path, tokenizer, capsys):
+    out = tmp_path / "cli"
+    flags = ["--out", str(out), "--tokenizer", str(tokenizer), "--data", pretrain_settings(out, tokenizer)["data"],
+             "--hidden-size", "16", "--num-layers", "2", "--state-size", "4", "--seq-len", "16",
+             "--batch-size", "2", "--max-steps", "4", "--warmup-steps", "1", "--eval-rows", "4",
+             "--num-threads", "1", "--no-progress"]
+    assert main(["pretrain", *flags, "--stop-at-step", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == 2
+    # the saved recipe is reused; where the first part stopped is not
+    assert main(["pretrain", "--out", str(out), "--resume"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["step"] == 4 and result["finished"]
