@@ -6,6 +6,12 @@ import pytest
 import torch
 
 
+def pytest_configure(config):
+    # Tiny models: per-op work is too small to split over threads; one thread is faster and
+    # immune to other jobs on a shared 2-core machine.
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path_factory, monkeypatch):
     root = tmp_path_factory.getbasetemp() / "env"

@@ -16,15 +16,6 @@ from spikingmamba.neurons import SpikingNeuron
 VOCAB = 101
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Decoding runs ops on tiny tensors: thread hand-off would dominate on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def dense():
     torch.manual_seed(0)

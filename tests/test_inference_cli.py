@@ -19,15 +19,6 @@ from spikingmamba.utils.io import save_model
 CORPUS = Path(__file__).parent / "data" / "sample_corpus.txt"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Decoding runs ops on tiny tensors: thread hand-off would dominate on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _tokenizer(vocab_size=300):
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -20,8 +20,6 @@ CORPUS = Path(__file__).parent / "data" / "sample_corpus.txt"
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """(student folder, teacher folder): a random 2-layer teacher, its spiking student, a 300-token BPE."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the 2 shared cores: one thread is faster than two fighting ones
     root = tmp_path_factory.mktemp("rl_models")
     tokenizer = train_tokenizer(CORPUS, root / "tok", vocab_size=300)
     torch.manual_seed(0)
@@ -33,8 +31,7 @@ def models(tmp_path_factory):
     for name, model in (("student", student), ("teacher", other_teacher)):
         model.save_pretrained(root / name)
         tokenizer.save_pretrained(root / name)
-    yield root / "student", root / "teacher"
-    torch.set_num_threads(threads)
+    return root / "student", root / "teacher"
 
 
 @pytest.fixture(scope="module")

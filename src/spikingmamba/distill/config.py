@@ -19,6 +19,8 @@ class DistillConfig(TrainConfig):
                                    "the teacher)")
 
     # the student
+    init_student: str | None = option(None, "start from this spiking student folder instead of converting the "
+                                      "teacher (levels/neuron/sites then come from it): continued distillation")
     levels: int = option(4, "D: largest spike magnitude = inference micro-steps", ge=1)
     neuron: str = option("silif", "neuron: silif (signed integer), ilif (unsigned), lif (binary, levels 1)",
                          choices=NEURON_KINDS)

