@@ -34,9 +34,9 @@ class QuickstartPlan:
     rl_prompts: int = 0
 
 
-QUICK = QuickstartPlan(distill_steps=150, batch_size=8, seq_len=128, levels=4, indomain_items=200, offline_limit=40)
-FULL = QuickstartPlan(distill_steps=1200, batch_size=8, seq_len=256, levels=4, indomain_items=500, offline_limit=200,
-                      rl_steps=100, rl_prompts=400)
+QUICK = QuickstartPlan(distill_steps=300, batch_size=8, seq_len=128, levels=4, indomain_items=300, offline_limit=100)
+FULL = QuickstartPlan(distill_steps=450, batch_size=8, seq_len=128, levels=4, indomain_items=500, offline_limit=200,
+                      rl_steps=60, rl_prompts=160)
 
 
 def heldout_text(out: Path, seed: int = 0, heldout_fraction: float = 0.05) -> Path:
@@ -139,8 +139,14 @@ def rl_stage(out: Path, student_dir: Path, teacher_dir: Path, plan: QuickstartPl
 
 def energy_summary(report) -> dict[str, float]:
     return {"firing_rate": report.firing_rate, "mean_abs_spike": report.mean_abs_spike,
+            "layer_firing_rate": [_mean([layer.in_firing_rate, layer.out_firing_rate]) for layer in report.layers],
             "ratio_blocks": report.blocks.ratio, "ratio_with_head": report.with_head.ratio,
             **{k: v for k, v in report.quality.items()}}
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
 
 
 def _acc(evals: dict, role: str) -> dict[str, float]:
@@ -166,10 +172,17 @@ def format_summary(summary: dict[str, Any]) -> str:
         cell = lambda v: "-" if v is None else fmt.format(v)  # noqa: E731
         rows.append((label, cell(teacher_value), *(cell(v) for v in values)))
 
-    add("held-out ppl", first["energy"].get("teacher_ppl"), [m["energy"]["student_ppl"] for m in models.values()])
+    add(f"held-out ppl ({ENERGY_TOKENS} tokens)", first["energy"].get("teacher_ppl"),
+        [m["energy"]["student_ppl"] for m in models.values()])
+    final = (summary.get("distill") or {}).get("final_eval") or {}
+    add("held-out KL(teacher || student), distillation eval", 0.0,
+        [final.get("kl") if name == "student" else None for name in names], "{:.4f}")
     add("top-1 agreement with teacher (%)", None,
         [100 * m["energy"]["top1_agreement"] for m in models.values()])
     add("firing rate (fraction non-zero)", 0.0, [m["energy"]["firing_rate"] for m in models.values()], "{:.3f}")
+    for i in range(len(first["energy"]["layer_firing_rate"])):
+        add(f"  layer {i} firing rate (in/out mean)", None,
+            [m["energy"]["layer_firing_rate"][i] for m in models.values()], "{:.3f}")
     add("spikes per neuron per token", None, [m["energy"]["mean_abs_spike"] for m in models.values()], "{:.3f}")
     add("energy ratio, blocks (x)", 1.0, [m["energy"]["ratio_blocks"] for m in models.values()])
     add("energy ratio, with head (x)", 1.0, [m["energy"]["ratio_with_head"] for m in models.values()])
