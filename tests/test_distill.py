@@ -125,3 +125,17 @@ def test_cli_errors_exit_2(tmp_path, teacher, capsys):
     assert "spikingmamba distill: error:" in err and "nowhere" in err and "Traceback" not in err
     assert main(["distill", "--teacher", str(teacher), "--out", str(tmp_path / "o"), "--neuron", "lif"]) == 2
     assert "levels must be 1" in capsys.readouterr().err
+
+
+def test_the_default_teacher_is_bundled():
+    from spikingmamba.assets import default_teacher_dir
+    from spikingmamba.data import check_vocab, load_tokenizer
+    from spikingmamba.distill.trainer import resolve_teacher
+
+    folder = default_teacher_dir()
+    assert resolve_teacher("default") == str(folder)
+    assert sum(f.stat().st_size for f in folder.iterdir()) < 25 * 2**20
+    model = spikingmamba.from_pretrained(folder)
+    assert not model.is_spiking and 5e6 < sum(p.numel() for p in model.parameters()) < 20e6
+    check_vocab(load_tokenizer(folder), model.config.vocab_size)
+    assert "held-out perplexity" in (folder / "TRAINING.md").read_text()

@@ -130,3 +130,9 @@ def test_cli_resume_needs_only_out(tmp_path, tokenizer, capsys):
     assert main(["pretrain", "--out", str(out), "--resume"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["step"] == 4 and result["finished"]
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path, tokenizer):
+    first = pretrain(pretrain_settings(tmp_path / "done", tokenizer, max_steps=2))
+    again = pretrain(pretrain_settings(tmp_path / "done", tokenizer, max_steps=2, resume=True))
+    assert again["final_eval"] == first["final_eval"] and again["step"] == 2

@@ -98,3 +98,13 @@ def test_help_lists_every_field():
     text = parser.format_help()
     for flag in ("--teacher", "--levels", "--no-sgc", "--rate-target", "--grad-accum", "--resume", "--config"):
         assert flag in text
+
+
+@pytest.mark.parametrize("name", ["pretrain_default_teacher", "distill_default", "distill_quick"])
+def test_shipped_recipes_are_valid(name):
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "configs" / f"{name}.yaml"
+    cls = PretrainConfig if name.startswith("pretrain") else DistillConfig
+    cfg = cls.load(path, {"out": "somewhere"})
+    assert cfg.data == "default" and cfg.heldout_fraction == 0.05 and cfg.seed == 0  # the teacher's split

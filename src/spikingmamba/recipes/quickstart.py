@@ -35,7 +35,7 @@ class QuickstartPlan:
 
 
 QUICK = QuickstartPlan(distill_steps=300, batch_size=8, seq_len=128, levels=4, indomain_items=300, offline_limit=100)
-FULL = QuickstartPlan(distill_steps=450, batch_size=8, seq_len=128, levels=4, indomain_items=500, offline_limit=200,
+FULL = QuickstartPlan(distill_steps=300, batch_size=8, seq_len=128, levels=4, indomain_items=500, offline_limit=200,
                       rl_steps=60, rl_prompts=160)
 
 

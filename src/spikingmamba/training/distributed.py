@@ -64,7 +64,10 @@ def shutdown(env: DistEnv) -> None:
 
 def wrap_model(model: nn.Module, env: DistEnv, strategy: str) -> nn.Module:
     """DDP: the returned wrapper syncs gradients; FSDP: `model` itself is sharded in place
-    (FSDP2 `fully_shard`, one unit per Mamba block plus the root) and returned."""
+    (FSDP2 `fully_shard`, one unit per Mamba block plus the root) and returned.
+
+    Only the model being trained is wrapped; a distillation teacher (frozen, forward only) stays a
+    full copy on every process."""
     if not env.distributed:
         return model
     if strategy == "ddp":

@@ -207,6 +207,8 @@ def fit(task: Task, cfg: TrainConfig, train: PackedDataset, heldout: PackedDatas
     if cfg.resume:
         meta = load_checkpoint(out, wrapped, optimizer, scheduler, env, sharded)
         step, tokens_seen, elapsed_before = meta["step"], meta["tokens"], meta["elapsed_s"]
+        if step >= cfg.max_steps and (out / RESULT_FILE).is_file():  # nothing left to do
+            return json.loads((out / RESULT_FILE).read_text(encoding="utf-8"))
     log = MetricsLog(out, enabled=env.is_main, resume_step=step if cfg.resume else None)
     order = BatchOrder(len(train), cfg.seed)
     end_step = cfg.stop_at_step or cfg.max_steps
