@@ -1,7 +1,7 @@
 """Distillation ablations on the offline default: levels D, SGC on/off, neuron type, at equal steps.
 
     python scripts/ablations.py --out runs/ablations [--steps 200 --seq-len 128 --batch-size 8]
-                                [--variants d1,d2,d4,d8,d4-nosgc,ilif4,lif1] [--workers 2]
+                                [--variants d1,d2,d4,d8,d4-nosgc,ilif4,lif1,d4-rate,d2-rate] [--workers 2]
 
 Each variant: `distill` from the bundled teacher, then the in-domain zero-shot tasks (lm-eval, vs
 the teacher, with teacher agreement) and the energy report on held-out text. Writes
@@ -21,6 +21,8 @@ from pathlib import Path
 VARIANTS = {
     "d1": dict(levels=1), "d2": dict(levels=2), "d4": dict(levels=4), "d8": dict(levels=8),
     "d4-nosgc": dict(levels=4, sgc=False), "ilif4": dict(levels=4, neuron="ilif"), "lif1": dict(levels=1, neuron="lif"),
+    # the energy knob: a firing-rate penalty above 0.2 spikes per neuron per token
+    "d4-rate": dict(levels=4, rate_weight=0.2, rate_target=0.2), "d2-rate": dict(levels=2, rate_weight=0.2, rate_target=0.2),
 }
 
 

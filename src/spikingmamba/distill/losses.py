@@ -74,7 +74,7 @@ def hidden_state_loss(student_hidden: Sequence[torch.Tensor], teacher_hidden: Se
         raise ValueError(f"layer_weights must be {n} non-negative numbers with a positive sum, got {layer_weights}")
     weights = weights / weights.sum()
     total = student_hidden[0].new_zeros((), dtype=torch.float32)
-    for w, h_s, h_t in zip(weights.tolist(), student_hidden, teacher_hidden):
+    for w, h_s, h_t in zip(weights.tolist(), student_hidden, teacher_hidden, strict=True):
         if w == 0:
             continue
         h_t = h_t.detach().float()

@@ -186,7 +186,8 @@ class DistillTask:
         spikes = totals["spikes"]  # (neurons, 3)
         numel, nonzero, count = spikes[:, 0].clamp(min=1), spikes[:, 1], spikes[:, 2]
         per_layer: dict[str, dict[str, float]] = {}
-        for name, rate, per_neuron in zip(self.neuron_names, (nonzero / numel).tolist(), (count / numel).tolist()):
+        for name, rate, per_neuron in zip(self.neuron_names, (nonzero / numel).tolist(), (count / numel).tolist(),
+                                           strict=True):
             layer, site = _LAYER.search(name).groups()
             per_layer.setdefault(layer, {})[f"{site}_proj"] = {"firing_rate": round(rate, 5),
                                                                "spikes_per_neuron": round(per_neuron, 5)}

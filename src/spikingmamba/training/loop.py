@@ -179,7 +179,7 @@ def _accumulate_gradients(task: Task, wrapped: nn.Module, train: PackedDataset, 
             sums[key] = sums.get(key, 0) + value.detach().double().cpu() / cfg.grad_accum
     keys = sorted(sums)
     reduced = all_reduce_sum(torch.stack([sums[k] for k in keys]), env) / env.world_size
-    values = dict(zip(keys, reduced.tolist()))
+    values = dict(zip(keys, reduced.tolist(), strict=True))
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
     grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
     return values.pop("loss"), values, grad_norm
@@ -239,7 +239,8 @@ def fit(task: Task, cfg: TrainConfig, train: PackedDataset, heldout: PackedDatas
             window_start = time.perf_counter()
         while step < end_step:
             extra = task.before_step(step, cfg.max_steps)
-            loss_value, parts, grad_norm = _accumulate_gradients(task, wrapped, train, order, step, cfg, env, params)
+            loss_value, parts, grad_norm = _accumulate_gradients(task, wrapped, train, order, step, cfg, env,
+                                                                 params)
             lr_used = optimizer.param_groups[0]["lr"]
             if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
                 what = "loss" if not math.isfinite(loss_value) else "gradient norm"
@@ -251,7 +252,8 @@ def fit(task: Task, cfg: TrainConfig, train: PackedDataset, heldout: PackedDatas
             tokens_seen += tokens_per_step
             window_tokens += tokens_per_step
             now = time.perf_counter()
-            record = {"kind": "train", "step": step, "loss": loss_value, **parts, "lr": lr_used, "grad_norm": grad_norm, **extra,
+            record = {"kind": "train", "step": step, "loss": loss_value, **parts, "lr": lr_used,
+                      "grad_norm": grad_norm, **extra,
                       "tokens": tokens_seen, "tokens_per_s": window_tokens / max(now - window_start, 1e-9),
                       "elapsed_s": elapsed_before + now - started}
             if step % cfg.log_every == 0 or step == end_step:
