@@ -23,10 +23,10 @@ from spikingmamba.distill.losses import (cross_entropy, hidden_state_loss, kl_di
 from spikingmamba.distill.rate import SpikeRateProbe
 from spikingmamba.errors import UserError
 from spikingmamba.model.lm import SpikingMambaForCausalLM
-from spikingmamba.training.distributed import DistEnv, shutdown, unwrap
+from spikingmamba.training.distributed import DistEnv, unwrap
 from spikingmamba.training.loop import fit
-from spikingmamba.training.run import agree, check_output, prepare_output, setup_process
-from spikingmamba.training.setup import load_data, resolve_config, save_trained
+from spikingmamba.training.run import agree, check_output, prepare_output
+from spikingmamba.training.setup import load_data, run_in_processes, save_trained
 
 
 def sgc_lambda(step: int, total_steps: int, start: float, until: float) -> float:
@@ -211,12 +211,7 @@ def distill(config: DistillConfig | dict | str | Path) -> dict[str, Any]:
     `config` is a `DistillConfig`, a dict of its fields, or a YAML file. Under `torchrun` every
     process calls this; they train one student together (DDP, or FSDP with distributed: fsdp).
     """
-    cfg = resolve_config(DistillConfig, config)
-    env = setup_process(cfg)
-    try:
-        return _distill(cfg, env)
-    finally:
-        shutdown(env)
+    return run_in_processes(DistillConfig, config, _distill)
 
 
 def _distill(cfg: DistillConfig, env: DistEnv) -> dict[str, Any]:

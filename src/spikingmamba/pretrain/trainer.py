@@ -24,10 +24,10 @@ from spikingmamba.distill.losses import cross_entropy
 from spikingmamba.model.config import SpikingMambaConfig
 from spikingmamba.model.lm import SpikingMambaForCausalLM
 from spikingmamba.pretrain.config import PretrainConfig
-from spikingmamba.training.distributed import DistEnv, shutdown
+from spikingmamba.training.distributed import DistEnv
 from spikingmamba.training.loop import fit
-from spikingmamba.training.run import agree, check_output, prepare_output, setup_process
-from spikingmamba.training.setup import data_path, load_data, main_first, resolve_config, save_trained
+from spikingmamba.training.run import agree, check_output, prepare_output
+from spikingmamba.training.setup import data_path, load_data, main_first, run_in_processes, save_trained
 
 
 @dataclass
@@ -104,12 +104,7 @@ def pretrain(config: PretrainConfig | dict | str | Path) -> dict[str, Any]:
 
     `config` is a `PretrainConfig`, a dict of its fields, or a YAML file. Runs under `torchrun` too.
     """
-    cfg = resolve_config(PretrainConfig, config)
-    env = setup_process(cfg)
-    try:
-        return _pretrain(cfg, env)
-    finally:
-        shutdown(env)
+    return run_in_processes(PretrainConfig, config, _pretrain)
 
 
 def _pretrain(cfg: PretrainConfig, env: DistEnv) -> dict[str, Any]:

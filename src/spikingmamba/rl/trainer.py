@@ -40,10 +40,10 @@ from spikingmamba.rl.config import RLConfig
 from spikingmamba.rl.losses import dpo_loss, rate_excess, sequence_logprobs
 from spikingmamba.rl.preferences import (PairRows, PreferenceStats, decode_rows, read_preferences,
                                          split_records, tokenize_records)
-from spikingmamba.training.distributed import DistEnv, shutdown, unwrap
+from spikingmamba.training.distributed import DistEnv, unwrap
 from spikingmamba.training.loop import fit
-from spikingmamba.training.run import agree, check_output, prepare_output, setup_process
-from spikingmamba.training.setup import resolve_config, save_trained
+from spikingmamba.training.run import agree, check_output, prepare_output
+from spikingmamba.training.setup import run_in_processes, save_trained
 
 PREFERENCES_META = "preferences.json"
 
@@ -255,12 +255,7 @@ def run_dpo(config: RLConfig | dict | str | Path) -> dict[str, Any]:
     `first_eval` (before RL) and `final_eval` (after) on the held-out pairs, and `preferences`:
     how many records were used, cut and skipped.
     """
-    cfg = resolve_config(RLConfig, config)
-    env = setup_process(cfg)
-    try:
-        return _run_dpo(cfg, env)
-    finally:
-        shutdown(env)
+    return run_in_processes(RLConfig, config, _run_dpo)
 
 
 def _run_dpo(cfg: RLConfig, env: DistEnv) -> dict[str, Any]:

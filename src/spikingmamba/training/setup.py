@@ -29,6 +29,21 @@ def resolve_config(cls: type[C], config: C | dict[str, Any] | str | Path) -> C:
     raise ConfigError(f"expected a {cls.__name__}, a dict or a YAML path, got {type(config).__name__}")
 
 
+def run_in_processes(cls: type[C], config: C | dict[str, Any] | str | Path,
+                     body: Callable[[C, DistEnv], T]) -> T:
+    """Resolve `config` into a `cls`, join the process group (under torchrun), run `body(cfg, env)`,
+    and leave the group whatever happens: the shared shape of every training entry point."""
+    from spikingmamba.training.distributed import shutdown
+    from spikingmamba.training.run import setup_process
+
+    cfg = resolve_config(cls, config)
+    env = setup_process(cfg)
+    try:
+        return body(cfg, env)
+    finally:
+        shutdown(env)
+
+
 def data_path(cfg: TrainConfig) -> Path:
     if cfg.data == "default":
         from spikingmamba.data import fetch_default_corpus
