@@ -23,6 +23,8 @@ VARIANTS = {
     "d4-nosgc": dict(levels=4, sgc=False), "ilif4": dict(levels=4, neuron="ilif"), "lif1": dict(levels=1, neuron="lif"),
     # the energy knob: a firing-rate penalty above 0.2 spikes per neuron per token
     "d4-rate": dict(levels=4, rate_weight=0.2, rate_target=0.2), "d2-rate": dict(levels=2, rate_weight=0.2, rate_target=0.2),
+    "d4-rate-strong": dict(levels=4, rate_weight=2.0, rate_target=0.1),
+    "d2-rate-strong": dict(levels=2, rate_weight=2.0, rate_target=0.1),
 }
 
 
