@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spikingmamba.errors import UserError
+from spikingmamba.utils.io import read_yaml
 
 HOROWITZ = "Horowitz, 'Computing's energy problem', ISSCC 2014 (45 nm, 0.9 V)"
 
@@ -73,16 +74,7 @@ def load_table(spec: str | Path = DEFAULT_TABLE) -> EnergyTable:
     if path.suffix.lower() not in (".yaml", ".yml"):
         raise UserError(f"unknown energy table {spec!r}; choose one of {', '.join(TABLES)} "
                         f"or pass a .yaml file with e_mac and e_ac in pJ")
-    if not path.is_file():
-        raise UserError(f"energy table file {path} does not exist")
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise UserError(f"energy table file {path} is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"energy table file {path} must hold a mapping with e_mac and e_ac (pJ)")
+    data = read_yaml(path, what="energy table file")
     unknown = sorted(set(data) - set(_YAML_KEYS))
     if unknown:
         raise UserError(f"energy table file {path}: unknown key(s) {unknown}; known: {list(_YAML_KEYS)}")

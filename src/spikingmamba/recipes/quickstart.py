@@ -141,7 +141,7 @@ def energy_summary(report) -> dict[str, float]:
     return {"firing_rate": report.firing_rate, "mean_abs_spike": report.mean_abs_spike,
             "layer_firing_rate": [_mean([layer.in_firing_rate, layer.out_firing_rate]) for layer in report.layers],
             "ratio_blocks": report.blocks.ratio, "ratio_with_head": report.with_head.ratio,
-            **{k: v for k, v in report.quality.items()}}
+            **report.quality}
 
 
 def _mean(values: list[float | None]) -> float | None:

@@ -22,7 +22,7 @@ from torch import nn
 
 from spikingmamba.errors import UserError
 from spikingmamba.training.distributed import DistEnv, all_gather_objects, barrier, unwrap
-from spikingmamba.utils.io import atomic_save_dir
+from spikingmamba.utils.io import atomic_save_dir, recover_dir
 
 CHECKPOINT_DIR = "checkpoint"
 FORMAT_VERSION = 1
@@ -74,7 +74,7 @@ def save_checkpoint(out: Path, model: nn.Module, optimizer: torch.optim.Optimize
 
 def read_trainer_state(out: Path) -> dict[str, Any]:
     """trainer.json of the checkpoint in `out`; a clear error if there is none."""
-    file = Path(out) / CHECKPOINT_DIR / "trainer.json"
+    file = recover_dir(Path(out) / CHECKPOINT_DIR) / "trainer.json"
     if not file.is_file():
         raise UserError(f"--resume: {Path(out) / CHECKPOINT_DIR} holds no checkpoint (no trainer.json); "
                         "start without --resume (add --overwrite to replace the folder)")

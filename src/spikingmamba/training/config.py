@@ -21,7 +21,8 @@ from typing import Any, ClassVar
 
 import yaml
 
-from spikingmamba.errors import ConfigError, UserError
+from spikingmamba.errors import ConfigError
+from spikingmamba.utils.io import read_yaml
 
 
 def option(default: Any, help: str, *, gt: float | None = None, ge: float | None = None,
@@ -160,21 +161,6 @@ class TrainConfig:
         """Fields (outside RESUMABLE_FIELDS) whose values differ: what a resume may not change."""
         mine, theirs = self.to_dict(), other.to_dict()
         return {k: (theirs[k], mine[k]) for k in mine if k not in self.RESUMABLE_FIELDS and mine[k] != theirs[k]}
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"config file {path} does not exist")
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a mapping of option names to values at the top level")
-    return values
 
 
 # --- types ------------------------------------------------------------------------------------
