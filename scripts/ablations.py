@@ -25,6 +25,15 @@ VARIANTS = {
     "d4-rate": dict(levels=4, rate_weight=0.2, rate_target=0.2), "d2-rate": dict(levels=2, rate_weight=0.2, rate_target=0.2),
     "d4-rate-strong": dict(levels=4, rate_weight=2.0, rate_target=0.1),
     "d2-rate-strong": dict(levels=2, rate_weight=2.0, rate_target=0.1),
+    # SGC designs where quantisation hurts most (D = 1, 2): none, residual (default), gradient-only
+    "d1-nosgc": dict(levels=1, sgc=False), "d2-nosgc": dict(levels=2, sgc=False),
+    "d1-sgcgrad": dict(levels=1, sgc_mode="gradient"), "d2-sgcgrad": dict(levels=2, sgc_mode="gradient"),
+    "d1-sgcgrad-long": dict(levels=1, sgc_mode="gradient", sgc_until=1.0),
+    "d2-sgcgrad-long": dict(levels=2, sgc_mode="gradient", sgc_until=1.0),
+    "d4-sgcgrad": dict(levels=4, sgc_mode="gradient"),
+    # sparse students for spike-driven decoding (issue 6): a firing rate near 0.15
+    "d4-sparse": dict(levels=4, rate_weight=4.0, rate_target=0.05),
+    "d2-sparse": dict(levels=2, rate_weight=4.0, rate_target=0.05),
 }
 
 
@@ -55,6 +64,12 @@ def headline(evals: dict, role: str) -> dict[str, float]:
     return {t: 100 * m[headline_metric(t)]["value"] for t, m in evals[role]["results"].items()}
 
 
+def sgc_label(cfg: dict) -> str:
+    if not cfg["sgc"]:
+        return "off"
+    return cfg.get("sgc_mode", "residual") + (" (whole run)" if cfg.get("sgc_until") == 1.0 else "")
+
+
 def write_tables(rows: list[dict], out: Path) -> str:
     lines = ["| variant | levels | neuron | SGC | held-out ppl (teacher) | KL | firing rate | spikes/neuron "
              "| cloze acc (teacher) | choice acc_norm (teacher) | mean gap (pts) | agreement choice | "
@@ -66,7 +81,7 @@ def write_tables(rows: list[dict], out: Path) -> str:
         agree = (r["eval"].get("agreement") or {}).get("indomain_choice", {}).get("argmax")
         e = r["energy"]
         lines.append(
-            f"| {r['variant']} | {cfg['levels']} | {cfg['neuron']} | {'on' if cfg['sgc'] else 'off'} "
+            f"| {r['variant']} | {cfg['levels']} | {cfg['neuron']} | {sgc_label(cfg)} "
             f"| {e['student_ppl']:.2f} ({e['teacher_ppl']:.2f}) | {r['distill'].get('kl', float('nan')):.4f} "
             f"| {e['firing_rate']:.3f} | {e['mean_abs_spike']:.3f} "
             f"| {s['indomain_cloze']:.1f} ({t['indomain_cloze']:.1f}) | {s['indomain_choice']:.1f} ({t['indomain_choice']:.1f}) "

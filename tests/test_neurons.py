@@ -91,6 +91,26 @@ def test_sgc_gradient_is_never_zero():
     torch.testing.assert_close(x.grad, torch.tensor([[0.1, 0.1, 1.0, 1.0]]))
 
 
+def test_gradient_mode_sgc_keeps_the_spiking_forward_and_smooths_the_gradient():
+    neuron = SpikingNeuron(4, levels=1).train()
+    x = torch.tensor([[5.0, -5.0, 0.2, 0.9]], requires_grad=True)
+    hard = neuron(x).detach()
+    neuron.sgc_lambda.fill_(0.1)
+    neuron.sgc_mode = "gradient"
+    out = neuron(x)
+    assert torch.equal(out.detach(), hard)                            # forward: exactly the spikes
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, torch.tensor([[0.1, 0.1, 1.0, 1.0]]))   # 0.9 * 1 + 0.1 inside
+
+
+def test_unknown_sgc_mode_is_named():
+    neuron = SpikingNeuron(4, levels=1).train()
+    neuron.sgc_lambda.fill_(0.1)
+    neuron.sgc_mode = "bogus"
+    with pytest.raises(ValueError, match="sgc_mode"):
+        neuron(torch.randn(2, 4))
+
+
 def test_firing_statistics():
     neuron = SpikingNeuron(4, levels=2)
     x = torch.tensor([[0.0, 1.2, -2.6, 0.4], [3.0, -0.2, 0.0, -1.0]])

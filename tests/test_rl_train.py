@@ -87,6 +87,26 @@ def test_pairs_are_the_best_and_worst_sample_by_teacher_score(models, tmp_path):
         make_preferences(student, teacher, prompts, out, progress=False)
 
 
+def test_teacher_chosen_pairs_keep_the_students_worst_sample_as_rejected(models, tmp_path):
+    student, teacher = models
+    prompts = ["The king", "And God said", "MACBETH. So foul", "Thou art"]
+    kw = dict(samples_per_prompt=4, max_new_tokens=6, seed=3, progress=False)
+    make_preferences(student, teacher, prompts, tmp_path / "s.jsonl", **kw)
+    summary = make_preferences(student, teacher, prompts, tmp_path / "t.jsonl", chosen_from="teacher", **kw)
+    own = {r["prompt"]: r for r in map(json.loads, (tmp_path / "s.jsonl").read_text().splitlines())}
+    records = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
+    assert summary["chosen_from"] == "teacher" and summary["pairs"] == len(records) > 0
+    assert len(records) + sum(summary["skipped"].values()) == len(prompts)
+    for r in records:
+        assert r["chosen_from"] == "teacher" and r["chosen"] != r["rejected"]
+        assert r["chosen_score"] == max(r["scores"]) > r["rejected_score"]   # best of the teacher's samples
+        if r["prompt"] in own:        # the student draws first from the same seeded stream
+            assert (r["rejected"], r["rejected_score"]) == (own[r["prompt"]]["rejected"],
+                                                            own[r["prompt"]]["rejected_score"])
+    with pytest.raises(UserError, match="chosen_from"):
+        make_preferences(student, teacher, prompts, tmp_path / "x.jsonl", chosen_from="oracle", **kw)
+
+
 def test_corpus_prompts_come_from_the_training_split_only(tmp_path, models):
     docs = [f"document{i} " + " ".join(f"w{i}x{j}" for j in range(40)) for i in range(20)]
     corpus = tmp_path / "corpus.txt"

@@ -26,6 +26,9 @@ def register(subparsers) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, > 0 (default 1)")
     p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens; 0 = off")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1]; 1 = off")
+    p.add_argument("--chosen-from", choices=("student", "teacher"), default="student",
+                   help="chosen = best of the student's samples (default) or of the teacher's own samples; "
+                   "rejected is always the student's worst")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of the prompt draw (default 0)")
     p.add_argument("--num-prompts", type=int, default=256, help="with --corpus: prompts to cut (default 256)")
     p.add_argument("--prompt-tokens", type=int, default=32, help="with --corpus: tokens per prompt (default 32)")
@@ -78,6 +81,7 @@ Writes --out (.jsonl: prompt, chosen, rejected, chosen_score, rejected_score, sc
                                       args.heldout_fraction, args.split_seed)
     summary = make_preferences(args.student, args.teacher, prompts, args.out, args.samples_per_prompt,
                                args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed,
-                               args.tokenizer, args.max_prompt_tokens, args.overwrite, args.device, args.progress)
+                               args.tokenizer, args.max_prompt_tokens, args.overwrite, args.device, args.progress,
+                               args.chosen_from)
     print(json.dumps(summary, indent=2))
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from spikingmamba.errors import ConfigError
-from spikingmamba.neurons.config import NEURON_KINDS, SITES
+from spikingmamba.neurons.config import NEURON_KINDS, SGC_MODES, SITES
 from spikingmamba.training.config import TrainConfig, option
 
 
@@ -36,6 +36,8 @@ class DistillConfig(TrainConfig):
     sgc: bool = option(True, "use the training-only SGC path (--no-sgc: the ablation without it)")
     sgc_start: float = option(0.5, "SGC weight lambda at the first step", ge=0, le=1)
     sgc_until: float = option(0.5, "fraction of the run after which lambda is 0", gt=0, le=1)
+    sgc_mode: str = option("residual", "residual: add lambda * (x - x_hat) in the forward pass; gradient: "
+                           "forward stays spiking, only the gradient is smoothed", choices=SGC_MODES)
 
     # the loss
     temperature: float = option(1.0, "softmax temperature of the KL term", gt=0)

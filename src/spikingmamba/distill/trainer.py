@@ -133,7 +133,7 @@ class DistillTask:
 
     def before_step(self, step: int, total_steps: int) -> dict[str, float]:
         lam = sgc_lambda(step, total_steps, self.cfg.sgc_start, self.cfg.sgc_until) if self.cfg.sgc else 0.0
-        self.model.set_sgc(lam)
+        self.model.set_sgc(lam, self.cfg.sgc_mode)
         return {"sgc": lam}
 
     def loss(self, model: nn.Module, input_ids: torch.Tensor, target_ids: torch.Tensor):

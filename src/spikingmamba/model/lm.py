@@ -22,6 +22,7 @@ from spikingmamba.model.config import SpikingMambaConfig
 from spikingmamba.model.mixer import MambaMixer
 from spikingmamba.model.state import LayerState, MambaState
 from spikingmamba.neurons import SpikingConfig, SpikingNeuron, set_spike_mode
+from spikingmamba.neurons.config import SGC_MODES
 
 
 class RMSNorm(nn.Module):
@@ -202,10 +203,14 @@ class SpikingMambaForCausalLM(PreTrainedModel):
     def spike_mode(self, mode: str) -> None:
         set_spike_mode(self, mode)
 
-    def set_sgc(self, weight: float) -> None:
-        """Weight lambda of the training-only SGC path (0 removes it; eval mode never uses it)."""
+    def set_sgc(self, weight: float, mode: str = "residual") -> None:
+        """Weight lambda and mode (residual | gradient) of the training-only SGC path (0 removes it;
+        eval mode never uses it)."""
+        if mode not in SGC_MODES:
+            raise ValueError(f"sgc_mode must be one of {SGC_MODES}, got {mode!r}")
         for _, n in self.neurons():
             n.sgc_lambda.fill_(float(weight))
+            n.sgc_mode = mode
 
     @contextlib.contextmanager
     def record_spikes(self):

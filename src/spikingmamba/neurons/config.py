@@ -9,6 +9,7 @@ from spikingmamba.errors import ConfigError
 NEURON_KINDS = ("silif", "ilif", "lif")
 SITES = ("in_proj", "out_proj")
 SPIKE_MODES = ("integer", "binary")
+SGC_MODES = ("residual", "gradient")
 
 
 @dataclass(frozen=True)

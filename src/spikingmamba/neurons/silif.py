@@ -9,16 +9,18 @@ Glossary:
     x_hat   what the next layer sees: theta * s  (W x_hat == theta-scaled sum of weight columns)
     lambda  SGC weight (training only, see below)
 
-Smoothed gradient compensation (SGC), our formula (the paper's is not public):
+Smoothed gradient compensation (SGC), our formula (the paper's is not public), in two modes:
 
-    training:   x_out = theta * s + lambda * (x - theta * s)
+    residual:   x_out = theta * s + lambda * (x - theta * s)           (training only)
+    gradient:   x_out = theta * s,  dx_out/dx = (1 - lambda) * surrogate + lambda
     inference:  x_out = theta * s                     (the path does not exist in eval mode)
 
-The SGC path adds back a fraction lambda of the quantisation residual. Its forward value
-compensates the quantisation loss while the student is still far from the teacher, and its
-gradient is smooth: dx_out/dx = (1 - lambda) * surrogate + lambda, which is never zero, so channels
-clipped at +-D keep receiving gradient. The distillation trainer anneals lambda to 0 before the
-end of training, so the trained weights are those of the pure spiking forward used at inference.
+Both give the smooth gradient (1 - lambda) * surrogate + lambda, which is never zero, so channels
+clipped at +-D keep receiving gradient. `residual` also adds back a fraction lambda of the
+quantisation residual in the forward pass (the student starts closer to the teacher but trains a
+partly dense network); `gradient` keeps the forward pass exactly the spiking one and changes only
+the backward pass. The distillation trainer anneals lambda to 0 before the end of training, so the
+final weights are trained on the pure spiking forward used at inference.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spikingmamba.neurons.config import SPIKE_MODES
+from spikingmamba.neurons.config import SGC_MODES, SPIKE_MODES
 from spikingmamba.neurons.spike_train import integrate_and_fire
 from spikingmamba.neurons.surrogate import multi_level_spike
 
@@ -44,6 +46,7 @@ class SpikingNeuron(nn.Module):
         self.theta = nn.Parameter(torch.ones(channels if per_channel else 1))
         # SGC weight; a buffer (not learned: the optimiser would push it to 1, the dense model)
         self.register_buffer("sgc_lambda", torch.zeros(()), persistent=False)
+        self.sgc_mode = "residual"
         self.spike_mode = "integer"
         self.recording = False
         self.reset_stats()
@@ -64,7 +67,7 @@ class SpikingNeuron(nn.Module):
         """x_hat = theta * s, plus the SGC path when training (see the module docstring)."""
         x_hat = self.theta.clamp(min=THETA_MIN) * self.spikes(x)
         if self.training and float(self.sgc_lambda) > 0:
-            x_hat = x_hat + self.sgc_lambda * (x - x_hat)
+            return sgc_path(x, x_hat, self.sgc_lambda, self.sgc_mode)
         return x_hat
 
     def spike_train(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,6 +100,15 @@ class SpikingNeuron(nn.Module):
             "levels": list(range(self.lo, self.hi + 1)),
             "histogram": self.stat_hist.tolist(),
         }
+
+
+def sgc_path(x: torch.Tensor, x_hat: torch.Tensor, lam: torch.Tensor, mode: str) -> torch.Tensor:
+    """The neuron's training output with the SGC path of weight `lam` (module docstring)."""
+    if mode == "residual":
+        return x_hat + lam * (x - x_hat)
+    if mode == "gradient":                   # value x_hat; gradient (1 - lam) d x_hat + lam dx
+        return x_hat + lam * ((x - x.detach()) - (x_hat - x_hat.detach()))
+    raise ValueError(f"sgc_mode must be one of {SGC_MODES}, got {mode!r}")
 
 
 def set_spike_mode(module: nn.Module, mode: str) -> None:

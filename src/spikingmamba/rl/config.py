@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from spikingmamba.errors import ConfigError
+from spikingmamba.neurons.config import SGC_MODES
 from spikingmamba.rl.losses import LOSS_TYPES
 from spikingmamba.training.config import TrainConfig, option
 
@@ -49,6 +50,7 @@ class RLConfig(TrainConfig):
                        "hardened, so DPO trains the deployed network)")
     sgc_start: float = option(0.5, "SGC weight lambda at the first step (with --sgc)", ge=0, le=1)
     sgc_until: float = option(0.5, "fraction of the run after which lambda is 0 (with --sgc)", gt=0, le=1)
+    sgc_mode: str = option("residual", "SGC mode with --sgc (see distill)", choices=SGC_MODES)
 
     # TrainConfig fields with other defaults (or meanings) here
     seq_len: int = option(256, "context of a pair: most tokens of prompt + completion", ge=2)

@@ -7,6 +7,10 @@ For every prompt:
     2. the teacher scores each distinct continuation by its length-normalised log-likelihood,
        the mean over the continuation's tokens of log p_teacher(token | prompt, earlier tokens);
     3. the best becomes `chosen`, the worst `rejected`.
+With `chosen_from="teacher"` the teacher also samples k continuations and the best of *those*
+(by its own score) becomes `chosen`, while `rejected` stays the student's worst sample: pairs
+that contrast the teacher's behaviour with the student's own failure, where the student does not
+already prefer `chosen` (with student-only pairs a distilled student usually does).
 A prompt whose samples are all the same text, all empty, or all tied in score gives no pair; it is
 counted in `skipped` (reason -> count) of the summary, never dropped silently.
 
@@ -35,6 +39,7 @@ from spikingmamba.inference.generation import SamplingConfig, sample_next
 from spikingmamba.rl.losses import sequence_logprobs
 
 PROMPT_FIELD = "prompt"
+CHOSEN_SOURCES = ("student", "teacher")
 
 
 # --- prompts ----------------------------------------------------------------------------------
@@ -181,16 +186,19 @@ def make_preferences(student: str | Path, teacher: str | Path, prompts: list[str
                      out: str | Path, samples_per_prompt: int = 4, max_new_tokens: int = 32,
                      temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
                      tokenizer: str | None = None, max_prompt_tokens: int = 1024, overwrite: bool = False,
-                     device: str = "auto", progress: bool = True) -> dict[str, Any]:
+                     device: str = "auto", progress: bool = True, chosen_from: str = "student") -> dict[str, Any]:
     """Sample `samples_per_prompt` continuations per prompt from `student`, score them with `teacher`,
     write `{prompt, chosen, rejected, chosen_score, rejected_score, scores}` records to `out` (.jsonl,
     written atomically), and a summary next to it (`<out stem>.meta.json`); return the summary.
 
     `prompts` is a list of strings or a prompt file (`read_prompts`). `teacher` may be "default".
+    `chosen_from`: "student" (best of the student's samples) or "teacher" (best of the teacher's).
     """
     from spikingmamba.training.distributed import resolve_device
 
     out = Path(out)
+    if chosen_from not in CHOSEN_SOURCES:
+        raise UserError(f"chosen_from must be one of {CHOSEN_SOURCES}, got {chosen_from!r}")
     if samples_per_prompt < 2:
         raise UserError(f"samples_per_prompt must be >= 2 (a best and a worst), got {samples_per_prompt}")
     if out.exists() and not overwrite:
@@ -234,23 +242,38 @@ def make_preferences(student: str | Path, teacher: str | Path, prompts: list[str
     try:
         for index, (prompt, ids) in enumerate(zip(prompt_list, encoded)):
             generator = torch.Generator(device=dev).manual_seed(seed * 1_000_003 + index)
-            samples = sample_continuations(s_model, ids, samples_per_prompt, sampling, eos_id, generator)
-            texts = sorted({_whole_characters(tok, c) for c in samples} - {""}, key=lambda t: (len(t), t))
-            texts = [t for t in texts if t.strip()]
+
+            def scored_samples(model) -> tuple[list[str], list[float]]:
+                samples = sample_continuations(model, ids, samples_per_prompt, sampling, eos_id, generator)
+                texts = sorted({_whole_characters(tok, c) for c in samples} - {""}, key=lambda t: (len(t), t))
+                texts = [t for t in texts if t.strip()]
+                return texts, teacher_scores(t_model, ids, [encode(t) for t in texts], pad_id) if texts else []
+
+            texts, scores = scored_samples(s_model)
             if bar is not None:
                 bar.update(1)
-            if len(texts) < 2:
+            if chosen_from == "student" and len(texts) < 2:
                 skipped["fewer than 2 distinct non-empty samples"] += 1
                 continue
-            scores = teacher_scores(t_model, ids, [encode(t) for t in texts], pad_id)
-            best, worst = max(range(len(texts)), key=scores.__getitem__), min(range(len(texts)),
-                                                                               key=scores.__getitem__)
-            if scores[best] == scores[worst]:
-                skipped["tied teacher scores"] += 1
+            if not texts:
+                skipped["no non-empty student sample"] += 1
                 continue
-            records.append({"prompt": prompt, "chosen": texts[best], "rejected": texts[worst],
-                            "chosen_score": scores[best], "rejected_score": scores[worst],
-                            "scores": scores, "prompt_index": index})
+            worst = min(range(len(texts)), key=scores.__getitem__)
+            rejected, rejected_score = texts[worst], scores[worst]
+            if chosen_from == "teacher":
+                texts, scores = scored_samples(t_model)
+                keep = [i for i, t in enumerate(texts) if t != rejected]
+                texts, scores = [texts[i] for i in keep], [scores[i] for i in keep]
+                if not texts:
+                    skipped["no teacher sample distinct from the rejected one"] += 1
+                    continue
+            best = max(range(len(texts)), key=scores.__getitem__)
+            if scores[best] <= rejected_score:
+                skipped["chosen not scored above rejected"] += 1
+                continue
+            records.append({"prompt": prompt, "chosen": texts[best], "rejected": rejected,
+                            "chosen_score": scores[best], "rejected_score": rejected_score,
+                            "scores": scores, "prompt_index": index, "chosen_from": chosen_from})
     finally:
         if bar is not None:
             bar.close()
@@ -262,7 +285,7 @@ def make_preferences(student: str | Path, teacher: str | Path, prompts: list[str
         "out": str(out), "student": str(student), "teacher": str(teacher), "prompts": len(prompt_list),
         "pairs": len(records), "skipped": dict(skipped), "samples_per_prompt": samples_per_prompt,
         "max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
-        "seed": seed, "mean_chosen_score": sum(r["chosen_score"] for r in records) / len(records),
+        "seed": seed, "chosen_from": chosen_from, "mean_chosen_score": sum(r["chosen_score"] for r in records) / len(records),
         "mean_rejected_score": sum(r["rejected_score"] for r in records) / len(records),
         "elapsed_s": round(time.perf_counter() - started, 2),
     }

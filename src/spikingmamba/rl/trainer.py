@@ -137,7 +137,7 @@ class DPOTask:
             from spikingmamba.distill.trainer import sgc_lambda
 
             lam = sgc_lambda(step, total_steps, self.cfg.sgc_start, self.cfg.sgc_until)
-        self.model.set_sgc(lam)
+        self.model.set_sgc(lam, self.cfg.sgc_mode)
         return {"sgc": lam}
 
     def _pair_terms(self, model: nn.Module, rows: torch.Tensor, with_rate: bool = False) -> dict[str, torch.Tensor]:
