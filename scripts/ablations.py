@@ -32,8 +32,8 @@ VARIANTS = {
     "d2-sgcgrad-long": dict(levels=2, sgc_mode="gradient", sgc_until=1.0),
     "d4-sgcgrad": dict(levels=4, sgc_mode="gradient"),
     # sparse students for spike-driven decoding (issue 6): a firing rate near 0.15
-    "d4-sparse": dict(levels=4, rate_weight=4.0, rate_target=0.05),
-    "d2-sparse": dict(levels=2, rate_weight=4.0, rate_target=0.05),
+    "d4-sparse": dict(levels=4, rate_weight=4.0, rate_target=0.05, theta_lr_scale=30.0),
+    "d2-sparse": dict(levels=2, rate_weight=4.0, rate_target=0.05, theta_lr_scale=30.0),
 }
 
 

@@ -136,3 +136,21 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path, tokenizer):
     first = pretrain(pretrain_settings(tmp_path / "done", tokenizer, max_steps=2))
     again = pretrain(pretrain_settings(tmp_path / "done", tokenizer, max_steps=2, resume=True))
     assert again["final_eval"] == first["final_eval"] and again["step"] == 2
+
+
+def test_thresholds_get_their_own_learning_rate_and_no_decay():
+    from spikingmamba.model import SpikingMambaConfig, SpikingMambaForCausalLM
+    from spikingmamba.training.config import TrainConfig
+    from spikingmamba.training.loop import make_optimizer
+
+    model = SpikingMambaForCausalLM(SpikingMambaConfig(vocab_size=32, hidden_size=8, num_hidden_layers=2,
+                                                       state_size=4, spiking={"levels": 2}))
+    cfg = TrainConfig(out="unused", lr=2e-3, theta_lr_scale=25.0, weight_decay=0.1)
+    groups = make_optimizer(model, cfg).param_groups
+    thetas = {id(n.theta) for _, n in model.neurons()}
+    (theta_group,) = [g for g in groups if {id(p) for p in g["params"]} & thetas]
+    assert {id(p) for p in theta_group["params"]} == thetas and len(thetas) == 4
+    assert theta_group["lr"] == pytest.approx(2e-3 * 25) and theta_group["weight_decay"] == 0
+    assert all(g["lr"] == pytest.approx(2e-3) for g in groups if g is not theta_group)
+    with pytest.raises(ConfigError, match="theta_lr_scale"):
+        TrainConfig.from_dict({"out": "unused", "theta_lr_scale": 0})

@@ -58,6 +58,9 @@ class TrainConfig:
     warmup_steps: int = option(100, "linear warm-up steps", ge=0)
     weight_decay: float = option(0.1, "AdamW decoupled weight decay on matrices (not on norms, biases, "
                                  "A_log, D, neuron thresholds)", ge=0)
+    theta_lr_scale: float = option(1.0, "learning-rate multiplier of the spiking neurons' thresholds theta "
+                                   "(AdamW moves a parameter by about lr per step: thresholds need a larger "
+                                   "rate to follow a firing-rate penalty)", gt=0)
     adam_beta1: float = option(0.9, "AdamW beta1", ge=0, lt=1)
     adam_beta2: float = option(0.95, "AdamW beta2", ge=0, lt=1)
     adam_eps: float = option(1e-8, "AdamW epsilon", gt=0)

@@ -88,20 +88,28 @@ class BatchOrder:
         return torch.tensor(out, dtype=torch.long)
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices (Linear weights, trained embeddings); not norms, biases, conv, A_log, D, theta."""
-    decay, no_decay, seen = [], [], set()
+def _param_groups(model: nn.Module, weight_decay: float, lr: float, theta_lr_scale: float) -> list[dict]:
+    """Decay matrices (Linear weights, trained embeddings); not norms, biases, conv, A_log, D, theta.
+    The neurons' thresholds theta get their own group, at `theta_lr_scale` times the learning rate."""
+    decay, no_decay, theta, seen = [], [], [], set()
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        is_matrix = p.dim() == 2 and not name.endswith("A_log")
-        (decay if is_matrix else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if name.endswith(".theta"):
+            theta.append(p)
+        elif p.dim() == 2 and not name.endswith("A_log"):
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if theta:
+        groups.append({"params": theta, "weight_decay": 0.0, "lr": lr * theta_lr_scale})
+    return groups
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    groups = _param_groups(model, cfg.weight_decay)
+    groups = _param_groups(model, cfg.weight_decay, cfg.lr, cfg.theta_lr_scale)
     if not any(g["params"] for g in groups):
         raise UserError("nothing to train: every parameter of the model is frozen")
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
