@@ -31,6 +31,8 @@ VARIANTS = {
     "d1-sgcgrad-long": dict(levels=1, sgc_mode="gradient", sgc_until=1.0),
     "d2-sgcgrad-long": dict(levels=2, sgc_mode="gradient", sgc_until=1.0),
     "d4-sgcgrad": dict(levels=4, sgc_mode="gradient"),
+    # thresholds at 30x the learning rate (AdamW moves theta by ~lr per step otherwise)
+    "d4-thetalr": dict(levels=4, theta_lr_scale=30.0), "d2-thetalr": dict(levels=2, theta_lr_scale=30.0),
     # sparse students for spike-driven decoding (issue 6): a firing rate near 0.15
     "d4-sparse": dict(levels=4, rate_weight=4.0, rate_target=0.05, theta_lr_scale=30.0),
     "d2-sparse": dict(levels=2, rate_weight=4.0, rate_target=0.05, theta_lr_scale=30.0),

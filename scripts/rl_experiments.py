@@ -1,0 +1,143 @@
+"""RL-stage experiments (issue 5): which DPO recipe narrows the student's gap to the teacher, against
+an equal-step control that continues plain distillation.
+
+    python scripts/rl_experiments.py --student runs/full/student --out runs/rl [--steps 60 --prompts 160]
+                                     [--variants ...] [--workers 2]
+
+Starting from one distilled student: teacher-scored preference pairs of two kinds (`make-preferences
+--chosen-from student|teacher`), DPO variants on them, and the control (`distill --init-student`,
+same steps, batch and sequence length). Every model, and the starting student, is then scored the
+same way: the in-domain zero-shot tasks (lm-eval, vs the teacher, with teacher agreement) and the
+energy report on held-out text (perplexity, top-1 agreement, firing rate, energy ratio). Writes
+`rl_experiments.json` and `rl_experiments.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+# name -> (preference kind, DPO overrides); "control" is the equal-step distillation
+VARIANTS = {
+    "dpo-student-1e-4": ("student", {"lr": 1e-4}),            # the --full recipe's DPO
+    "dpo-student-1e-5": ("student", {"lr": 1e-5}),
+    "dpo-teacher-1e-5": ("teacher", {"lr": 1e-5}),
+    "dpo-teacher-3e-5": ("teacher", {"lr": 3e-5}),
+    "dpo-teacher-1e-4": ("teacher", {"lr": 1e-4}),
+    "dpo-teacher-3e-5-b05": ("teacher", {"lr": 3e-5, "beta": 0.5}),
+    "control": (None, {}),
+}
+
+
+def one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+
+
+def make_pairs(kind: str, student: Path, out: Path, prompts: int) -> Path:
+    one_thread()
+    from spikingmamba.data import fetch_default_corpus, load_tokenizer
+    from spikingmamba.rl.make_preferences import make_preferences, prompts_from_corpus
+
+    path = out / f"preferences-{kind}.jsonl"
+    if not path.exists():
+        texts = prompts_from_corpus(fetch_default_corpus(), load_tokenizer(student), prompts, prompt_tokens=32)
+        make_preferences(student, "default", texts, path, samples_per_prompt=4, max_new_tokens=32,
+                         chosen_from=kind, progress=False)
+    return path
+
+
+def train(name: str, student: Path, out: Path, steps: int) -> Path:
+    one_thread()
+    from spikingmamba.distill.trainer import resolve_teacher
+    from spikingmamba.recipes.quickstart import FULL, distill_stage
+    from spikingmamba.rl.trainer import run_dpo
+
+    model_dir = out / name
+    kind, overrides = VARIANTS[name]
+    if kind is None:
+        distill_stage(model_dir, FULL, resolve_teacher("default"), init_student=str(student), max_steps=steps,
+                      sgc=False, calibration_tokens=0, progress=False)
+    else:
+        run_dpo({"model": str(student), "preferences": str(out / f"preferences-{kind}.jsonl"), "out": str(model_dir),
+                 "max_steps": steps, "seq_len": FULL.seq_len, "batch_size": FULL.batch_size, "nll_weight": 1.0,
+                 "rate_weight": 1.0, "progress": False, **overrides})
+    return model_dir
+
+
+def score(name: str, model_dir: Path, out: Path, items: int) -> dict:
+    one_thread()
+    from spikingmamba.distill.trainer import resolve_teacher
+    from spikingmamba.evaluation import evaluate
+    from spikingmamba.recipes.quickstart import energy_stage, energy_summary
+
+    teacher = Path(resolve_teacher("default"))
+    evals = evaluate(model_dir, "indomain", teacher=teacher, heldout_text=out / "heldout.txt", indomain_items=items,
+                     out_dir=out / "eval" / name)
+    energy = energy_summary(energy_stage(model_dir, teacher, out / "heldout.txt", out / "energy" / name))
+    return {"variant": name, "config": VARIANTS.get(name, (None, {})), "eval": evals, "energy": energy}
+
+
+def table(rows: list[dict]) -> str:
+    from spikingmamba.evaluation.tasks_catalog import headline_metric
+
+    def acc(evals: dict, role: str) -> dict[str, float]:
+        return {t: 100 * m[headline_metric(t)]["value"] for t, m in evals[role]["results"].items()}
+
+    lines = ["| model | pairs | DPO settings | held-out ppl (teacher) | top-1 agreement | cloze acc (teacher) "
+             "| choice acc_norm (teacher) | mean gap (pts) | choice agreement | firing rate | energy ratio blocks |",
+             "|" + "---|" * 11]
+    for r in rows:
+        t, s, e = acc(r["eval"], "teacher"), acc(r["eval"], "student"), r["energy"]
+        gap = sum(t[k] - s[k] for k in t) / len(t)
+        agree = r["eval"]["agreement"]["indomain_choice"]["argmax"]
+        kind, overrides = r["config"]
+        settings = ", ".join(f"{k} {v:g}" for k, v in overrides.items()) or "-"
+        lines.append(f"| {r['variant']} | {kind or '-'} | {settings} | {e['student_ppl']:.2f} ({e['teacher_ppl']:.2f}) "
+                     f"| {100 * e['top1_agreement']:.1f}% | {s['indomain_cloze']:.1f} ({t['indomain_cloze']:.1f}) "
+                     f"| {s['indomain_choice']:.1f} ({t['indomain_choice']:.1f}) | {gap:.2f} | {100 * agree:.1f}% "
+                     f"| {e['firing_rate']:.3f} | {e['ratio_blocks']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--student", type=Path, required=True, help="the distilled spiking student to start from")
+    p.add_argument("--out", type=Path, default=Path("runs/rl"))
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--steps", type=int, default=60, help="optimiser steps of every variant and of the control")
+    p.add_argument("--prompts", type=int, default=160, help="prompts from the training split per preference file")
+    p.add_argument("--items", type=int, default=500, help="items per in-domain task (the --full recipe's 500)")
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args()
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        sys.exit(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from spikingmamba.recipes.quickstart import heldout_text
+
+    heldout_text(args.out)
+    kinds = sorted({VARIANTS[n][0] for n in names} - {None})
+    with ProcessPoolExecutor(args.workers) as pool:
+        for f in [pool.submit(make_pairs, k, args.student, args.out, args.prompts) for k in kinds]:
+            f.result()
+        dirs = dict(zip(names, pool.map(train, names, [args.student] * len(names), [args.out] * len(names),
+                                        [args.steps] * len(names))))
+        models = {"start": args.student, **dirs}
+        rows = list(pool.map(score, models, models.values(), [args.out] * len(models), [args.items] * len(models)))
+    (args.out / "rl_experiments.json").write_text(json.dumps(rows, indent=2, default=str) + "\n", encoding="utf-8")
+    text = table(rows)
+    (args.out / "rl_experiments.md").write_text(text + "\n", encoding="utf-8")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
