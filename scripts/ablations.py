@@ -31,6 +31,12 @@ VARIANTS = {
     "d1-sgcgrad-long": dict(levels=1, sgc_mode="gradient", sgc_until=1.0),
     "d2-sgcgrad-long": dict(levels=2, sgc_mode="gradient", sgc_until=1.0),
     "d4-sgcgrad": dict(levels=4, sgc_mode="gradient"),
+    # homotopy: start from the dense network (lambda 1) and reach pure spikes at 80% of the run
+    "d1-sgc-homotopy": dict(levels=1, sgc_start=1.0, sgc_until=0.8),
+    "d2-sgc-homotopy": dict(levels=2, sgc_start=1.0, sgc_until=0.8),
+    # a second seed (data order, calibration tokens): how large is run-to-run noise?
+    "d1-seed1": dict(levels=1, seed=1), "d1-nosgc-seed1": dict(levels=1, sgc=False, seed=1),
+    "d1-sgc-homotopy-seed1": dict(levels=1, sgc_start=1.0, sgc_until=0.8, seed=1),
     # thresholds at 30x the learning rate (AdamW moves theta by ~lr per step otherwise)
     "d4-thetalr": dict(levels=4, theta_lr_scale=30.0), "d2-thetalr": dict(levels=2, theta_lr_scale=30.0),
     # sparse students for spike-driven decoding (issue 6): a firing rate near 0.15
@@ -69,7 +75,8 @@ def headline(evals: dict, role: str) -> dict[str, float]:
 def sgc_label(cfg: dict) -> str:
     if not cfg["sgc"]:
         return "off"
-    return cfg.get("sgc_mode", "residual") + (" (whole run)" if cfg.get("sgc_until") == 1.0 else "")
+    start, until = cfg.get("sgc_start", 0.5), cfg.get("sgc_until", 0.5)
+    return f"{cfg.get('sgc_mode', 'residual')} {start:g}->0 by {until:.0%}"
 
 
 def write_tables(rows: list[dict], out: Path) -> str:

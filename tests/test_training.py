@@ -154,3 +154,24 @@ def test_thresholds_get_their_own_learning_rate_and_no_decay():
     assert all(g["lr"] == pytest.approx(2e-3) for g in groups if g is not theta_group)
     with pytest.raises(ConfigError, match="theta_lr_scale"):
         TrainConfig.from_dict({"out": "unused", "theta_lr_scale": 0})
+
+
+def test_the_seed_changes_the_order_but_not_the_heldout_split(tokenizer):
+    from spikingmamba.data import load_tokenizer
+    from spikingmamba.training.config import TrainConfig
+    from spikingmamba.training.distributed import DistEnv
+    from spikingmamba.training.loop import BatchOrder
+    from spikingmamba.training.setup import load_data
+    from training_helpers import SAMPLE
+
+    env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    tok = load_tokenizer(tokenizer)
+
+    def split(**kw):
+        cfg = TrainConfig(out="unused", data=str(SAMPLE), seq_len=16, heldout_fraction=0.2, **kw)
+        return load_data(cfg, tok, env)
+
+    (train0, held0), (train1, held1), (_, held_other) = split(seed=0), split(seed=1), split(split_seed=1)
+    assert torch.equal(held0.rows, held1.rows) and torch.equal(train0.rows, train1.rows)
+    assert not torch.equal(held0.rows, held_other.rows)
+    assert BatchOrder(len(train0), 0).take(0, 8).tolist() != BatchOrder(len(train0), 1).take(0, 8).tolist()

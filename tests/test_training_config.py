@@ -107,7 +107,7 @@ def test_shipped_recipes_are_valid(name):
     path = Path(__file__).parents[1] / "configs" / f"{name}.yaml"
     cls = PretrainConfig if name.startswith("pretrain") else DistillConfig
     cfg = cls.load(path, {"out": "somewhere"})
-    assert cfg.data == "default" and cfg.heldout_fraction == 0.05 and cfg.seed == 0  # the teacher's split
+    assert cfg.data == "default" and cfg.heldout_fraction == 0.05 and cfg.split_seed == 0  # the teacher's split
 
 
 @pytest.mark.parametrize("energy_first", [False, True])

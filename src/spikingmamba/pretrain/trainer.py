@@ -68,10 +68,10 @@ def make_tokenizer(cfg: PretrainConfig):
     path = data_path(cfg)
     stat = path.stat()
     key = hashlib.sha256(json.dumps([str(path.resolve()), stat.st_size, stat.st_mtime_ns, cfg.vocab_size,
-                                     cfg.heldout_fraction, cfg.seed]).encode()).hexdigest()[:16]
+                                     cfg.heldout_fraction, cfg.split_seed]).encode()).hexdigest()[:16]
     folder = default_cache_dir() / "tokenizers" / f"bpe{cfg.vocab_size}-{key}"
     if not (folder / "tokenizer.json").is_file():
-        train_docs, _ = split_documents(load_texts(path), cfg.heldout_fraction, cfg.seed)
+        train_docs, _ = split_documents(load_texts(path), cfg.heldout_fraction, cfg.split_seed)
         with tempfile.TemporaryDirectory() as tmp:
             text = Path(tmp) / "train.txt"
             text.write_text("\n\n".join(train_docs), encoding="utf-8")

@@ -78,7 +78,7 @@ def load_pairs(cfg: RLConfig, tokenizer) -> tuple[PairRows, PairRows, dict[str, 
         held_stats = PreferenceStats()
         heldout_records = read_preferences(cfg.heldout_preferences, cfg.skip_invalid, held_stats)
     else:
-        train_records, heldout_records = split_records(records, cfg.heldout_fraction, cfg.seed)
+        train_records, heldout_records = split_records(records, cfg.heldout_fraction, cfg.split_seed)
         held_stats = stats
     train = tokenize_records(train_records, tokenizer, cfg.seq_len, cfg.skip_invalid, stats, cfg.preferences)
     heldout = tokenize_records(heldout_records, tokenizer, cfg.seq_len, cfg.skip_invalid, held_stats,

@@ -39,7 +39,9 @@ class TrainConfig:
     out: str = option("", "output folder (model, checkpoint/, metrics.jsonl, result.json)")
     overwrite: bool = option(False, "replace an --out folder that already holds files")
     resume: bool = option(False, "continue from the checkpoint in --out (same recipe; see RESUMABLE_FIELDS)")
-    seed: int = option(0, "seed of the data order, the split and any initialisation", ge=0)
+    seed: int = option(0, "seed of the data order and any initialisation", ge=0)
+    split_seed: int = option(0, "seed of the train / held-out document split: keep the teacher's (0 for the "
+                             "bundled one), so that held-out text stays unseen whatever the seed", ge=0)
 
     # data
     data: str = option("default", 'training text: "default" (the offline default corpus), a .txt file '

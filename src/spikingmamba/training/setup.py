@@ -58,7 +58,7 @@ def load_data(cfg: TrainConfig, tokenizer, env: DistEnv):
     from spikingmamba.data import build_datasets
 
     def build():
-        return build_datasets(data_path(cfg), tokenizer, cfg.seq_len, cfg.heldout_fraction, cfg.seed)
+        return build_datasets(data_path(cfg), tokenizer, cfg.seq_len, cfg.heldout_fraction, cfg.split_seed)
 
     return main_first(build, env)
 
