@@ -42,6 +42,10 @@ VARIANTS = {
     # sparse students for spike-driven decoding (issue 6): a firing rate near 0.15
     "d4-sparse": dict(levels=4, rate_weight=4.0, rate_target=0.05, theta_lr_scale=30.0),
     "d2-sparse": dict(levels=2, rate_weight=4.0, rate_target=0.05, theta_lr_scale=30.0),
+    # the penalty weighted by what a spike costs (channels x fan-out): in_proj spikes cost 4x out_proj's
+    "d4-sparse-acc": dict(levels=4, rate_weight=4.0, rate_target=0.05, theta_lr_scale=30.0, rate_cost="accumulates"),
+    "d4-sparser-acc": dict(levels=4, rate_weight=8.0, rate_target=0.02, theta_lr_scale=30.0,
+                           rate_cost="accumulates"),
 }
 
 

@@ -134,3 +134,30 @@ def test_warmup_cosine():
     assert warmup_cosine(110, 10, 110, 0.1) == pytest.approx(0.1)
     assert warmup_cosine(500, 10, 110, 0.1) == pytest.approx(0.1)
     assert warmup_cosine(0, 0, 10, 0.0) == pytest.approx(1.0)
+
+
+def test_rate_penalty_weights_groups_by_cost():
+    rates = [torch.tensor([[0.5, 1.5]]), torch.tensor([[1.0, 3.0]])]    # excess over 1: (0, 0.5), (0, 2)
+    # weights 3:1 -> per position (0, 0.75 * 0.5 + 0.25 * 2 = 0.875) -> mean 0.4375
+    assert spike_rate_penalty(rates, 1.0, weights=[3.0, 1.0]).item() == pytest.approx(0.4375)
+    assert spike_rate_penalty(rates, 1.0, weights=[1.0, 1.0]).item() == pytest.approx(0.625)
+    with pytest.raises(ValueError, match="one positive weight per neuron group"):
+        spike_rate_penalty(rates, 1.0, weights=[1.0])
+
+
+def test_accumulate_costs_are_channels_times_fan_out():
+    from spikingmamba.distill.rate import SpikeRateProbe
+    from spikingmamba.model import SpikingMambaConfig, SpikingMambaForCausalLM
+
+    model = SpikingMambaForCausalLM(SpikingMambaConfig(vocab_size=32, hidden_size=8, num_hidden_layers=2,
+                                                       state_size=4, expand=2, spiking={"levels": 2}))
+    probe = SpikeRateProbe(model, cost="accumulates")
+    with probe.watch():
+        model(torch.randint(0, 32, (1, 5)))
+    # per layer: in_proj neurons 8 channels x fan-out 2 * 16 = 256; out_proj 16 channels x fan-out 8 = 128
+    assert probe.weights == [256.0, 128.0, 256.0, 128.0] and len(probe.rates) == 4
+    with probe.watch():
+        pass
+    assert probe.weights == [] and SpikeRateProbe(model).weights == []
+    with pytest.raises(ValueError, match="rate cost"):
+        SpikeRateProbe(model, cost="bytes")

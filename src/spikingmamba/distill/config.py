@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from spikingmamba.distill.rate import RATE_COSTS
 from spikingmamba.errors import ConfigError
 from spikingmamba.neurons.config import NEURON_KINDS, SGC_MODES, SITES
 from spikingmamba.training.config import TrainConfig, option
@@ -51,6 +52,10 @@ class DistillConfig(TrainConfig):
     rate_weight: float = option(0.0, "weight of the firing-rate penalty (0: off)", ge=0)
     rate_target: float = option(0.0, "target spikes per neuron per token (mean |s|); only tokens above it "
                                 "are penalised", ge=0)
+
+    rate_cost: str = option("group", "weights of the neuron groups in the penalty: group (equal) or accumulates "
+                            "(channels x fan-out of the projection: what a spike costs in energy and in "
+                            "weight bytes read)", choices=RATE_COSTS)
 
     lr: float = option(3e-4, "peak learning rate (AdamW)", gt=0)
     warmup_steps: int = option(20, "linear warm-up steps", ge=0)

@@ -86,8 +86,9 @@ def hidden_state_loss(student_hidden: Sequence[torch.Tensor], teacher_hidden: Se
 
 
 def spike_rate_penalty(rates: Sequence[torch.Tensor] | torch.Tensor, target: float,
-                       mask: torch.Tensor | None = None) -> torch.Tensor:
+                       mask: torch.Tensor | None = None, weights: Sequence[float] | None = None) -> torch.Tensor:
     """Mean over neuron groups and positions of relu(r - target): only activity above the target pays.
+    `weights` (one per group, any positive scale) make it a weighted mean over the groups instead.
 
     `rates` holds one (b, l) tensor per neuron group: spikes per neuron at each position,
     differentiable (see `spikingmamba.distill.rate`). A hinge rather than a squared distance, so
@@ -98,8 +99,13 @@ def spike_rate_penalty(rates: Sequence[torch.Tensor] | torch.Tensor, target: flo
     rates = torch.stack(list(rates)) if not isinstance(rates, torch.Tensor) else rates    # (groups, b, l)
     if rates.numel() == 0:
         raise ValueError("no spike rates given (the model has no neurons?)")
-    excess = F.relu(rates.float() - target)
-    return masked_mean(excess.mean(0), mask)
+    excess = F.relu(rates.float() - target)                                               # (groups, b, l)
+    if weights is None:
+        return masked_mean(excess.mean(0), mask)
+    w = torch.as_tensor(weights, dtype=excess.dtype, device=excess.device)
+    if w.shape != excess.shape[:1] or bool((w <= 0).any()):
+        raise ValueError(f"need one positive weight per neuron group ({excess.shape[0]}), got {tuple(w.shape)}")
+    return masked_mean(torch.einsum("g,gbl->bl", w / w.sum(), excess), mask)
 
 
 def target_mask(targets: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:

@@ -120,7 +120,7 @@ class DistillTask:
 
     def __post_init__(self):
         if self.cfg.rate_weight > 0:
-            self.probe = SpikeRateProbe(self.model)
+            self.probe = SpikeRateProbe(self.model, self.cfg.rate_cost)
         self.neuron_names = [name for name, _ in self.model.neurons()]
 
     @property
@@ -158,7 +158,7 @@ class DistillTask:
             parts["ce"] = cross_entropy(s.logits, target_ids)
             total = total + cfg.ce_weight * parts["ce"]
         if self.probe is not None:
-            parts["rate_penalty"] = spike_rate_penalty(self.probe.rates, cfg.rate_target, mask)
+            parts["rate_penalty"] = spike_rate_penalty(self.probe.rates, cfg.rate_target, mask, self.probe.weights)
             parts["rate"] = torch.stack(self.probe.rates).mean().detach()
             total = total + cfg.rate_weight * parts["rate_penalty"]
         return total, {k: v.detach() for k, v in parts.items()}
