@@ -9,7 +9,7 @@ from spikingmamba.inference import (SamplingConfig, SparseSpikeLinear, TokenStre
                                     generate, sparse_spike_accumulate)
 from spikingmamba.inference.sparse_linear import ColumnLinear
 from spikingmamba.inference.bench import (DecodeResult, break_even, resident_bytes, run_decode_benchmark,
-                                          set_firing_rate, weight_bytes_per_step)
+                                          SiteRates, set_firing_rate, weight_bytes_per_step)
 from spikingmamba.inference.generation import filter_logits
 from spikingmamba.neurons import SpikingNeuron
 
@@ -223,6 +223,14 @@ def test_set_firing_rate_hits_the_target(dense):
             student(ids)
         for name, stats in student.firing_stats().items():
             assert abs(stats["firing_rate"] - rate) < 0.02, (name, stats["firing_rate"])
+    set_firing_rate(student, SiteRates(in_proj=0.4, out_proj=0.1), ids)       # the two sites apart
+    with student.record_spikes():
+        student(ids)
+    for name, stats in student.firing_stats().items():
+        want = 0.1 if "out_neuron" in name else 0.4
+        assert abs(stats["firing_rate"] - want) < 0.02, (name, stats["firing_rate"])
+    with pytest.raises(UserError, match="firing rate"):
+        set_firing_rate(student, SiteRates(0.4, 0.0), ids)
 
 
 def test_weight_bytes_per_step_accounting(dense, student):

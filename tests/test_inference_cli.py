@@ -112,6 +112,10 @@ def test_bench_decode(folders, capsys, tmp_path):
     assert code == 0 and "| batch |" in out and "break-even firing rate, batch 1, whole step" in out
     results = json.loads((tmp_path / "r.json").read_text())["results"]
     assert [(r["batch"], r["target_rate"]) for r in results] == [(1, 0.1), (2, 0.1), (1, 0.5), (2, 0.5)]
+    code, out, _ = _run(capsys, "bench-decode", folders / "dense", "--rates", "0.4/0.1", "--batch-sizes", "1",
+                        "--tokens", 2, "--repeats", 1, "--warmup", 1, "--json", tmp_path / "p.json")
+    assert code == 0 and "| 1 | 0.4/0.1 |" in out
+    assert json.loads((tmp_path / "p.json").read_text())["results"][0]["target_rate"] == [0.4, 0.1]
     code, out, _ = _run(capsys, "bench-decode", folders / "student", "--batch-sizes", "1", "--tokens", 2,
                         "--repeats", 1, "--warmup", 0)
     assert code == 0 and "| 1 | own |" in out                        # a student keeps its own thresholds
@@ -120,6 +124,8 @@ def test_bench_decode(folders, capsys, tmp_path):
 @pytest.mark.parametrize("args, message", [
     ([], "either MODEL or --shape"), (["--shape", "7b"], "--shape must be one of"),
     (["--shape", "130m", "--rates", "0,0.5"], "--rates must lie in (0, 1]"),
+    (["--shape", "130m", "--rates", "0.3/0"], "--rates must lie in (0, 1]"),
+    (["--shape", "130m", "--rates", "0.3/0.1/0.2"], "--rates entries are R or IN/OUT"),
     (["--shape", "130m", "--batch-sizes", "a"], "--batch-sizes must be comma-separated"),
     (["--shape", "130m", "--tokens", "0"], "--tokens must be >= 1"),
 ])

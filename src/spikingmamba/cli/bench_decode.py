@@ -18,7 +18,8 @@ def register(subparsers) -> None:
     p.add_argument("model", nargs="?", help="model folder (dense or spiking); or use --shape")
     p.add_argument("--shape", help="a Mamba shape with random weights instead of MODEL: 130m or 370m")
     p.add_argument("--rates", help=f"target firing rates, comma-separated (default {DEFAULT_RATES}; a spiking "
-                                   "MODEL keeps its own thresholds unless given)")
+                                   "MODEL keeps its own thresholds unless given); IN/OUT sets the in_proj and "
+                                   "out_proj neurons apart, e.g. 0.36/0.07")
     p.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes (default 1,8)")
     p.add_argument("--tokens", type=int, default=8, help="decode steps per timed chunk (default 8)")
     p.add_argument("--repeats", type=int, default=12,
@@ -39,6 +40,23 @@ def _numbers(text: str, kind, flag: str) -> list:
     if not values:
         raise UserError(f"{flag} is empty")
     return values
+
+
+def _rates(text: str) -> list:
+    """Comma-separated rates; an entry IN/OUT is a per-site pair."""
+    from spikingmamba.inference.bench import SiteRates
+
+    rates = []
+    for entry in (e.strip() for e in text.split(",") if e.strip()):
+        parts = _numbers(entry.replace("/", ","), float, "--rates")
+        if len(parts) > 2 or ("/" in entry) != (len(parts) == 2):
+            raise UserError(f"--rates entries are R or IN/OUT, got {entry!r}")
+        if not all(0 < r <= 1 for r in parts):
+            raise UserError(f"--rates must lie in (0, 1], got {entry!r}")
+        rates.append(SiteRates(*parts) if len(parts) == 2 else parts[0])
+    if not rates:
+        raise UserError("--rates is empty")
+    return rates
 
 
 def bench_decode_cli(args: argparse.Namespace) -> int:
@@ -64,9 +82,7 @@ def bench_decode_cli(args: argparse.Namespace) -> int:
     batch_sizes = _numbers(args.batch_sizes, int, "--batch-sizes")
     if any(b < 1 for b in batch_sizes):
         raise UserError(f"--batch-sizes must be >= 1, got {args.batch_sizes}")
-    rates = None if args.rates is None else _numbers(args.rates, float, "--rates")
-    if rates is not None and any(not 0 < r <= 1 for r in rates):
-        raise UserError(f"--rates must lie in (0, 1], got {args.rates}")
+    rates = None if args.rates is None else _rates(args.rates)
     for flag, value, least in (("--tokens", args.tokens, 1), ("--repeats", args.repeats, 1),
                                ("--warmup", args.warmup, 0), ("--levels", args.levels, 1)):
         if value < least:

@@ -17,7 +17,10 @@ Firing rate (fraction of non-zero spikes) is set, not learned: `set_firing_rate`
 once on random tokens and, at each neuron in forward order (so each sees the activations the
 earlier spiking layers produce), sets theta_c = 2 * quantile(|x_c|, 1 - rate), so that
 |x_c / theta_c| >= 1/2 (a non-zero spike after rounding) for a fraction `rate` of the samples of
-channel c. The measured rate during decoding is reported next to the target.
+channel c. A rate may be one number for every neuron or a `SiteRates` pair (in_proj, out_proj):
+a trained student fires at different rates at the two sites, and a spike into in_proj reads a
+column of 2 d_inner weights, one into out_proj only d_model, so the pair, not the mean, sets the
+bytes read. The measured rate during decoding is reported next to the target.
 
 Memory: `decoder MB` is the bytes of tensors the decoder holds (shared tensors counted once),
 `state MB` the recurrent state, `decode growth MB` the rise of the process's peak RSS during a
@@ -31,6 +34,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -47,6 +51,19 @@ SHAPES = {
     "370m": dict(hidden_size=1024, num_hidden_layers=48, vocab_size=50280),
 }
 MB = 1e6
+
+
+class SiteRates(NamedTuple):
+    """Target firing rates of the neurons before in_proj and before out_proj."""
+
+    in_proj: float
+    out_proj: float
+
+    def __str__(self) -> str:
+        return f"{self.in_proj:g}/{self.out_proj:g}"
+
+
+Rate = float | SiteRates
 
 
 def random_model(shape: str, seed: int = 0) -> SpikingMambaForCausalLM:
@@ -71,13 +88,17 @@ def dense_twin(model: SpikingMambaForCausalLM) -> SpikingMambaForCausalLM:
 
 
 @torch.no_grad()
-def set_firing_rate(student: SpikingMambaForCausalLM, rate: float, input_ids: torch.LongTensor) -> None:
-    """Set every neuron's theta so that a fraction `rate` of its spikes on `input_ids` are non-zero."""
-    if not 0 < rate <= 1:
+def set_firing_rate(student: SpikingMambaForCausalLM, rate: Rate, input_ids: torch.LongTensor) -> None:
+    """Set every neuron's theta so that a fraction `rate` of its spikes on `input_ids` are non-zero
+    (a `SiteRates`: the in_proj and the out_proj neurons each at their own rate)."""
+    pair = rate if isinstance(rate, SiteRates) else SiteRates(rate, rate)
+    if not all(0 < r <= 1 for r in pair):
         raise InputError(f"firing rate must lie in (0, 1], got {rate}")
     handles = []
-    for _, neuron in student.neurons():
-        def hook(module, args):
+    for name, neuron in student.neurons():
+        site_rate = pair.out_proj if name.endswith("out_neuron") else pair.in_proj
+
+        def hook(module, args, rate=site_rate):
             x = args[0].detach().float().reshape(-1, module.channels)        # (rows, channels)
             if module.theta.numel() == 1:
                 x = x.reshape(-1, 1)
@@ -202,7 +223,7 @@ class _Run:
 @dataclass
 class DecodeResult:
     batch: int
-    target_rate: float | None
+    target_rate: Rate | None
     measured_rate: float | None
     tokens_per_s: dict[str, float]
     speedup: float | None
@@ -216,7 +237,7 @@ class DecodeResult:
 
 
 def run_decode_benchmark(dense: SpikingMambaForCausalLM, student: SpikingMambaForCausalLM | None,
-                         rates: list[float | None], batch_sizes: list[int], tokens: int = 8, repeats: int = 12,
+                         rates: list[Rate | None], batch_sizes: list[int], tokens: int = 8, repeats: int = 12,
                          warmup: int = 4, seed: int = 0, calibration_tokens: int = 256, log=print
                          ) -> list[DecodeResult]:
     """Interleaved timing of dense vs sparse decoding (see the module docstring).
@@ -302,7 +323,9 @@ def _f(x, fmt):
 
 def format_row(r: DecodeResult) -> str:
     t = r.tokens_per_s
-    cells = [str(r.batch), _f(r.target_rate, ".2f") if r.target_rate is not None else "own",
+    target = ("own" if r.target_rate is None else str(r.target_rate) if isinstance(r.target_rate, SiteRates)
+              else f"{r.target_rate:.2f}")
+    cells = [str(r.batch), target,
              _f(r.measured_rate, ".3f"), _f(t.get("dense (model.step)"), ".1f"), _f(t.get("dense (deploy)"), ".1f"),
              _f(t.get("sparse (deploy)"), ".1f"), _f(r.speedup, ".2f") + ("x" if r.speedup else ""),
              _f(r.speedup_blocks, ".2f") + ("x" if r.speedup_blocks else ""),
