@@ -58,9 +58,9 @@ class DecodeBlock(nn.Module):
         self.register_buffer("A", -torch.exp(mixer.A_log.detach().float()), persistent=False)          # (d_inner, n)
         self.D = mixer.D
 
-    @torch.no_grad()
     def step(self, h: torch.Tensor, state: LayerState) -> tuple[torch.Tensor, LayerState]:
-        """h (b, d_model) residual stream -> (b, d_model), new state."""
+        """h (b, d_model) residual stream -> (b, d_model), new state (called under `DecodeModel.step`'s
+        no_grad)."""
         u = self.norm(h.to(self.norm.weight.dtype))
         xz = self.in_proj(u)                                                  # (b, 2 d_inner)
         x, z = xz.chunk(2, dim=-1)                                            # (b, d_inner) x2

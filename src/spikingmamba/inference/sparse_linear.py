@@ -41,12 +41,15 @@ from spikingmamba.neurons.silif import THETA_MIN, SpikingNeuron
 PROJECTION_MODES = ("sparse", "dense", "auto")
 
 
-def active_columns(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def active_columns(s: torch.Tensor, zero: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The non-zero spikes of s (b, c_in) as embedding-bag input: column indices (k,), the start of
-    each batch row's bag in them (b,), and the spike values (k,)."""
+    each batch row's bag in them (b,), and the spike values (k,). `zero`: a ready long tensor [0],
+    the offsets at batch 1 (saves an allocation per call on the decode path)."""
     if s.shape[0] == 1:
         cols = s[0].nonzero().squeeze(1)                                    # (k,) active neurons
-        return cols, torch.zeros(1, dtype=torch.long, device=s.device), s[0, cols]
+        offsets = zero if zero is not None else torch.zeros(1, dtype=torch.long, device=s.device)
+        return cols, offsets, s[0, cols]
     rows, cols = s.nonzero().unbind(1)                                      # sorted by row
     counts = torch.bincount(rows, minlength=s.shape[0])
     return cols, torch.cumsum(counts, 0) - counts, s[rows, cols]
@@ -57,11 +60,13 @@ def sparse_spike_accumulate(s: torch.Tensor, weight_t: torch.Tensor, bias: torch
     """y = s @ weight_t (+ bias), touching only the rows of weight_t where s is non-zero.
 
     s (b, c_in) integer-valued spikes (any float dtype); weight_t (c_in, c_out). Returns (b, c_out).
-    `active` is `active_columns(s)` when the caller already has it.
+    `active` is `active_columns(s)` when the caller already has it (and has checked the shapes).
     """
-    if s.dim() != 2 or s.shape[1] != weight_t.shape[0]:
-        raise InputError(f"spikes must be (batch, {weight_t.shape[0]}), got {tuple(s.shape)}")
-    cols, offsets, values = active if active is not None else active_columns(s)
+    if active is None:
+        if s.dim() != 2 or s.shape[1] != weight_t.shape[0]:
+            raise InputError(f"spikes must be (batch, {weight_t.shape[0]}), got {tuple(s.shape)}")
+        active = active_columns(s)
+    cols, offsets, values = active
     y = F.embedding_bag(cols, weight_t, offsets, mode="sum",
                         per_sample_weights=values.to(weight_t.dtype))      # (b, c_out)
     return y if bias is None else y + bias
@@ -102,9 +107,8 @@ class ColumnLinear(nn.Module):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
-    @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (b, in) -> (b, out)."""
+        """x (b, in) -> (b, out). Inference only: call it under `torch.no_grad()` (as `DecodeModel` does)."""
         return column_accumulate(x, self.weight_t, self.bias)
 
 
@@ -125,6 +129,7 @@ class SparseSpikeLinear(nn.Module):
         self.register_buffer("weight_t", weight_t.contiguous(), persistent=False)   # (c_in, c_out)
         self.register_buffer("bias", bias, persistent=False)
         self.register_buffer("theta", theta.clamp(min=THETA_MIN), persistent=False)
+        self.register_buffer("zero", torch.zeros(1, dtype=torch.long, device=weight_t.device), persistent=False)
         self.lo, self.hi, self.mode, self.max_density = lo, hi, mode, max_density
         self.in_features, self.out_features = weight_t.shape
         self.reset_counts()
@@ -159,7 +164,9 @@ class SparseSpikeLinear(nn.Module):
             self.count_nonzero += int(torch.count_nonzero(s))
             self.count_distinct += int(s.ne(0).any(0).sum())
             return column_accumulate(s, self.weight_t, self.bias)
-        active = active_columns(s)
+        if s.dim() != 2 or s.shape[1] != self.in_features:
+            raise InputError(f"spikes must be (batch, {self.in_features}), got {tuple(s.shape)}")
+        active = active_columns(s, self.zero)
         nonzero = active[0].numel()
         self.count_nonzero += nonzero
         # rows a batch shares are read from memory once; the per-row gathers then hit the cache
@@ -168,9 +175,8 @@ class SparseSpikeLinear(nn.Module):
             return column_accumulate(s, self.weight_t, self.bias)
         return sparse_spike_accumulate(s, self.weight_t, self.bias, active)
 
-    @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (b, c_in) -> (b, c_out)."""
+        """x (b, c_in) -> (b, c_out). Inference only: call it under `torch.no_grad()` (as `DecodeModel` does)."""
         return self.accumulate(self.spikes(x))
 
     @property
