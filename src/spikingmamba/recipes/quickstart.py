@@ -142,11 +142,12 @@ def rl_stage(out: Path, student_dir: Path, teacher_dir: Path, plan: QuickstartPl
     tokenizer = load_tokenizer(student_dir)
     prompts = prompts_from_corpus(fetch_default_corpus(), tokenizer, plan.rl_prompts, prompt_tokens=32)
     prefs = out / "preferences.jsonl"
+    # the best measured recipe (README, "RL stage"): chosen = the teacher's best sample, lr 3e-5
     make_preferences(student_dir, teacher_dir, prompts, prefs, samples_per_prompt=4, max_new_tokens=32,
-                     overwrite=overwrite)
+                     overwrite=overwrite, chosen_from="teacher")
     run_dpo(dict(model=str(student_dir), preferences=str(prefs), out=str(out / "student_rl"),
                  max_steps=plan.rl_steps, seq_len=plan.seq_len, batch_size=plan.batch_size,
-                 lr=1e-4, nll_weight=1.0, rate_weight=1.0, overwrite=overwrite))
+                 lr=3e-5, nll_weight=1.0, rate_weight=1.0, overwrite=overwrite))
     distill_stage(out / "student_control", plan, str(teacher_dir), overwrite, init_student=str(student_dir),
                   max_steps=plan.rl_steps, sgc=False, calibration_tokens=0)
     return {"student_rl": out / "student_rl", "student_control": out / "student_control"}
