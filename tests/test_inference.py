@@ -56,6 +56,11 @@ def test_sparse_accumulation_equals_dense_product(batch, density):
 def test_sparse_accumulation_rejects_wrong_shape():
     with pytest.raises(InputError, match="spikes must be"):
         sparse_spike_accumulate(torch.zeros(2, 5), torch.zeros(4, 3))
+    neuron = SpikingNeuron(4, levels=2)
+    for mode in ("sparse", "dense", "auto"):
+        layer = SparseSpikeLinear.from_linear(torch.nn.Linear(4, 3), neuron, mode=mode)
+        with pytest.raises(InputError, match="spikes must be"):
+            layer.accumulate(torch.zeros(2, 5))
 
 
 def test_sparse_linear_folds_theta_and_matches_the_neuron():

@@ -159,13 +159,13 @@ class SparseSpikeLinear(nn.Module):
 
     def accumulate(self, s: torch.Tensor) -> torch.Tensor:
         """y for given integer spikes s (b, c_in), by the mode's rule."""
+        if s.dim() != 2 or s.shape[1] != self.in_features:
+            raise InputError(f"spikes must be (batch, {self.in_features}), got {tuple(s.shape)}")
         self.count_numel += s.numel()
         if self.mode == "dense":
             self.count_nonzero += int(torch.count_nonzero(s))
             self.count_distinct += int(s.ne(0).any(0).sum())
             return column_accumulate(s, self.weight_t, self.bias)
-        if s.dim() != 2 or s.shape[1] != self.in_features:
-            raise InputError(f"spikes must be (batch, {self.in_features}), got {tuple(s.shape)}")
         active = active_columns(s, self.zero)
         nonzero = active[0].numel()
         self.count_nonzero += nonzero

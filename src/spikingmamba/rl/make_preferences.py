@@ -9,8 +9,8 @@ For every prompt:
     3. the best becomes `chosen`, the worst `rejected`.
 With `chosen_from="teacher"` the teacher also samples k continuations and the best of *those*
 (by its own score) becomes `chosen`, while `rejected` stays the student's worst sample: pairs
-that contrast the teacher's behaviour with the student's own failure, where the student does not
-already prefer `chosen` (with student-only pairs a distilled student usually does).
+that contrast the teacher's behaviour with the student's own failure (measured: DPO on them keeps
+the student closer to the teacher than on student-only pairs; README, "RL stage").
 A prompt whose samples are all the same text, all empty, or all tied in score gives no pair; it is
 counted in `skipped` (reason -> count) of the summary, never dropped silently.
 
