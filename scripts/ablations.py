@@ -46,6 +46,8 @@ VARIANTS = {
     "d4-sparse-acc": dict(levels=4, rate_weight=4.0, rate_target=0.05, theta_lr_scale=30.0, rate_cost="accumulates"),
     "d4-sparser-acc": dict(levels=4, rate_weight=8.0, rate_target=0.02, theta_lr_scale=30.0,
                            rate_cost="accumulates"),
+    "d2-sparser-acc": dict(levels=2, rate_weight=8.0, rate_target=0.02, theta_lr_scale=30.0,
+                           rate_cost="accumulates"),
 }
 
 
