@@ -231,6 +231,13 @@ def make_preferences(student: str | Path, teacher: str | Path, prompts: list[str
                             f"({max_prompt_tokens}); shorten it or raise --max-prompt-tokens")
         encoded.append(ids)
 
+    def scored_samples(model, ids: list[int], generator) -> tuple[list[str], list[float]]:
+        """`model`'s distinct non-empty samples after prompt `ids`, and the teacher's score of each."""
+        samples = sample_continuations(model, ids, samples_per_prompt, sampling, eos_id, generator)
+        texts = sorted({_whole_characters(tok, c) for c in samples} - {""}, key=lambda t: (len(t), t))
+        texts = [t for t in texts if t.strip()]
+        return texts, teacher_scores(t_model, ids, [encode(t) for t in texts], pad_id) if texts else []
+
     skipped: Counter = Counter()
     records: list[dict[str, Any]] = []
     started = time.perf_counter()
@@ -242,14 +249,7 @@ def make_preferences(student: str | Path, teacher: str | Path, prompts: list[str
     try:
         for index, (prompt, ids) in enumerate(zip(prompt_list, encoded)):
             generator = torch.Generator(device=dev).manual_seed(seed * 1_000_003 + index)
-
-            def scored_samples(model) -> tuple[list[str], list[float]]:
-                samples = sample_continuations(model, ids, samples_per_prompt, sampling, eos_id, generator)
-                texts = sorted({_whole_characters(tok, c) for c in samples} - {""}, key=lambda t: (len(t), t))
-                texts = [t for t in texts if t.strip()]
-                return texts, teacher_scores(t_model, ids, [encode(t) for t in texts], pad_id) if texts else []
-
-            texts, scores = scored_samples(s_model)
+            texts, scores = scored_samples(s_model, ids, generator)
             if bar is not None:
                 bar.update(1)
             if chosen_from == "student" and len(texts) < 2:
@@ -261,7 +261,7 @@ def make_preferences(student: str | Path, teacher: str | Path, prompts: list[str
             worst = min(range(len(texts)), key=scores.__getitem__)
             rejected, rejected_score = texts[worst], scores[worst]
             if chosen_from == "teacher":
-                texts, scores = scored_samples(t_model)
+                texts, scores = scored_samples(t_model, ids, generator)
                 keep = [i for i, t in enumerate(texts) if t != rejected]
                 texts, scores = [texts[i] for i in keep], [scores[i] for i in keep]
                 if not texts:
