@@ -100,7 +100,8 @@ def test_help_lists_every_field():
         assert flag in text
 
 
-@pytest.mark.parametrize("name", ["pretrain_default_teacher", "distill_default", "distill_quick", "distill_sparse"])
+@pytest.mark.parametrize("name", ["pretrain_default_teacher", "distill_default", "distill_quick", "distill_sparse",
+                                  "distill_sparse_long"])
 def test_shipped_recipes_are_valid(name):
     from pathlib import Path
 
