@@ -163,7 +163,8 @@ def main() -> None:
     args = p.parse_args()
     if args.table_only:
         rows = json.loads(results_path(args.out, args.tag, ".json").read_text(encoding="utf-8"))
-        return print(write_table(rows, args.out, args.tag))
+        print(write_table(rows, args.out, args.tag))
+        return
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:

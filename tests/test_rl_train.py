@@ -97,6 +97,7 @@ def test_teacher_chosen_pairs_keep_the_students_worst_sample_as_rejected(models,
     records = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
     assert summary["chosen_from"] == "teacher" and summary["pairs"] == len(records) > 0
     assert len(records) + sum(summary["skipped"].values()) == len(prompts)
+    assert own.keys() & {r["prompt"] for r in records}       # the rejected check below runs at least once
     for r in records:
         assert r["chosen_from"] == "teacher" and r["chosen"] != r["rejected"]
         assert r["chosen_score"] == max(r["scores"]) > r["rejected_score"]   # best of the teacher's samples

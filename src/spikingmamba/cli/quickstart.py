@@ -12,7 +12,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="run folder (default runs/quickstart)")
     p.add_argument("--full", action="store_true", help="the longer recipe of the README, with the RL stage")
     p.add_argument("--sparse", action="store_true", help="the energy-first student: a firing-rate penalty and "
-                   "fast thresholds (measured: 5.1x energy in the blocks vs 2.9x, perplexity +5%%)")
+                   "fast thresholds (measured: 5.1x energy in the blocks vs 2.9x, held-out perplexity 82.2 vs 77.9)")
     p.add_argument("--teacher", default="default", help="dense teacher folder (default: the bundled one)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.set_defaults(func=quickstart)
