@@ -37,9 +37,10 @@ def main() -> None:
     torch.set_flush_denormal(True)
 
     import spikingmamba
+    from spikingmamba.assets import resolve_teacher
     from spikingmamba.distill.config import DistillConfig
-    from spikingmamba.distill.losses import cross_entropy
-    from spikingmamba.distill.trainer import DistillTask, build_student, resolve_teacher
+    from spikingmamba.distill.trainer import DistillTask, build_student
+    from spikingmamba.training.losses import cross_entropy
     from spikingmamba.training.loop import make_optimizer
 
     torch.manual_seed(0)

@@ -56,7 +56,7 @@ def run_variant(name: str, out: Path, steps: int, seq_len: int, batch_size: int,
 
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
-    from spikingmamba.distill.trainer import resolve_teacher
+    from spikingmamba.assets import resolve_teacher
     from spikingmamba.recipes.quickstart import QuickstartPlan, distill_stage, energy_stage, energy_summary
     from spikingmamba.evaluation import evaluate
 

@@ -59,7 +59,7 @@ def make_pairs(kind: str, student: Path, out: Path, prompts: int) -> Path:
 
 def train(name: str, student: Path, out: Path, steps: int) -> Path:
     one_thread()
-    from spikingmamba.distill.trainer import resolve_teacher
+    from spikingmamba.assets import resolve_teacher
     from spikingmamba.recipes.quickstart import FULL, distill_stage
     from spikingmamba.rl.trainer import run_dpo
 
@@ -79,7 +79,7 @@ def train(name: str, student: Path, out: Path, steps: int) -> Path:
 
 def score(name: str, model_dir: Path, out: Path, items: int, tag: str) -> dict:
     one_thread()
-    from spikingmamba.distill.trainer import resolve_teacher
+    from spikingmamba.assets import resolve_teacher
     from spikingmamba.evaluation import evaluate
     from spikingmamba.recipes.quickstart import energy_stage, energy_summary
 

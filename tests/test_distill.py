@@ -130,7 +130,7 @@ def test_cli_errors_exit_2(tmp_path, teacher, capsys):
 def test_the_default_teacher_is_bundled():
     from spikingmamba.assets import default_teacher_dir
     from spikingmamba.data import check_vocab, load_tokenizer
-    from spikingmamba.distill.trainer import resolve_teacher
+    from spikingmamba.assets import resolve_teacher
 
     folder = default_teacher_dir()
     assert resolve_teacher("default") == str(folder)

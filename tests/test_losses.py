@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from spikingmamba.distill.losses import (cross_entropy, hidden_state_loss, kl_divergence, masked_mean,
-                                         spike_rate_penalty, target_mask)
-from spikingmamba.distill.rate import SpikeRateProbe, spike_rate
-from spikingmamba.distill.trainer import sgc_lambda
+from spikingmamba.distill.losses import hidden_state_loss, kl_divergence
+from spikingmamba.neurons.rate import SpikeRateProbe, rate_excess, spike_rate, spike_summary, spike_totals
+from spikingmamba.neurons.sgc import sgc_lambda
 from spikingmamba.neurons.silif import SpikingNeuron
+from spikingmamba.training.losses import cross_entropy, masked_mean, target_mask
 from spikingmamba.training.schedule import warmup_cosine
 
 # teacher p = (3/4, 1/4) from logits (ln 3, 0); student uniform (1/2, 1/2)
@@ -92,9 +92,9 @@ def test_masked_mean():
 def test_rate_penalty_is_a_hinge_above_the_target():
     rates = [torch.tensor([[0.5, 1.5]]), torch.tensor([[1.0, 3.0]])]    # two groups, (b=1, l=2)
     # excess over 1: group 0 (0, 0.5), group 1 (0, 2) -> mean over groups (0, 1.25) -> mean 0.625
-    assert spike_rate_penalty(rates, 1.0).item() == pytest.approx(0.625)
-    assert spike_rate_penalty(rates, 5.0).item() == 0.0
-    assert spike_rate_penalty(rates, 1.0, mask=torch.tensor([[True, False]])).item() == 0.0
+    assert masked_mean(rate_excess(rates, 1.0), None).item() == pytest.approx(0.625)
+    assert masked_mean(rate_excess(rates, 5.0), None).item() == 0.0
+    assert masked_mean(rate_excess(rates, 1.0), torch.tensor([[True, False]])).item() == 0.0
 
 
 def test_spike_rate_counts_spikes_and_has_the_surrogate_gradient():
@@ -139,14 +139,22 @@ def test_warmup_cosine():
 def test_rate_penalty_weights_groups_by_cost():
     rates = [torch.tensor([[0.5, 1.5]]), torch.tensor([[1.0, 3.0]])]    # excess over 1: (0, 0.5), (0, 2)
     # weights 3:1 -> per position (0, 0.75 * 0.5 + 0.25 * 2 = 0.875) -> mean 0.4375
-    assert spike_rate_penalty(rates, 1.0, weights=[3.0, 1.0]).item() == pytest.approx(0.4375)
-    assert spike_rate_penalty(rates, 1.0, weights=[1.0, 1.0]).item() == pytest.approx(0.625)
+    assert rate_excess(rates, 1.0, weights=[3.0, 1.0]).mean().item() == pytest.approx(0.4375)
+    assert rate_excess(rates, 1.0, weights=[1.0, 1.0]).mean().item() == pytest.approx(0.625)
     with pytest.raises(ValueError, match="one positive weight per neuron group"):
-        spike_rate_penalty(rates, 1.0, weights=[1.0])
+        rate_excess(rates, 1.0, weights=[1.0])
+
+
+def test_spike_totals_add_up_to_the_rates_over_all_neurons():
+    stats = {"a": {"numel": 10, "firing_rate": 0.5, "spike_count": 8.0},
+             "b": {"numel": 30, "firing_rate": 0.1, "spike_count": 3.0}}
+    totals = spike_totals(stats, ["a", "b"])
+    torch.testing.assert_close(totals, torch.tensor([[10.0, 5.0, 8.0], [30.0, 3.0, 3.0]], dtype=torch.float64))
+    # 8 of 40 inputs fired, 11 spikes in all: rates over all neurons, not a mean of per-neuron rates
+    assert spike_summary(totals) == pytest.approx({"firing_rate": 0.2, "spikes_per_neuron": 11 / 40})
 
 
 def test_accumulate_costs_are_channels_times_fan_out():
-    from spikingmamba.distill.rate import SpikeRateProbe
     from spikingmamba.model import SpikingMambaConfig, SpikingMambaForCausalLM
 
     model = SpikingMambaForCausalLM(SpikingMambaConfig(vocab_size=32, hidden_size=8, num_hidden_layers=2,

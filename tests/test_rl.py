@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from spikingmamba.errors import ConfigError, UserError
-from spikingmamba.rl.losses import dpo_loss, rate_excess, sequence_logprobs
+from spikingmamba.neurons.rate import rate_excess
+from spikingmamba.training.losses import masked_mean
+from spikingmamba.rl.losses import dpo_loss, sequence_logprobs
 from spikingmamba.rl.preferences import (PreferenceStats, TokenizedPair, decode_rows, encode_pair, read_preferences,
                                          split_records, tokenize_records)
 
@@ -103,10 +105,13 @@ def test_completion_log_prob_equals_step_by_step_and_ignores_padding():
 
 
 def test_rate_excess_counts_only_activity_above_the_reference_on_real_tokens():
-    rates = torch.tensor([[[0.5, 0.1, 9.0]]])       # (groups 1, b 1, l 3); last position is padding
-    reference = torch.tensor([[[0.2, 0.3, 0.0]]])
+    rates = torch.tensor([[[0.5, 0.1, 9.0]]], requires_grad=True)   # (groups 1, b 1, l 3); last is padding
+    reference = torch.tensor([[[0.2, 0.3, 0.0]]], requires_grad=True)
     mask = torch.tensor([[True, True, False]])
-    assert rate_excess(rates, reference, mask).item() == pytest.approx(0.3 / 2)
+    penalty = masked_mean(rate_excess(rates, reference), mask)
+    assert penalty.item() == pytest.approx(0.3 / 2)
+    penalty.backward()
+    assert rates.grad.tolist() == [[[0.5, 0.0, 0.0]]] and reference.grad is None   # the reference is a floor
 
 
 # --- records ----------------------------------------------------------------------------------

@@ -16,3 +16,8 @@ def default_teacher_dir() -> Path:
                         "package, pass --teacher, or train one with `spikingmamba pretrain` "
                         "(see its TRAINING.md for the command)")
     return DEFAULT_TEACHER_DIR
+
+
+def resolve_teacher(name: str | Path) -> str:
+    """A teacher argument as a loadable name: "default" is the bundled teacher's folder."""
+    return str(default_teacher_dir()) if str(name) == "default" else str(name)

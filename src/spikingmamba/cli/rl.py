@@ -40,17 +40,7 @@ Options come from the defaults, then --config YAML, then flags. Examples:
   spikingmamba rl --out runs/rl --resume
   torchrun --nproc_per_node 2 -m spikingmamba.cli.main rl --model runs/student --preferences prefs.jsonl --out runs/rl
 """
-    from pathlib import Path
-
-    from spikingmamba.errors import UserError
     from spikingmamba.rl.trainer import run_dpo
-    from spikingmamba.training.run import CONFIG_FILE
 
-    if getattr(args, "resume", False) and getattr(args, "out", None) and not (Path(args.out) / CONFIG_FILE).is_file():
-        raise UserError(f"--resume: {args.out} holds no run to resume (no {CONFIG_FILE}); start without --resume")
-    cfg = config_from_cli(RLConfig, args)
-    if cfg.resume and not hasattr(args, "stop_at_step") and cfg.stop_at_step is not None:
-        # the saved recipe holds the interrupted run's stop_at_step: a plain --resume runs to the end
-        cfg = cfg.replace(stop_at_step=None)
-    print_summary(run_dpo(cfg))
+    print_summary(run_dpo(config_from_cli(RLConfig, args)))
     return 0

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from spikingmamba.distill.rate import RATE_COSTS
 from spikingmamba.errors import ConfigError
 from spikingmamba.neurons.config import NEURON_KINDS, SGC_MODES, SITES
+from spikingmamba.neurons.rate import RATE_COSTS
 from spikingmamba.training.config import TrainConfig, option
 
 

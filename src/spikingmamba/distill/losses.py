@@ -12,6 +12,9 @@ Total distillation loss (weights from the config):
 
     L = w_kl * KL_T(p_t || p_s) + w_h * sum_i a_i * MSE_i + w_ce * CE(z_s, y) + w_r * mean relu(r - r*)
 
+CE and the masked means are the shared `spikingmamba.training.losses`; the rate hinge relu(r - r*)
+is `spikingmamba.neurons.rate.rate_excess`.
+
 Every term is a mean over positions of a per-position quantity, so the loss of a global batch is
 the same however it is cut into micro-batches (gradient accumulation) or processes (DDP).
 """
@@ -23,15 +26,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean of `values` over positions where `mask` is True (all positions when mask is None)."""
-    if mask is None:
-        return values.mean()
-    mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1)
+from spikingmamba.training.losses import masked_mean
 
 
 def kl_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
@@ -48,11 +43,6 @@ def kl_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, te
     log_p_t = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)
     per_position = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)                # (b, l)
     return masked_mean(per_position, mask) * temperature ** 2
-
-
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Next-token CE; `targets` are already aligned with `logits` (position t predicts targets[t])."""
-    return F.cross_entropy(logits.float().flatten(0, -2), targets.flatten(), ignore_index=ignore_index)
 
 
 def hidden_state_loss(student_hidden: Sequence[torch.Tensor], teacher_hidden: Sequence[torch.Tensor],
@@ -83,30 +73,3 @@ def hidden_state_loss(student_hidden: Sequence[torch.Tensor], teacher_hidden: Se
             err = err / (h_t.pow(2).mean(-1) + eps)
         total = total + w * masked_mean(err, mask)
     return total
-
-
-def spike_rate_penalty(rates: Sequence[torch.Tensor] | torch.Tensor, target: float,
-                       mask: torch.Tensor | None = None, weights: Sequence[float] | None = None) -> torch.Tensor:
-    """Mean over neuron groups and positions of relu(r - target): only activity above the target pays.
-    `weights` (one per group, any positive scale) make it a weighted mean over the groups instead.
-
-    `rates` holds one (b, l) tensor per neuron group: spikes per neuron at each position,
-    differentiable (see `spikingmamba.distill.rate`). A hinge rather than a squared distance, so
-    positions already below the target are left alone and the push above it does not fade as the
-    rate nears the target. Per position rather than per batch, so that the penalty of a batch does
-    not depend on how it is split across micro-batches or processes.
-    """
-    rates = torch.stack(list(rates)) if not isinstance(rates, torch.Tensor) else rates    # (groups, b, l)
-    if rates.numel() == 0:
-        raise ValueError("no spike rates given (the model has no neurons?)")
-    excess = F.relu(rates.float() - target)                                               # (groups, b, l)
-    if weights is None:
-        return masked_mean(excess.mean(0), mask)
-    w = torch.as_tensor(weights, dtype=excess.dtype, device=excess.device)
-    if w.shape != excess.shape[:1] or bool((w <= 0).any()):
-        raise ValueError(f"need one positive weight per neuron group ({excess.shape[0]}), got {tuple(w.shape)}")
-    return masked_mean(torch.einsum("g,gbl->bl", w / w.sum(), excess), mask)
-
-
-def target_mask(targets: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    return targets != ignore_index

@@ -1,7 +1,8 @@
 """Single-stage distillation of a dense Mamba teacher into a spiking student: `distill(config)`.
 
 This module only orchestrates: the student comes from `to_spiking` (thresholds calibrated on
-training text), the loss terms from `losses.py`, the rate proxy from `rate.py`, and the loop,
+training text), the loss terms from `losses.py`, the rate probe and hinge and the SGC schedule from
+`spikingmamba.neurons`, and the loop,
 checkpoints and processes from `spikingmamba.training`.
 """
 
@@ -18,29 +19,17 @@ import torch
 from torch import nn
 
 from spikingmamba.distill.config import DistillConfig
-from spikingmamba.distill.losses import (cross_entropy, hidden_state_loss, kl_divergence, spike_rate_penalty,
-                                         target_mask)
-from spikingmamba.distill.rate import SpikeRateProbe
+from spikingmamba.assets import resolve_teacher
+from spikingmamba.distill.losses import hidden_state_loss, kl_divergence
 from spikingmamba.errors import UserError
 from spikingmamba.model.lm import SpikingMambaForCausalLM
+from spikingmamba.neurons.rate import SpikeRateProbe, rate_excess, spike_summary, spike_totals
+from spikingmamba.neurons.sgc import sgc_lambda
 from spikingmamba.training.distributed import DistEnv, unwrap
 from spikingmamba.training.loop import fit
+from spikingmamba.training.losses import cross_entropy, masked_mean, target_mask
 from spikingmamba.training.run import agree, check_output, prepare_output
 from spikingmamba.training.setup import load_data, run_in_processes, save_trained
-
-
-def sgc_lambda(step: int, total_steps: int, start: float, until: float) -> float:
-    """SGC weight at optimiser step `step`: linear from `start` to 0 at `until * total_steps`, then 0."""
-    progress = step / total_steps
-    return 0.0 if progress >= until else start * (1.0 - progress / until)
-
-
-def resolve_teacher(name: str) -> str:
-    if name == "default":
-        from spikingmamba.assets import default_teacher_dir
-
-        return str(default_teacher_dir())
-    return name
 
 
 def load_teacher(cfg: DistillConfig):
@@ -158,7 +147,8 @@ class DistillTask:
             parts["ce"] = cross_entropy(s.logits, target_ids)
             total = total + cfg.ce_weight * parts["ce"]
         if self.probe is not None:
-            parts["rate_penalty"] = spike_rate_penalty(self.probe.rates, cfg.rate_target, mask, self.probe.weights)
+            parts["rate_penalty"] = masked_mean(rate_excess(self.probe.rates, cfg.rate_target, self.probe.weights),
+                                                mask)
             parts["rate"] = torch.stack(self.probe.rates).mean().detach()
             total = total + cfg.rate_weight * parts["rate_penalty"]
         return total, {k: v.detach() for k, v in parts.items()}
@@ -171,14 +161,12 @@ class DistillTask:
             stats = student.firing_stats()
         t_logits = self.teacher(input_ids).logits
         n = target_ids.numel()
-        spikes = torch.tensor([[stats[name]["numel"], stats[name]["firing_rate"] * stats[name]["numel"],
-                                stats[name]["spike_count"]] for name in self.neuron_names], dtype=torch.float64)
         return {
             "tokens": torch.tensor(float(n), dtype=torch.float64),
             "student_nll": cross_entropy(s_logits, target_ids).double() * n,
             "teacher_nll": cross_entropy(t_logits, target_ids).double() * n,
             "kl": kl_divergence(s_logits, t_logits, 1.0).double() * n,
-            "spikes": spikes,  # per neuron: (inputs seen, non-zero spikes, |s| summed)
+            "spikes": spike_totals(stats, self.neuron_names),
         }
 
     def eval_summary(self, totals: dict[str, Any]) -> dict[str, Any]:
@@ -195,8 +183,7 @@ class DistillTask:
             "student_ppl": math.exp(totals["student_nll"] / tokens),
             "teacher_ppl": math.exp(totals["teacher_nll"] / tokens),
             "kl": totals["kl"] / tokens,
-            "firing_rate": float(nonzero.sum() / numel.sum()),
-            "spikes_per_neuron": float(count.sum() / numel.sum()),
+            **spike_summary(spikes),
             "eval_tokens": int(tokens),
             "per_layer": per_layer,
         }

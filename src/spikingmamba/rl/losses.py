@@ -80,16 +80,3 @@ def sequence_logprobs(logits: torch.Tensor, target_ids: torch.Tensor,
     token_logp = logp.gather(-1, target_ids.unsqueeze(-1)).squeeze(-1)       # (b, l)
     mask = mask.to(token_logp.dtype)
     return (token_logp * mask).sum(-1), mask.sum(-1)
-
-
-def rate_excess(rates: list[torch.Tensor] | torch.Tensor, reference_rates: list[torch.Tensor] | torch.Tensor,
-                mask: torch.Tensor) -> torch.Tensor:
-    """Mean over neuron groups and real positions of relu(r - r_ref): spike activity of the policy
-    above the reference's at the same position (spikes per neuron per token; see
-    `spikingmamba.distill.rate`). Holds the firing rate, hence the energy, at the reference's level
-    without a target to tune. rates: one (b, l) tensor per neuron group; mask (b, l) real tokens."""
-    r = torch.stack(list(rates)) if not isinstance(rates, torch.Tensor) else rates           # (groups, b, l)
-    r_ref = torch.stack(list(reference_rates)) if not isinstance(reference_rates, torch.Tensor) else reference_rates
-    excess = torch.relu(r.float() - r_ref.float().detach()).mean(0)                           # (b, l)
-    mask = mask.to(excess.dtype)
-    return (excess * mask).sum() / mask.sum().clamp(min=1)

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from spikingmamba.assets import resolve_teacher
 from spikingmamba.errors import UserError
 from spikingmamba.inference.generation import SamplingConfig, sample_next
 from spikingmamba.rl.losses import sequence_logprobs
@@ -209,10 +210,7 @@ def make_preferences(student: str | Path, teacher: str | Path, prompts: list[str
     if sampling.greedy:
         raise UserError("temperature 0 is greedy decoding: every sample would be the same; use temperature > 0")
     prompt_list = read_prompts(prompts) if isinstance(prompts, (str, Path)) else list(prompts)
-    if str(teacher) == "default":
-        from spikingmamba.assets import default_teacher_dir
-
-        teacher = default_teacher_dir()
+    teacher = resolve_teacher(teacher)
     dev = resolve_device(device)
     s_model, t_model, tok = _load(str(student), str(teacher), tokenizer, dev)
     eos_id = tok.eos_token_id

@@ -37,11 +37,14 @@ from torch import nn
 from spikingmamba.errors import UserError
 from spikingmamba.model.lm import SpikingMambaForCausalLM
 from spikingmamba.rl.config import RLConfig
-from spikingmamba.rl.losses import dpo_loss, rate_excess, sequence_logprobs
+from spikingmamba.neurons.rate import SpikeRateProbe, rate_excess, spike_summary, spike_totals
+from spikingmamba.neurons.sgc import sgc_lambda
+from spikingmamba.rl.losses import dpo_loss, sequence_logprobs
 from spikingmamba.rl.preferences import (PairRows, PreferenceStats, decode_rows, read_preferences,
                                          split_records, tokenize_records)
 from spikingmamba.training.distributed import DistEnv, unwrap
 from spikingmamba.training.loop import fit
+from spikingmamba.training.losses import masked_mean
 from spikingmamba.training.run import agree, check_output, prepare_output
 from spikingmamba.training.setup import run_in_processes, save_trained
 
@@ -121,8 +124,6 @@ class DPOTask:
     def __post_init__(self):
         self.neuron_names = [name for name, _ in self.model.neurons()]
         if self.cfg.rate_weight > 0 and self.neuron_names:
-            from spikingmamba.distill.rate import SpikeRateProbe
-
             self.probes = (SpikeRateProbe(self.model), SpikeRateProbe(self.reference))
 
     def to(self, device: torch.device) -> "DPOTask":
@@ -132,11 +133,7 @@ class DPOTask:
     def before_step(self, step: int, total_steps: int) -> dict[str, float]:
         if not self.model.is_spiking:
             return {}
-        lam = 0.0
-        if self.cfg.sgc:
-            from spikingmamba.distill.trainer import sgc_lambda
-
-            lam = sgc_lambda(step, total_steps, self.cfg.sgc_start, self.cfg.sgc_until)
+        lam = sgc_lambda(step, total_steps, self.cfg.sgc_start, self.cfg.sgc_until) if self.cfg.sgc else 0.0
         self.model.set_sgc(lam, self.cfg.sgc_mode)
         return {"sgc": lam}
 
@@ -171,7 +168,7 @@ class DPOTask:
     def _rate_terms(self, batch) -> dict[str, torch.Tensor]:
         real = torch.arange(batch.input_ids.shape[1], device=batch.lengths.device) < batch.lengths[:, None]
         rates = torch.stack(self.probes[0].rates)                             # (groups, 2b, l)
-        excess = rate_excess(rates, self.probes[1].rates, real)
+        excess = masked_mean(rate_excess(rates, self.probes[1].rates), real)
         mean_rate = (rates.detach().mean(0) * real).sum() / real.sum()
         return {"rate_excess": excess, "rate": mean_rate}
 
@@ -220,8 +217,7 @@ class DPOTask:
             for i in range(batch.n_pairs):
                 policy(batch.input_ids[i:i + 1, :int(batch.lengths[i]) - 1])
             stats = policy.firing_stats()
-        return torch.tensor([[stats[n]["numel"], stats[n]["firing_rate"] * stats[n]["numel"],
-                              stats[n]["spike_count"]] for n in self.neuron_names], dtype=torch.float64)
+        return spike_totals(stats, self.neuron_names)
 
     def eval_summary(self, totals: dict[str, Any]) -> dict[str, Any]:
         pairs, tokens = totals["pairs"], totals["chosen_tokens"]
@@ -237,10 +233,7 @@ class DPOTask:
             "eval_pairs": int(pairs),
         }
         if "spikes" in totals:
-            spikes = totals["spikes"]
-            numel = spikes[:, 0].sum().clamp(min=1)
-            summary["firing_rate"] = float(spikes[:, 1].sum() / numel)
-            summary["spikes_per_neuron"] = float(spikes[:, 2].sum() / numel)
+            summary.update(spike_summary(totals["spikes"]))
         return summary
 
     def save_model(self, out: Path, full_state: dict[str, torch.Tensor] | None = None) -> None:

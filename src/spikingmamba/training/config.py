@@ -259,16 +259,4 @@ def _cli_number(tp, name):
     return parse
 
 
-def config_from_args(cls: type[TrainConfig], args: argparse.Namespace) -> TrainConfig:
-    """The config of a CLI call: defaults < --config YAML < flags given."""
-    overrides = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
-    return cls.load(getattr(args, "config", None), overrides)
-
-
-def describe(cls: type[TrainConfig]) -> str:
-    """Markdown table of all options (for docs)."""
-    rows = [f"| `{f.name}` | `{f.default!r}` | {f.metadata.get('help', '')} |" for f in fields(cls)]
-    return "| option | default | meaning |\n|---|---|---|\n" + "\n".join(rows)
-
-
-__all__ = ["TrainConfig", "option", "add_config_arguments", "config_from_args", "read_yaml", "describe"]
+__all__ = ["TrainConfig", "option", "add_config_arguments", "read_yaml"]

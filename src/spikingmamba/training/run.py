@@ -107,5 +107,7 @@ def config_for_resume(cls: type[TrainConfig], out: str | Path, overrides: dict) 
     """The values to build a resumed run's config from: the saved recipe (less where the first part
     stopped and its testing aids), then `overrides`."""
     file = Path(out) / CONFIG_FILE
-    saved = read_yaml(file) if file.is_file() else {}
+    if not file.is_file():
+        raise UserError(f"--resume: {out} holds no run to resume (no {CONFIG_FILE}); start without --resume")
+    saved = read_yaml(file)
     return {**{k: v for k, v in saved.items() if k not in _NOT_INHERITED}, **overrides}

@@ -1,9 +1,9 @@
-"""A differentiable spike rate for the firing-rate penalty.
+"""Firing rates for training: a differentiable spike rate, the probe that collects it, what a spike
+costs, the rate hinge, and the per-neuron spike totals of an evaluation (docs/METHOD.md "Firing rate").
 
 The rate of a neuron group at one position is r = mean over its channels of |s|, the number of
 binary spikes per neuron for that token (a multi-level spike of value k is k spikes of the
-D-micro-step train, and costs |k| accumulates, DESIGN.md section 2), so pushing r down is
-pushing the energy down.
+D-micro-step train, and costs |k| accumulates), so pushing r down is pushing the energy down.
 
 r is measured exactly in the forward pass; its gradient comes from the same rectangular surrogate
 as the neuron's own (ds/du = alpha inside the clipping range, u = x / theta):
@@ -15,9 +15,13 @@ activation x and the threshold theta; neurons that are already silent feel nothi
 
 Cost weights: with `cost="accumulates"` the probe also gives each group's weight for the penalty,
 channels x fan-out of the projection the group drives, i.e. the accumulates one spike per neuron of
-that group costs (DESIGN.md section 2). A spike into in_proj (fan-out 2 d_inner) then costs
-4 x what a spike into out_proj (fan-out d_model) does, as it does in the energy report and in the
-bytes a sparse decoder reads; with `cost="group"` every group weighs the same.
+that group costs. A spike into in_proj (fan-out 2 d_inner) then costs 4 x what a spike into
+out_proj (fan-out d_model) does, as it does in the energy report and in the bytes a sparse decoder
+reads; with `cost="group"` every group weighs the same.
+
+The rate hinge (`rate_excess`) is relu(r - floor) per position, averaged over the groups: the floor
+is a target rate (distillation) or the frozen reference's rate at the same position (RL). Only
+activity above the floor pays; the caller takes its masked mean over positions.
 
 `SpikeRateProbe` recomputes s from each neuron's input in a forward pre-hook. That costs one more
 elementwise pass per neuron but needs nothing from the neuron's code, and it is unaffected by the
@@ -27,6 +31,7 @@ SGC path (which changes what the neuron passes on, not its spikes).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -82,3 +87,41 @@ class SpikeRateProbe:
     def _hook(self, neuron: SpikingNeuron, args) -> None:
         self.rates.append(spike_rate(neuron, args[0]))
         self.weights.append(self._cost.get(id(neuron), 1.0))
+
+
+def rate_excess(rates: Sequence[torch.Tensor] | torch.Tensor, floor: float | Sequence[torch.Tensor] | torch.Tensor,
+                weights: Sequence[float] | None = None) -> torch.Tensor:
+    """The rate hinge per position: relu(r - floor), averaged over the neuron groups -> (b, l).
+
+    `rates` holds one (b, l) tensor per neuron group, differentiable (`spike_rate`). `floor` is a
+    target rate, or one (b, l) tensor per group (a reference model's rates there, not differentiated).
+    `weights` (one per group, any positive scale) make it a weighted mean over the groups. A hinge
+    rather than a squared distance, so positions already below the floor are left alone and the push
+    above it does not fade as the rate nears it.
+    """
+    rates = torch.stack(list(rates)) if not isinstance(rates, torch.Tensor) else rates    # (groups, b, l)
+    if rates.numel() == 0:
+        raise ValueError("no spike rates given (the model has no neurons?)")
+    if not isinstance(floor, (int, float)):
+        floor = (torch.stack(list(floor)) if not isinstance(floor, torch.Tensor) else floor).float().detach()
+    excess = torch.relu(rates.float() - floor)                                            # (groups, b, l)
+    if weights is None:
+        return excess.mean(0)
+    w = torch.as_tensor(weights, dtype=excess.dtype, device=excess.device)
+    if w.shape != excess.shape[:1] or bool((w <= 0).any()):
+        raise ValueError(f"need one positive weight per neuron group ({excess.shape[0]}), got {tuple(w.shape)}")
+    return torch.einsum("g,gbl->bl", w / w.sum(), excess)
+
+
+def spike_totals(stats: dict[str, dict], names: Sequence[str]) -> torch.Tensor:
+    """Additive per-neuron totals of a `record_spikes()` block -> (neurons, 3) float64: inputs seen,
+    non-zero spikes, |s| summed (summed over batches and processes by the training loop)."""
+    return torch.tensor([[stats[n]["numel"], stats[n]["firing_rate"] * stats[n]["numel"], stats[n]["spike_count"]]
+                         for n in names], dtype=torch.float64)
+
+
+def spike_summary(totals: torch.Tensor) -> dict[str, float]:
+    """firing_rate (fraction of non-zero spikes) and spikes_per_neuron (mean |s|) from summed
+    `spike_totals`, over all neurons."""
+    inputs = totals[:, 0].clamp(min=1).sum()
+    return {"firing_rate": float(totals[:, 1].sum() / inputs), "spikes_per_neuron": float(totals[:, 2].sum() / inputs)}
