@@ -38,6 +38,7 @@ def main() -> None:
 
     import spikingmamba
     from spikingmamba.assets import resolve_teacher
+    from spikingmamba.data.dataset import TokenBatch
     from spikingmamba.distill.config import DistillConfig
     from spikingmamba.distill.trainer import DistillTask, build_student
     from spikingmamba.training.losses import cross_entropy
@@ -52,7 +53,8 @@ def main() -> None:
     teacher.requires_grad_(False).eval()
     vocab = teacher.config.vocab_size
     ids = torch.randint(0, vocab, (args.batch, args.length + 1))
-    inputs, targets = ids[:, :-1], ids[:, 1:]
+    batch = TokenBatch(ids[:, :-1], ids[:, 1:])
+    inputs, targets = batch
 
     cfg = DistillConfig(out="unused", levels=args.levels)
     student = build_student(teacher, cfg, calibration_ids=inputs[:2])
@@ -67,7 +69,7 @@ def main() -> None:
 
     def distill_step(task):
         def fn():
-            loss, _ = task.loss(student, inputs, targets)
+            loss, _ = task.loss(student, batch)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

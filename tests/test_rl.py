@@ -10,7 +10,7 @@ from spikingmamba.errors import ConfigError, UserError
 from spikingmamba.neurons.rate import rate_excess
 from spikingmamba.training.losses import masked_mean
 from spikingmamba.rl.losses import dpo_loss, sequence_logprobs
-from spikingmamba.rl.preferences import (PreferenceStats, TokenizedPair, decode_rows, encode_pair, read_preferences,
+from spikingmamba.rl.preferences import (PreferencePairs, PreferenceStats, TokenizedPair, read_preferences,
                                          split_records, tokenize_records)
 
 # policy chosen/rejected, reference chosen/rejected: log-ratios +1 (chosen) and -1 (rejected), h = 2
@@ -67,10 +67,11 @@ def test_sequence_logprobs_sums_only_masked_targets():
     assert count.item() == 2
 
 
-def test_rows_round_trip_and_mask_only_the_completion():
+def test_pairs_batch_and_mask_only_the_completion():
     pair = TokenizedPair(prompt=[5, 6], chosen=[7, 8, 9], rejected=[4])
-    row = encode_pair(pair, max_tokens=8, pad_id=0)
-    batch = decode_rows(row[None, :-1], max_tokens=8)      # the loop drops the slack column
+    pairs = PreferencePairs([pair], max_tokens=8, pad_id=0)
+    assert (len(pairs), pairs.seq_len) == (1, 8)
+    batch = pairs.batch(torch.tensor([0]))
     assert batch.input_ids.tolist() == [[5, 6, 7, 8], [5, 6, 4, 0]]
     assert batch.target_ids.tolist() == [[6, 7, 8, 9], [6, 4, 0, 0]]
     # target t is token t + 1: chosen tokens 7, 8, 9 are targets 1..3; rejected's 4 is target 1
@@ -86,8 +87,7 @@ def test_completion_log_prob_equals_step_by_step_and_ignores_padding():
     model = spikingmamba.SpikingMambaForCausalLM(spikingmamba.SpikingMambaConfig(
         vocab_size=40, hidden_size=16, num_hidden_layers=2, state_size=4)).eval()
     pairs = [TokenizedPair([1, 2, 3], [4, 5], [6, 7, 8, 9, 10]), TokenizedPair([11], [12, 13, 14], [15])]
-    rows = torch.stack([encode_pair(p, 12, pad_id=0) for p in pairs])
-    batch = decode_rows(rows, 12)
+    batch = PreferencePairs(pairs, 12, pad_id=0).batch(torch.tensor([0, 1]))
     with torch.no_grad():
         total, count = sequence_logprobs(model(batch.input_ids).logits, batch.target_ids, batch.mask)
     expected = []
@@ -164,8 +164,8 @@ def test_prompt_longer_than_the_context_is_an_error_or_a_counted_skip(tmp_path):
     with pytest.raises(UserError, match="record 2 \\(line 2\\): the prompt has 10 tokens; with seq_len 10"):
         tokenize_records(records, CharTokenizer(), 10, False, PreferenceStats(), path)
     stats = PreferenceStats()
-    rows = tokenize_records(records, CharTokenizer(), 10, True, stats, path)
-    assert rows.shape == (1, 25) and stats.skipped == {"prompt too long": 1} and stats.used == 1
+    pairs = tokenize_records(records, CharTokenizer(), 10, True, stats, path)
+    assert len(pairs) == 1 and stats.skipped == {"prompt too long": 1} and stats.used == 1
 
 
 def test_long_completions_are_cut_to_fit_and_counted(tmp_path):
@@ -176,9 +176,9 @@ def test_long_completions_are_cut_to_fit_and_counted(tmp_path):
     with pytest.raises(UserError, match="record 2 .*the same in their first 4 tokens"):
         tokenize_records(records, CharTokenizer(), 8, False, stats)
     stats = PreferenceStats()
-    rows = tokenize_records(records, CharTokenizer(), 8, True, stats)
-    assert rows.shape[0] == 1 and stats.truncated_chosen == 2 and stats.truncated_rejected == 1
-    assert decode_rows(rows, 8).lengths.tolist() == [8, 5]
+    pairs = tokenize_records(records, CharTokenizer(), 8, True, stats)
+    assert len(pairs) == 1 and stats.truncated_chosen == 2 and stats.truncated_rejected == 1
+    assert pairs.batch(torch.tensor([0])).lengths.tolist() == [8, 5]
 
 
 def test_split_is_by_record_and_reproducible(tmp_path):

@@ -13,6 +13,7 @@ import random
 from collections.abc import Sequence
 from itertools import chain
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch.utils.data import Dataset
@@ -120,6 +121,13 @@ def pack(token_ids_list: Sequence[Sequence[int]], seq_len: int, eos_id: int) -> 
     return rows.contiguous()
 
 
+class TokenBatch(NamedTuple):
+    """A batch of packed rows for a language-modelling task."""
+
+    input_ids: torch.Tensor    # (b, seq_len)  row[:-1]
+    target_ids: torch.Tensor   # (b, seq_len)  row[1:]: position t predicts target_ids[:, t]
+
+
 class PackedDataset(Dataset):
     """Rows of packed token ids; item `i` is `{"input_ids": row[:-1], "target_ids": row[1:]}`.
 
@@ -147,6 +155,11 @@ class PackedDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         row = self.rows[index]
         return {"input_ids": row[:-1], "target_ids": row[1:]}
+
+    def batch(self, indices: torch.Tensor, device: torch.device | str | None = None) -> TokenBatch:
+        """Rows `indices` as one `TokenBatch` on `device` (what the training loop hands a task)."""
+        rows = self.rows[indices].to(device)                                   # (b, seq_len + 1)
+        return TokenBatch(rows[:, :-1], rows[:, 1:])
 
 
 def build_datasets(

@@ -20,6 +20,7 @@ from torch import nn
 
 from spikingmamba.distill.config import DistillConfig
 from spikingmamba.assets import resolve_teacher
+from spikingmamba.data.dataset import TokenBatch
 from spikingmamba.distill.losses import hidden_state_loss, kl_divergence
 from spikingmamba.errors import UserError
 from spikingmamba.model.lm import SpikingMambaForCausalLM
@@ -125,8 +126,8 @@ class DistillTask:
         self.model.set_sgc(lam, self.cfg.sgc_mode)
         return {"sgc": lam}
 
-    def loss(self, model: nn.Module, input_ids: torch.Tensor, target_ids: torch.Tensor):
-        cfg = self.cfg
+    def loss(self, model: nn.Module, batch: TokenBatch):
+        cfg, (input_ids, target_ids) = self.cfg, batch
         with torch.no_grad():
             t = self.teacher(input_ids, output_hidden_states=self.needs_hidden)
         watch = self.probe.watch() if self.probe is not None else contextlib.nullcontext()
@@ -154,8 +155,8 @@ class DistillTask:
         return total, {k: v.detach() for k, v in parts.items()}
 
     @torch.no_grad()
-    def eval_totals(self, model: nn.Module, input_ids: torch.Tensor, target_ids: torch.Tensor):
-        student = unwrap(model)
+    def eval_totals(self, model: nn.Module, batch: TokenBatch):
+        student, (input_ids, target_ids) = unwrap(model), batch
         with student.record_spikes():
             s_logits = model(input_ids).logits
             stats = student.firing_stats()

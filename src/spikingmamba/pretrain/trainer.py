@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from spikingmamba.data.dataset import TokenBatch
 from spikingmamba.model.config import SpikingMambaConfig
 from spikingmamba.model.lm import SpikingMambaForCausalLM
 from spikingmamba.pretrain.config import PretrainConfig
@@ -41,13 +42,13 @@ class PretrainTask:
     def before_step(self, step: int, total_steps: int) -> dict[str, float]:
         return {}
 
-    def loss(self, model: nn.Module, input_ids: torch.Tensor, target_ids: torch.Tensor):
-        return cross_entropy(model(input_ids).logits, target_ids), {}
+    def loss(self, model: nn.Module, batch: TokenBatch):
+        return cross_entropy(model(batch.input_ids).logits, batch.target_ids), {}
 
     @torch.no_grad()
-    def eval_totals(self, model: nn.Module, input_ids: torch.Tensor, target_ids: torch.Tensor):
-        n = target_ids.numel()
-        nll = cross_entropy(model(input_ids).logits, target_ids).double() * n
+    def eval_totals(self, model: nn.Module, batch: TokenBatch):
+        n = batch.target_ids.numel()
+        nll = cross_entropy(model(batch.input_ids).logits, batch.target_ids).double() * n
         return {"nll": nll, "tokens": torch.tensor(float(n), dtype=torch.float64)}
 
     def eval_summary(self, totals: dict[str, Any]) -> dict[str, Any]:

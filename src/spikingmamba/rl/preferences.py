@@ -14,13 +14,11 @@ With `skip_invalid=True` such records are skipped instead and counted by reason 
 A completion that does not fit after its prompt is cut to fit and counted in `truncated_*`; a pair
 whose two completions become identical by that cut is skipped as invalid (or an error).
 
-Row layout (`encode_pair`), so that pairs travel through the generic training loop as one long
-tensor per pair (the loop hands `rows[:, :-1]` to the task; the last column is that slack):
-    [0, T)            prompt + chosen token ids, right-padded with `pad_id`      (T = max_tokens)
-    [T, 2T)           prompt + rejected token ids, right-padded
-    2T, 2T+1          chosen:   prompt length, total length
-    2T+2, 2T+3        rejected: prompt length, total length
-    2T+4              0 (slack column)
+Tokenised pairs (`PreferencePairs`, the training loop's `Examples` for the DPO task), T = max_tokens:
+    ids          (n, 2, T)  prompt + chosen, then prompt + rejected token ids, right-padded with `pad_id`
+    prompt_len   (n, 2)     prompt tokens of each sequence
+    total_len    (n, 2)     prompt + completion tokens of each sequence
+`batch(indices)` stacks the chosen then the rejected sequences into one `PairBatch` (2b, l).
 Right padding is safe: Mamba is causal, so padding never changes the logits of real tokens.
 """
 
@@ -35,7 +33,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from spikingmamba.errors import ConfigError, UserError
+from spikingmamba.errors import UserError
 
 FIELDS = ("prompt", "chosen", "rejected")
 
@@ -172,18 +170,6 @@ def tokenize_pair(record: PreferenceRecord, tokenizer, max_tokens: int, stats: P
     return TokenizedPair(prompt, chosen, rejected)
 
 
-def encode_pair(pair: TokenizedPair, max_tokens: int, pad_id: int) -> torch.Tensor:
-    """One row (2 * max_tokens + 5,) in the layout of the module docstring."""
-    row = torch.full((2 * max_tokens + 5,), pad_id, dtype=torch.long)
-    for k, completion in enumerate((pair.chosen, pair.rejected)):
-        ids = pair.prompt + completion
-        row[k * max_tokens:k * max_tokens + len(ids)] = torch.tensor(ids, dtype=torch.long)
-        row[2 * max_tokens + 2 * k] = len(pair.prompt)
-        row[2 * max_tokens + 2 * k + 1] = len(ids)
-    row[-1] = 0
-    return row
-
-
 class PairBatch(NamedTuple):
     """Chosen then rejected sequences stacked, trimmed to the longest: the model sees (2b, l)."""
 
@@ -197,48 +183,55 @@ class PairBatch(NamedTuple):
         return self.input_ids.shape[0] // 2
 
 
-def decode_rows(rows: torch.Tensor, max_tokens: int) -> PairBatch:
-    """Rows in the layout above (with or without the slack column) -> a `PairBatch`."""
-    t = max_tokens
-    ids = torch.cat([rows[:, :t], rows[:, t:2 * t]], dim=0)                    # (2b, T)
-    meta = rows[:, 2 * t:2 * t + 4]
-    prompt_len = torch.cat([meta[:, 0], meta[:, 2]])                            # (2b,)
-    total_len = torch.cat([meta[:, 1], meta[:, 3]])                             # (2b,)
-    used = int(total_len.max())
-    ids = ids[:, :used]                                                         # trim shared padding
-    positions = torch.arange(1, used, device=rows.device)                       # index of each target token
-    mask = (positions >= prompt_len[:, None]) & (positions < total_len[:, None])  # (2b, used - 1)
-    return PairBatch(ids[:, :-1], ids[:, 1:], mask, total_len)
+class PreferencePairs:
+    """Tokenised preference pairs in the layout of the module docstring; the DPO task's `Examples`."""
+
+    def __init__(self, pairs: list[TokenizedPair], max_tokens: int, pad_id: int):
+        self.ids = torch.full((len(pairs), 2, max_tokens), pad_id, dtype=torch.long)
+        self.prompt_len = torch.zeros(len(pairs), 2, dtype=torch.long)
+        self.total_len = torch.zeros(len(pairs), 2, dtype=torch.long)
+        for i, pair in enumerate(pairs):
+            for k, completion in enumerate((pair.chosen, pair.rejected)):
+                ids = pair.prompt + completion
+                self.ids[i, k, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+                self.prompt_len[i, k], self.total_len[i, k] = len(pair.prompt), len(ids)
+
+    @property
+    def seq_len(self) -> int:
+        """T: the most tokens of prompt + completion."""
+        return self.ids.shape[2]
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+    def batch(self, indices: torch.Tensor, device: torch.device | str | None = None) -> PairBatch:
+        """Pairs `indices` as one `PairBatch` on `device`."""
+        ids = torch.cat([self.ids[indices, 0], self.ids[indices, 1]]).to(device)              # (2b, T)
+        prompt_len = torch.cat([self.prompt_len[indices, 0], self.prompt_len[indices, 1]]).to(device)  # (2b,)
+        total_len = torch.cat([self.total_len[indices, 0], self.total_len[indices, 1]]).to(device)    # (2b,)
+        used = int(total_len.max())
+        ids = ids[:, :used]                                                         # trim shared padding
+        positions = torch.arange(1, used, device=ids.device)                        # index of each target token
+        mask = (positions >= prompt_len[:, None]) & (positions < total_len[:, None])  # (2b, used - 1)
+        return PairBatch(ids[:, :-1], ids[:, 1:], mask, total_len)
 
 
 def tokenize_records(records: list[PreferenceRecord], tokenizer, max_tokens: int, skip_invalid: bool,
-                     stats: PreferenceStats, path: str | Path = "preferences") -> torch.Tensor:
-    """All usable records as rows (n, 2 * max_tokens + 5); bad ones raise or are skipped (counted)."""
+                     stats: PreferenceStats, path: str | Path = "preferences") -> PreferencePairs:
+    """All usable records as `PreferencePairs`; bad ones raise or are skipped (counted)."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
         raise UserError("the tokenizer has neither a pad nor an eos token to pad preference pairs with")
-    rows = []
+    pairs = []
     for record in records:
         try:
-            rows.append(encode_pair(tokenize_pair(record, tokenizer, max_tokens, stats), max_tokens, pad_id))
+            pairs.append(tokenize_pair(record, tokenizer, max_tokens, stats))
         except _Invalid as bad:
             if not skip_invalid:
                 raise UserError(f"{_where(Path(path), record.number, record.line)}: {bad}; or pass "
                                 "--skip-invalid to skip such records (they are counted)") from None
             stats.skipped[bad.reason] += 1
-    stats.used += len(rows)
-    if not rows:
+    stats.used += len(pairs)
+    if not pairs:
         raise UserError(f"{path}: no preference record fits (all {len(records)} were skipped)")
-    return torch.stack(rows)
-
-
-class PairRows:
-    """Duck-types `PackedDataset` for the training loop: `rows` (n, 2T + 5) and `len`."""
-
-    def __init__(self, rows: torch.Tensor, max_tokens: int):
-        if rows.dim() != 2 or rows.shape[1] != 2 * max_tokens + 5:
-            raise ConfigError(f"pair rows must have shape (n, {2 * max_tokens + 5}), got {tuple(rows.shape)}")
-        self.rows, self.max_tokens = rows, max_tokens
-
-    def __len__(self) -> int:
-        return self.rows.shape[0]
+    return PreferencePairs(pairs, max_tokens, pad_id)

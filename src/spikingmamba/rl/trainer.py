@@ -40,7 +40,7 @@ from spikingmamba.rl.config import RLConfig
 from spikingmamba.neurons.rate import SpikeRateProbe, rate_excess, spike_summary, spike_totals
 from spikingmamba.neurons.sgc import sgc_lambda
 from spikingmamba.rl.losses import dpo_loss, sequence_logprobs
-from spikingmamba.rl.preferences import (PairRows, PreferenceStats, decode_rows, read_preferences,
+from spikingmamba.rl.preferences import (PairBatch, PreferencePairs, PreferenceStats, read_preferences,
                                          split_records, tokenize_records)
 from spikingmamba.training.distributed import DistEnv, unwrap
 from spikingmamba.training.loop import fit
@@ -72,7 +72,7 @@ def load_policy_and_reference(cfg: RLConfig):
     return policy.train(), reference.requires_grad_(False).eval(), tokenizer
 
 
-def load_pairs(cfg: RLConfig, tokenizer) -> tuple[PairRows, PairRows, dict[str, Any]]:
+def load_pairs(cfg: RLConfig, tokenizer) -> tuple[PreferencePairs, PreferencePairs, dict[str, Any]]:
     """(train pairs, held-out pairs, a description: counts of records used, cut and skipped)."""
     stats = PreferenceStats()
     records = read_preferences(cfg.preferences, cfg.skip_invalid, stats)
@@ -91,7 +91,7 @@ def load_pairs(cfg: RLConfig, tokenizer) -> tuple[PairRows, PairRows, dict[str, 
     if cfg.heldout_preferences:
         describe["heldout_preferences"] = held_stats.to_dict()
         describe["heldout_preferences_sha256"] = file_sha256(cfg.heldout_preferences)
-    return PairRows(train, cfg.seq_len), PairRows(heldout, cfg.seq_len), describe
+    return train, heldout, describe
 
 
 def file_sha256(path: str | Path) -> str:
@@ -137,9 +137,8 @@ class DPOTask:
         self.model.set_sgc(lam, self.cfg.sgc_mode)
         return {"sgc": lam}
 
-    def _pair_terms(self, model: nn.Module, rows: torch.Tensor, with_rate: bool = False) -> dict[str, torch.Tensor]:
-        """Per-pair log-probs of policy and reference and the DPO loss, from (b, 2T + 4+) rows."""
-        batch = decode_rows(rows, self.cfg.seq_len)
+    def _pair_terms(self, model: nn.Module, batch: PairBatch, with_rate: bool = False) -> dict[str, torch.Tensor]:
+        """Per-pair log-probs of policy and reference and the DPO loss."""
         watch = self.probes is not None and with_rate
         with self.probes[0].watch() if watch else contextlib.nullcontext():
             logits = model(batch.input_ids).logits                            # (2b, l, V)
@@ -172,8 +171,8 @@ class DPOTask:
         mean_rate = (rates.detach().mean(0) * real).sum() / real.sum()
         return {"rate_excess": excess, "rate": mean_rate}
 
-    def loss(self, model: nn.Module, input_ids: torch.Tensor, target_ids: torch.Tensor):
-        terms = self._pair_terms(model, input_ids, with_rate=True)  # target_ids unused: rows carry their layout
+    def loss(self, model: nn.Module, batch: PairBatch):
+        terms = self._pair_terms(model, batch, with_rate=True)
         loss = terms["losses"].mean()
         parts = {
             "reward_margin": terms["margin"].mean(),
@@ -192,8 +191,8 @@ class DPOTask:
         return loss, {k: v.detach() for k, v in parts.items()}
 
     @torch.no_grad()
-    def eval_totals(self, model: nn.Module, input_ids: torch.Tensor, target_ids: torch.Tensor):
-        terms = self._pair_terms(model, input_ids)
+    def eval_totals(self, model: nn.Module, batch: PairBatch):
+        terms = self._pair_terms(model, batch)
         totals = {
             "pairs": torch.tensor(float(terms["losses"].numel()), dtype=torch.float64),
             "loss": terms["losses"].double().sum(),
@@ -207,12 +206,11 @@ class DPOTask:
             "chosen_tokens": terms["chosen_tokens"].double().sum(),
         }
         if self.neuron_names:
-            totals["spikes"] = self._spike_totals(unwrap(model), input_ids)
+            totals["spikes"] = self._spike_totals(unwrap(model), batch)
         return totals
 
-    def _spike_totals(self, policy: SpikingMambaForCausalLM, rows: torch.Tensor) -> torch.Tensor:
-        """Per neuron (inputs seen, non-zero spikes, |s| summed) over the chosen texts, each at its length."""
-        batch = decode_rows(rows, self.cfg.seq_len)
+    def _spike_totals(self, policy: SpikingMambaForCausalLM, batch: PairBatch) -> torch.Tensor:
+        """`spike_totals` over the chosen texts, each at its length."""
         with policy.record_spikes():
             for i in range(batch.n_pairs):
                 policy(batch.input_ids[i:i + 1, :int(batch.lengths[i]) - 1])

@@ -1,14 +1,16 @@
-"""The training loop, shared by `pretrain` and `distill`: they supply a `Task`, the loop does the rest.
+"""The training loop, shared by `pretrain`, `distill` and `rl`: they supply a `Task` and two `Examples`
+splits (train, held-out), the loop does the rest.
 
 One optimiser step:
     task.before_step(step)                      e.g. anneal the SGC weight
-    for each of grad_accum micro-batches:        rows of the global batch for this process
+    for each of grad_accum micro-batches:        examples of the global batch for this process
+        batch = train.batch(indices, device)     a task's own batch type (token rows, preference pairs)
         loss = task.loss(model, batch) / grad_accum;  loss.backward()   (DDP syncs on the last)
     losses averaged over processes; non-finite -> stop (the last checkpoint is left as it was)
     clip the gradient norm; AdamW step; scheduler step
 
-The rows of step s are positions [s*G, (s+1)*G) of an endless stream of per-epoch permutations of
-the training rows (G = batch_size x grad_accum x processes), so the data position is the step, a
+The examples of step s are positions [s*G, (s+1)*G) of an endless stream of per-epoch permutations
+of the training examples (G = batch_size x grad_accum x processes), so the data position is the step, a
 resumed run sees exactly the batches the uninterrupted run would have, and N processes with batch
 b see the same global batch as one process with batch N*b.
 """
@@ -26,7 +28,6 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from spikingmamba.data.dataset import PackedDataset
 from spikingmamba.errors import UserError
 from spikingmamba.training.checkpoint import CHECKPOINT_DIR, full_state_dicts, load_checkpoint, save_checkpoint
 from spikingmamba.training.config import TrainConfig
@@ -41,6 +42,19 @@ class NonFiniteLossError(UserError):
     """The loss or the gradient norm became NaN or infinite; training stopped."""
 
 
+class Examples(Protocol):
+    """A split as the loop sees it: `len` examples of (up to) `seq_len` tokens each (counted in the
+    run's `tokens`), gathered into the task's batch type by `batch`."""
+
+    @property
+    def seq_len(self) -> int: ...
+
+    def __len__(self) -> int: ...
+
+    def batch(self, indices: torch.Tensor, device: torch.device) -> Any:
+        """Examples `indices` as one batch on `device`, what `Task.loss` and `Task.eval_totals` take."""
+
+
 class Task(Protocol):
     """What a kind of training supplies to the loop."""
 
@@ -50,12 +64,10 @@ class Task(Protocol):
     def before_step(self, step: int, total_steps: int) -> dict[str, float]:
         """Called before optimiser step `step` (0-based); returns values to log (e.g. the SGC weight)."""
 
-    def loss(self, model: nn.Module, input_ids: torch.Tensor,
-             target_ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(scalar loss to minimise, named detached parts to log) for one micro-batch."""
 
-    def eval_totals(self, model: nn.Module, input_ids: torch.Tensor,
-                    target_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    def eval_totals(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         """Additive sums over one held-out batch (summed over batches and processes by the loop)."""
 
     def eval_summary(self, totals: dict[str, float]) -> dict[str, Any]:
@@ -132,8 +144,8 @@ def _sync_context(wrapped: nn.Module, strategy: str, last_micro: bool):
 
 
 @torch.no_grad()
-def evaluate(task: Task, model: nn.Module, heldout: PackedDataset, cfg: TrainConfig, env: DistEnv) -> dict:
-    """Held-out metrics over the first `eval_rows` rows, sharded over processes, summed exactly."""
+def evaluate(task: Task, model: nn.Module, heldout: Examples, cfg: TrainConfig, env: DistEnv) -> dict:
+    """Held-out metrics over the first `eval_rows` examples, sharded over processes, summed exactly."""
     n_rows = len(heldout) if cfg.eval_rows == 0 else min(cfg.eval_rows, len(heldout))
     mine = list(range(env.rank, n_rows, env.world_size))
     was_training = unwrap(model).training
@@ -141,9 +153,9 @@ def evaluate(task: Task, model: nn.Module, heldout: PackedDataset, cfg: TrainCon
     totals: dict[str, torch.Tensor] = {}
     try:
         for start in range(0, len(mine), cfg.batch_size):
-            rows = heldout.rows[mine[start:start + cfg.batch_size]].to(env.device)
+            batch = heldout.batch(torch.tensor(mine[start:start + cfg.batch_size], dtype=torch.long), env.device)
             with _autocast(cfg, env.device):
-                part = task.eval_totals(model, rows[:, :-1], rows[:, 1:])
+                part = task.eval_totals(model, batch)
             for key, value in part.items():
                 totals[key] = totals.get(key, 0) + value.detach().double().cpu()
     finally:
@@ -165,7 +177,7 @@ def evaluate(task: Task, model: nn.Module, heldout: PackedDataset, cfg: TrainCon
     return task.eval_summary(summed)
 
 
-def _accumulate_gradients(task: Task, wrapped: nn.Module, train: PackedDataset, order: BatchOrder, step: int,
+def _accumulate_gradients(task: Task, wrapped: nn.Module, train: Examples, order: BatchOrder, step: int,
                           cfg: TrainConfig, env: DistEnv, params: list[torch.Tensor]):
     """Forward + backward over this process's micro-batches of step `step`; clip the gradient.
 
@@ -176,10 +188,10 @@ def _accumulate_gradients(task: Task, wrapped: nn.Module, train: PackedDataset, 
     sums: dict[str, torch.Tensor] = {}
     for micro in range(cfg.grad_accum):
         start = step * global_batch + (micro * env.world_size + env.rank) * cfg.batch_size
-        rows = train.rows[order.take(start, cfg.batch_size)].to(env.device)       # (batch, seq_len + 1)
+        batch = train.batch(order.take(start, cfg.batch_size), env.device)
         with _sync_context(wrapped, cfg.distributed, last_micro=micro == cfg.grad_accum - 1):
             with _autocast(cfg, env.device):
-                loss, parts = task.loss(wrapped, rows[:, :-1], rows[:, 1:])
+                loss, parts = task.loss(wrapped, batch)
             if cfg.debug_nan_at_step == step + 1:
                 loss = loss * float("nan")
             (loss / cfg.grad_accum).backward()
@@ -193,7 +205,7 @@ def _accumulate_gradients(task: Task, wrapped: nn.Module, train: PackedDataset, 
     return values.pop("loss"), values, grad_norm
 
 
-def fit(task: Task, cfg: TrainConfig, train: PackedDataset, heldout: PackedDataset, env: DistEnv,
+def fit(task: Task, cfg: TrainConfig, train: Examples, heldout: Examples, env: DistEnv,
         out: Path, describe: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train `task.model` for `cfg.max_steps` steps (or up to `cfg.stop_at_step`); return the result
     (with `describe` merged in), written to `<out>/result.json` when the run is complete."""
@@ -201,7 +213,7 @@ def fit(task: Task, cfg: TrainConfig, train: PackedDataset, heldout: PackedDatas
     model = task.model.to(env.device)
     global_batch = cfg.batch_size * cfg.grad_accum * env.world_size
     if len(train) < global_batch:
-        raise UserError(f"the train split has {len(train)} sequences of {cfg.seq_len} tokens, fewer than one "
+        raise UserError(f"the train split has {len(train)} sequences of {train.seq_len} tokens, fewer than one "
                         f"step's global batch ({cfg.batch_size} x {cfg.grad_accum} accumulation x "
                         f"{env.world_size} process(es) = {global_batch}): add text, or lower seq_len/batch_size")
     wrapped = wrap_model(model, env, cfg.distributed)
@@ -220,7 +232,7 @@ def fit(task: Task, cfg: TrainConfig, train: PackedDataset, heldout: PackedDatas
     log = MetricsLog(out, enabled=env.is_main, resume_step=step if cfg.resume else None)
     order = BatchOrder(len(train), cfg.seed)
     end_step = cfg.stop_at_step or cfg.max_steps
-    tokens_per_step = global_batch * cfg.seq_len
+    tokens_per_step = global_batch * train.seq_len
     first_eval = None
 
     def run_eval() -> dict:
