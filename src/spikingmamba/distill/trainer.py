@@ -212,4 +212,10 @@ def _distill(cfg: DistillConfig, env: DistEnv) -> dict[str, Any]:
     task = DistillTask(student, teacher, cfg, tokenizer).to(env.device)
     describe = {"teacher": resolve_teacher(cfg.teacher), "levels": cfg.levels, "neuron": cfg.neuron,
                 "sgc": cfg.sgc, "train_rows": len(train), "heldout_rows": len(heldout)}
-    return fit(task, cfg, train, heldout, env, out, describe)
+    result = fit(task, cfg, train, heldout, env, out, describe)
+    if env.is_main and result.get("finished"):
+        from spikingmamba.model.card import write_model_card
+
+        write_model_card(out, student.config, recipe=cfg.to_dict(), distillation=result.get("final_eval"),
+                         command="spikingmamba distill --config recipe.yaml   # recipe.yaml: the recipe below")
+    return result

@@ -59,5 +59,10 @@ class SpikingMambaConfig(PreTrainedConfig):
         return self.expand * self.hidden_size
 
     @property
+    def layer_types(self) -> list[str]:
+        """Every layer is recurrent: transformers' DynamicCache gives each a conv + recurrent state slot."""
+        return ["linear_attention"] * self.num_hidden_layers
+
+    @property
     def spiking_config(self) -> SpikingConfig | None:
         return None if self.spiking is None else SpikingConfig.from_dict(self.spiking)

@@ -9,17 +9,21 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import DynamicCache, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
+from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutput
 
 from spikingmamba.errors import InputError
+from spikingmamba.model.cache import read_state, write_state
 from spikingmamba.model.config import SpikingMambaConfig
 from spikingmamba.model.mixer import MambaMixer
+from spikingmamba.model.remote_code import auto_map, write_remote_code
 from spikingmamba.model.state import LayerState, MambaState
 from spikingmamba.neurons import SpikingConfig, SpikingNeuron, set_spike_mode
 from spikingmamba.neurons.config import SGC_MODES
@@ -67,7 +71,34 @@ class MambaBackbone(nn.Module):
         self.norm_f = RMSNorm(config.hidden_size, config.layer_norm_epsilon)
 
 
-class SpikingMambaForCausalLM(PreTrainedModel):
+@dataclass
+class SpikingMambaOutput(CausalLMOutput):
+    """CausalLMOutput plus the cache holding the recurrent state (None unless asked for)."""
+
+    cache: Cache | None = None
+
+
+def generation_defaults() -> dict:
+    """`generate`'s defaults, those of `spikingmamba generate` (`SamplingConfig`): sampling at
+    temperature 1 with top-k and top-p off (transformers' own default would be greedy, top-k 50)."""
+    from spikingmamba.inference.generation import SamplingConfig
+
+    s = SamplingConfig()
+    return dict(do_sample=not s.greedy, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                max_new_tokens=s.max_new_tokens)
+
+
+def _refuse_left_padding(attention_mask: torch.Tensor | None) -> None:
+    """Left padding would run pad tokens through the recurrence before the prompt; refuse it."""
+    if attention_mask is None or attention_mask.dim() != 2:
+        return
+    mask = attention_mask.bool()
+    if bool((~mask[:, :-1] & mask[:, 1:]).any()):
+        raise InputError("left-padded batches are not supported: the recurrent state would run through the "
+                         "padding; generate one prompt at a time (or batch prompts of equal length)")
+
+
+class SpikingMambaForCausalLM(PreTrainedModel, GenerationMixin):
     """Dense Mamba LM when `config.spiking` is None; SpikingMamba student otherwise."""
 
     config_class = SpikingMambaConfig
@@ -81,6 +112,20 @@ class SpikingMambaForCausalLM(PreTrainedModel):
         self.backbone = MambaBackbone(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+        if self.generation_config is not None:
+            self.generation_config.update(**generation_defaults())
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' `save_pretrained` (weights, config.json, generation_config.json), plus the
+        `auto_map` and python files that `trust_remote_code=True` loads (model/remote_code.py) and a
+        model card (README.md) describing the model from its config."""
+        from spikingmamba.model.card import write_model_card
+
+        self.config.auto_map = auto_map()
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_remote_code(save_directory)
+            write_model_card(save_directory, self.config)
 
     # --- transformers plumbing --------------------------------------------------------------
     def get_input_embeddings(self):
@@ -125,28 +170,85 @@ class SpikingMambaForCausalLM(PreTrainedModel):
 
     def forward(self, input_ids: torch.LongTensor, labels: torch.LongTensor | None = None,
                 output_hidden_states: bool | None = None, return_dict: bool | None = None,
-                attention_mask: torch.Tensor | None = None, **kwargs) -> CausalLMOutput | tuple:
-        """input_ids (b, l) -> logits (b, l, vocab). `attention_mask` is accepted and ignored:
-        Mamba is causal, so right padding never changes the logits of real tokens."""
+                attention_mask: torch.Tensor | None = None, cache: Cache | None = None,
+                use_cache: bool | None = None, logits_to_keep: int = 0, **kwargs) -> SpikingMambaOutput | tuple:
+        """input_ids (b, l) -> logits (b, l, vocab).
+
+        `attention_mask` is ignored (Mamba is causal, so right padding never changes the logits of
+        real tokens); left padding, which would, is refused when generating. With `use_cache=True` or
+        a `cache` (transformers' `DynamicCache(config=model.config)`, what `generate` passes), the
+        recurrent state after the last position is stored in the cache, and a cache that already
+        holds a state is continued token by token with the same step code as `step`.
+        `logits_to_keep=k > 0` sends only the last k positions through the head.
+        """
         self._check_ids(input_ids)
         if input_ids.dim() == 1:
             input_ids = input_ids.unsqueeze(0)
-        h = self.backbone.embeddings(input_ids)                              # (b, l, d_model)
-        hidden_states = []
-        for layer in self.backbone.layers:
-            h = layer(h)
-            if output_hidden_states:
-                hidden_states.append(h)
+        if not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+            raise InputError(f"logits_to_keep must be an integer >= 0 (0 = every position), got {logits_to_keep!r}")
+        hidden_states = [] if output_hidden_states else None
+        if cache is None and not use_cache:
+            h, _ = self._backbone(input_ids, hidden_states)                  # (b, l, d_model)
+        else:
+            if cache is None:
+                cache = DynamicCache(config=self.config)
+            state = read_state(cache, len(self.backbone.layers))
+            if state is None:
+                _refuse_left_padding(attention_mask)
+                h, state = self._backbone(input_ids, hidden_states, return_state=True)
+            else:
+                h, state = self._continue(input_ids, state, hidden_states)
+            write_state(cache, state)
+        if logits_to_keep:
+            h = h[:, -logits_to_keep:]
         h = self.backbone.norm_f(h.to(self.backbone.norm_f.weight.dtype))
-        if output_hidden_states:
+        if hidden_states is not None:
             hidden_states.append(h)
-        logits = self.lm_head(h.to(self.lm_head.weight.dtype)).float()      # (b, l, vocab)
+        logits = self.lm_head(h.to(self.lm_head.weight.dtype)).float()      # (b, l or k, vocab)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
-        out = CausalLMOutput(loss=loss, logits=logits,
-                             hidden_states=tuple(hidden_states) if output_hidden_states else None)
+        out = SpikingMambaOutput(loss=loss, logits=logits, cache=cache,
+                                 hidden_states=tuple(hidden_states) if hidden_states is not None else None)
         return out if return_dict is not False else out.to_tuple()
+
+    def _backbone(self, input_ids: torch.LongTensor, hidden_states: list | None = None, return_state: bool = False):
+        """Full-sequence pass: ids (b, l) -> residual stream after the last block (b, l, d_model)
+        [and the state after the last position]; appends every block's output to `hidden_states`."""
+        h = self.backbone.embeddings(input_ids)                              # (b, l, d_model)
+        states = []
+        for layer in self.backbone.layers:
+            if return_state:
+                h, s = layer(h, return_state=True)
+                states.append(s)
+            else:
+                h = layer(h)
+            if hidden_states is not None:
+                hidden_states.append(h)
+        return h, (MambaState(states) if return_state else None)
+
+    def _step_blocks(self, token_ids: torch.LongTensor, state: MambaState, hidden_states: list | None = None):
+        """One token per sequence through the blocks: (b,) -> residual stream (b, d_model), new state."""
+        h = self.backbone.embeddings(token_ids)                              # (b, d_model)
+        new = []
+        for layer, s in zip(self.backbone.layers, state.layers):
+            h, s = layer.step(h, s)
+            new.append(s)
+            if hidden_states is not None:
+                hidden_states.append(h)
+        return h, MambaState(new)
+
+    def _continue(self, input_ids: torch.LongTensor, state: MambaState, hidden_states: list | None = None):
+        """Tokens (b, l) after `state`, one step each: residual stream (b, l, d_model), new state."""
+        outputs, per_token = [], []
+        for t in range(input_ids.shape[1]):
+            layers = [] if hidden_states is not None else None
+            h, state = self._step_blocks(input_ids[:, t], state, layers)
+            outputs.append(h)
+            per_token.append(layers)
+        if hidden_states is not None:
+            hidden_states.extend(torch.stack(per_layer, dim=1) for per_layer in zip(*per_token))
+        return torch.stack(outputs, dim=1), state
 
     # --- recurrent step mode ----------------------------------------------------------------
     @torch.no_grad()
@@ -154,13 +256,9 @@ class SpikingMambaForCausalLM(PreTrainedModel):
         """Full-sequence pass over a prompt (b, l): logits of its last position (b, vocab) and the
         state after it. Only the last position goes through the head."""
         self._check_ids(input_ids)
-        h = self.backbone.embeddings(input_ids)
-        states = []
-        for layer in self.backbone.layers:
-            h, s = layer(h, return_state=True)
-            states.append(s)
+        h, state = self._backbone(input_ids, return_state=True)
         h = self.backbone.norm_f(h[:, -1].to(self.backbone.norm_f.weight.dtype))     # (b, d_model)
-        return self.lm_head(h.to(self.lm_head.weight.dtype)).float(), MambaState(states)
+        return self.lm_head(h.to(self.lm_head.weight.dtype)).float(), state
 
     def init_state(self, batch_size: int) -> MambaState:
         p = self.lm_head.weight
@@ -173,13 +271,9 @@ class SpikingMambaForCausalLM(PreTrainedModel):
     def step(self, token_ids: torch.LongTensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
         """One token per sequence: token_ids (b,) -> logits (b, vocab), new state."""
         self._check_ids(token_ids)
-        h = self.backbone.embeddings(token_ids)                              # (b, d_model)
-        new = []
-        for layer, s in zip(self.backbone.layers, state.layers):
-            h, s = layer.step(h, s)
-            new.append(s)
+        h, state = self._step_blocks(token_ids, state)
         h = self.backbone.norm_f(h.to(self.backbone.norm_f.weight.dtype))
-        return self.lm_head(h.to(self.lm_head.weight.dtype)).float(), MambaState(new)
+        return self.lm_head(h.to(self.lm_head.weight.dtype)).float(), state
 
     # --- spiking controls -------------------------------------------------------------------
     @property

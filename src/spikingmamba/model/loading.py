@@ -15,11 +15,13 @@ import re
 from pathlib import Path
 
 import torch
+from transformers import GenerationConfig
 
 from spikingmamba.errors import CheckpointError
 from spikingmamba.model.config import SpikingMambaConfig
 from spikingmamba.model.lm import SpikingMambaForCausalLM
 
+GENERATION_CONFIG = "generation_config.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 HF_FIELDS = ("vocab_size", "hidden_size", "state_size", "num_hidden_layers", "layer_norm_epsilon", "expand",
@@ -138,6 +140,8 @@ def from_pretrained(path: str | os.PathLike, scan_backend: str | None = None,
         config.scan_backend = scan_backend
     model = SpikingMambaForCausalLM(config)
     load_state(model, _read_weights(folder), str(folder))
+    if (folder / GENERATION_CONFIG).is_file():
+        model.generation_config = GenerationConfig.from_pretrained(folder)
     return model.to(dtype).eval()
 
 

@@ -123,10 +123,13 @@ def run(out: Path, full: bool = False, overwrite: bool = False, teacher: str = "
         stages.update(rl_stage(out, student_dir, teacher_dir, plan, overwrite))
 
     summary["models"] = {}
+    command = ("spikingmamba quickstart" + (" --full" if full else "") + (" --sparse" if energy_first else "")
+               + ("" if teacher == "default" else f" --teacher {teacher}"))
     for name, model_dir in stages.items():
         evals = evaluation_stage(model_dir, teacher_dir, heldout, out / "eval" / name, plan)
         energy = energy_stage(model_dir, teacher_dir, heldout, out / "energy" / name)
         summary["models"][name] = {"dir": str(model_dir), "eval": evals, "energy": energy_summary(energy)}
+        write_card(model_dir, name, summary, energy, evals, command)
     summary["seconds"] = time.perf_counter() - started
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
     return summary
@@ -151,6 +154,20 @@ def rl_stage(out: Path, student_dir: Path, teacher_dir: Path, plan: QuickstartPl
     distill_stage(out / "student_control", plan, str(teacher_dir), overwrite, init_student=str(student_dir),
                   max_steps=plan.rl_steps, sgc=False, calibration_tokens=0)
     return {"student_rl": out / "student_rl", "student_control": out / "student_control"}
+
+
+def write_card(model_dir: Path, name: str, summary: dict[str, Any], energy, evals: dict, command: str) -> None:
+    """The model card of one stage's model, with the numbers this run measured for it."""
+    from spikingmamba import SpikingMambaConfig
+    from spikingmamba.energy.report import format_report
+    from spikingmamba.evaluation.table import format_table
+    from spikingmamba.model.card import write_model_card
+
+    final = (summary.get("distill") or {}).get("final_eval") if name == "student" else None
+    write_model_card(model_dir, SpikingMambaConfig.from_pretrained(model_dir), command=command,
+                     recipe={"stage": name, "teacher": summary["teacher"], **summary["plan"]}, distillation=final,
+                     energy=format_report(energy, show_layers=False),
+                     evaluation="\n\n".join(format_table(evals[suite]) for suite in ("indomain", "offline")))
 
 
 def energy_summary(report) -> dict[str, float]:
