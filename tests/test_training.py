@@ -158,7 +158,7 @@ def test_thresholds_get_their_own_learning_rate_and_no_decay():
 
 def test_the_seed_changes_the_order_but_not_the_heldout_split(tokenizer):
     from spikingmamba.data import load_tokenizer
-    from spikingmamba.training.config import TrainConfig
+    from spikingmamba.pretrain.config import PretrainConfig
     from spikingmamba.training.distributed import DistEnv
     from spikingmamba.training.loop import BatchOrder
     from spikingmamba.training.setup import load_data
@@ -168,7 +168,7 @@ def test_the_seed_changes_the_order_but_not_the_heldout_split(tokenizer):
     tok = load_tokenizer(tokenizer)
 
     def split(**kw):
-        cfg = TrainConfig(out="unused", data=str(SAMPLE), seq_len=16, heldout_fraction=0.2, **kw)
+        cfg = PretrainConfig(out="unused", data=str(SAMPLE), seq_len=16, heldout_fraction=0.2, **kw)
         return load_data(cfg, tok, env)
 
     (train0, held0), (train1, held1), (_, held_other) = split(seed=0), split(seed=1), split(split_seed=1)

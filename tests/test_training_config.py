@@ -1,13 +1,16 @@
 """Typed configs: defaults < YAML < flags, validation that names the field, unknown keys rejected."""
 
 import argparse
+from dataclasses import fields
 
 import pytest
 
 from spikingmamba.cli._training import config_from_cli
 from spikingmamba.distill.config import DistillConfig
 from spikingmamba.errors import ConfigError, UserError
+from spikingmamba.neurons.sgc import SGCSchedule
 from spikingmamba.pretrain.config import PretrainConfig
+from spikingmamba.rl.config import RLConfig
 from spikingmamba.training.config import TrainConfig, add_config_arguments
 
 
@@ -50,6 +53,15 @@ def test_unknown_keys_are_listed():
         DistillConfig.from_dict({"out": "x", "learning_rate": 1e-3})
     with pytest.raises(ConfigError, match="unknown"):
         TrainConfig.from_dict({"out": "x", "levels": 2})  # a distill key is not a generic one
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['data'\]"):
+        RLConfig.from_dict({"out": "x", "data": "default"})  # rl trains on its pairs: it has no corpus
+
+
+def test_stages_compose_the_sgc_schedule_with_their_own_default():
+    assert DistillConfig(out="x").sgc and not RLConfig(out="x").sgc
+    assert [f.name for f in fields(SGCSchedule)] == [f for f in DistillConfig(out="x").to_dict() if f.startswith("sgc")]
+    with pytest.raises(ConfigError, match="sgc_mode"):
+        RLConfig.from_dict({"out": "x", "model": "m", "preferences": "p", "sgc_mode": "smooth"})
 
 
 def test_yaml_then_flags(tmp_path):

@@ -12,7 +12,7 @@ from spikingmamba.training.config import add_config_arguments
 def register(subparsers) -> None:
     p = subparsers.add_parser("rl", help="DPO of a distilled spiking student on preference pairs",
                               description=rl_command.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(p, RLConfig, skip=("data",))
+    add_config_arguments(p, RLConfig)
     p.add_argument("--steps", dest="max_steps", type=int, metavar="N", default=argparse.SUPPRESS,
                    help="same as --max-steps")
     p.set_defaults(func=rl_command)

@@ -1,17 +1,19 @@
-"""Configuration of single-stage distillation (the training-loop fields come from `TrainConfig`)."""
+"""Configuration of single-stage distillation: the loop's `TrainConfig`, the training text
+(`CorpusConfig`) and the SGC schedule (`SGCSchedule`), composed with the distillation fields."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from spikingmamba.errors import ConfigError
-from spikingmamba.neurons.config import NEURON_KINDS, SGC_MODES, SITES
+from spikingmamba.neurons.config import NEURON_KINDS, SITES
 from spikingmamba.neurons.rate import RATE_COSTS
-from spikingmamba.training.config import TrainConfig, option
+from spikingmamba.neurons.sgc import SGCSchedule
+from spikingmamba.training.config import CorpusConfig, TrainConfig, option
 
 
 @dataclass
-class DistillConfig(TrainConfig):
+class DistillConfig(SGCSchedule, CorpusConfig, TrainConfig):
     """Teacher, student, and the weights of the distillation loss."""
 
     teacher: str = option("default", 'dense Mamba teacher: a checkpoint folder (ours, transformers or '
@@ -32,13 +34,6 @@ class DistillConfig(TrainConfig):
                                      "thresholds (0: theta = 1)", ge=0)
     freeze_embeddings: bool = option(True, "keep the (tied) embedding / LM head at the teacher's values, "
                                      "as the authors did")
-
-    # SGC: lambda anneals linearly from sgc_start at step 0 to 0 at sgc_until * max_steps
-    sgc: bool = option(True, "use the training-only SGC path (--no-sgc: the ablation without it)")
-    sgc_start: float = option(0.5, "SGC weight lambda at the first step", ge=0, le=1)
-    sgc_until: float = option(0.5, "fraction of the run after which lambda is 0", gt=0, le=1)
-    sgc_mode: str = option("residual", "residual: add lambda * (x - x_hat) in the forward pass; gradient: "
-                           "forward stays spiking, only the gradient is smoothed", choices=SGC_MODES)
 
     # the loss
     temperature: float = option(1.0, "softmax temperature of the KL term", gt=0)

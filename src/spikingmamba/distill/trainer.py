@@ -25,7 +25,7 @@ from spikingmamba.distill.losses import hidden_state_loss, kl_divergence
 from spikingmamba.errors import UserError
 from spikingmamba.model.lm import SpikingMambaForCausalLM
 from spikingmamba.neurons.rate import SpikeRateProbe, rate_excess, spike_summary, spike_totals
-from spikingmamba.neurons.sgc import sgc_lambda
+from spikingmamba.neurons.sgc import apply_sgc
 from spikingmamba.training.distributed import DistEnv, unwrap
 from spikingmamba.training.loop import fit
 from spikingmamba.training.losses import cross_entropy, masked_mean, target_mask
@@ -122,9 +122,7 @@ class DistillTask:
         return self
 
     def before_step(self, step: int, total_steps: int) -> dict[str, float]:
-        lam = sgc_lambda(step, total_steps, self.cfg.sgc_start, self.cfg.sgc_until) if self.cfg.sgc else 0.0
-        self.model.set_sgc(lam, self.cfg.sgc_mode)
-        return {"sgc": lam}
+        return apply_sgc(self.model, self.cfg, step, total_steps)
 
     def loss(self, model: nn.Module, batch: TokenBatch):
         cfg, (input_ids, target_ids) = self.cfg, batch

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from spikingmamba.errors import ConfigError
-from spikingmamba.training.config import TrainConfig, option
+from spikingmamba.training.config import CorpusConfig, TrainConfig, option
 
 
 @dataclass
-class PretrainConfig(TrainConfig):
-    """Model shape and tokenizer (the training-loop fields come from `TrainConfig`)."""
+class PretrainConfig(CorpusConfig, TrainConfig):
+    """Model shape and tokenizer, composed with the loop's `TrainConfig` and the training text."""
 
     tokenizer: str | None = option(None, "tokenizer folder (or \"gpt-neox\"); default: train a byte-level BPE "
                                    "of vocab_size tokens on the train split")

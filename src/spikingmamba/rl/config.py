@@ -1,4 +1,5 @@
-"""Configuration of the RL stage (DPO); the training-loop fields come from `TrainConfig`.
+"""Configuration of the RL stage (DPO): the loop's `TrainConfig` and the SGC schedule composed with
+the DPO fields. The training data are the preference pairs (no `data`).
 
 `seq_len` is the context of a pair: the most tokens of prompt + completion. A longer completion is
 cut to fit (counted); a prompt that leaves no room for a completion is an error naming the record
@@ -16,13 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from spikingmamba.errors import ConfigError
-from spikingmamba.neurons.config import SGC_MODES
+from spikingmamba.neurons.sgc import SGCSchedule
 from spikingmamba.rl.losses import LOSS_TYPES
 from spikingmamba.training.config import TrainConfig, option
 
 
 @dataclass
-class RLConfig(TrainConfig):
+class RLConfig(SGCSchedule, TrainConfig):
     """Policy, frozen reference, preference pairs and the DPO loss."""
 
     model: str = option("", "the model to improve (the distilled spiking student): a checkpoint folder")
@@ -46,17 +47,14 @@ class RLConfig(TrainConfig):
     rate_weight: float = option(0.0, "weight of a penalty on spike rates above the reference's at the same "
                                 "positions, to keep the firing rate (energy) from rising (0: off)", ge=0)
 
-    sgc: bool = option(False, "re-anneal the training-only SGC path during RL (off: the student is already "
-                       "hardened, so DPO trains the deployed network)")
-    sgc_start: float = option(0.5, "SGC weight lambda at the first step (with --sgc)", ge=0, le=1)
-    sgc_until: float = option(0.5, "fraction of the run after which lambda is 0 (with --sgc)", gt=0, le=1)
-    sgc_mode: str = option("residual", "SGC mode with --sgc (see distill)", choices=SGC_MODES)
-
-    # TrainConfig fields with other defaults (or meanings) here
     seq_len: int = option(256, "context of a pair: most tokens of prompt + completion", ge=2)
     heldout_fraction: float = option(0.1, "fraction of the preference records held out for evaluation "
                                      "(when no heldout_preferences file is given)", gt=0, lt=1)
-    batch_size: int = option(8, "preference pairs per micro-batch per process", ge=1)
+    split_seed: int = option(0, "seed of the train / held-out record split", ge=0)
+
+    # SGCSchedule and TrainConfig fields with other defaults here
+    sgc: bool = option(False, "re-anneal the training-only SGC path during RL (off: the student is already "
+                       "hardened, so DPO trains the deployed network)")
     max_steps: int = option(200, "optimiser steps of the whole run (the schedule's length)", ge=1)
     lr: float = option(1e-5, "peak learning rate (AdamW)", gt=0)
     warmup_steps: int = option(10, "linear warm-up steps", ge=0)
@@ -72,5 +70,3 @@ class RLConfig(TrainConfig):
         if not self.preferences:
             raise ConfigError("preferences is required: a .jsonl file of {prompt, chosen, rejected} records "
                               "(make one with `spikingmamba make-preferences`)")
-        if self.data != "default":
-            raise ConfigError("data is not used by rl: the training data are the pairs in preferences")

@@ -38,7 +38,7 @@ from spikingmamba.errors import UserError
 from spikingmamba.model.lm import SpikingMambaForCausalLM
 from spikingmamba.rl.config import RLConfig
 from spikingmamba.neurons.rate import SpikeRateProbe, rate_excess, spike_summary, spike_totals
-from spikingmamba.neurons.sgc import sgc_lambda
+from spikingmamba.neurons.sgc import apply_sgc
 from spikingmamba.rl.losses import dpo_loss, sequence_logprobs
 from spikingmamba.rl.preferences import (PairBatch, PreferencePairs, PreferenceStats, read_preferences,
                                          split_records, tokenize_records)
@@ -133,9 +133,7 @@ class DPOTask:
     def before_step(self, step: int, total_steps: int) -> dict[str, float]:
         if not self.model.is_spiking:
             return {}
-        lam = sgc_lambda(step, total_steps, self.cfg.sgc_start, self.cfg.sgc_until) if self.cfg.sgc else 0.0
-        self.model.set_sgc(lam, self.cfg.sgc_mode)
-        return {"sgc": lam}
+        return apply_sgc(self.model, self.cfg, step, total_steps)
 
     def _pair_terms(self, model: nn.Module, batch: PairBatch, with_rate: bool = False) -> dict[str, torch.Tensor]:
         """Per-pair log-probs of policy and reference and the DPO loss."""

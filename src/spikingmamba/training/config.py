@@ -34,24 +34,21 @@ def option(default: Any, help: str, *, gt: float | None = None, ge: float | None
 
 @dataclass
 class TrainConfig:
-    """The generic training loop: data, optimiser, schedule, logging, checkpoints, processes."""
+    """The generic training loop: optimiser, schedule, logging, checkpoints, processes.
+
+    A stage's config composes it with the parts the stage uses (`CorpusConfig`, the SGC schedule
+    `spikingmamba.neurons.sgc.SGCSchedule`) and its own fields, as one flat set of options:
+    `class DistillConfig(SGCSchedule, CorpusConfig, TrainConfig)`. The loop reads only its own fields.
+    """
 
     out: str = option("", "output folder (model, checkpoint/, metrics.jsonl, result.json)")
     overwrite: bool = option(False, "replace an --out folder that already holds files")
     resume: bool = option(False, "continue from the checkpoint in --out (same recipe; see RESUMABLE_FIELDS)")
     seed: int = option(0, "seed of the data order and any initialisation", ge=0)
-    split_seed: int = option(0, "seed of the train / held-out document split: keep the teacher's (0 for the "
-                             "bundled one), so that held-out text stays unseen whatever the seed", ge=0)
-
-    # data
-    data: str = option("default", 'training text: "default" (the offline default corpus), a .txt file '
-                       "(documents separated by blank lines), a .jsonl file with a text field, or a "
-                       "datasets.save_to_disk folder")
-    seq_len: int = option(256, "tokens per training sequence", ge=1)
-    heldout_fraction: float = option(0.05, "fraction of the documents held out for evaluation", gt=0, lt=1)
 
     # optimisation
-    batch_size: int = option(8, "sequences per micro-batch per process", ge=1)
+    batch_size: int = option(8, "examples (token sequences; preference pairs in rl) per micro-batch per process",
+                             ge=1)
     grad_accum: int = option(1, "micro-batches per optimiser step (global batch = batch_size x grad_accum "
                              "x processes)", ge=1)
     max_steps: int = option(1000, "optimiser steps of the whole run (the schedule's length)", ge=1)
@@ -168,6 +165,19 @@ class TrainConfig:
         return {k: (theirs[k], mine[k]) for k in mine if k not in self.RESUMABLE_FIELDS and mine[k] != theirs[k]}
 
 
+@dataclass
+class CorpusConfig:
+    """The training text of a language-modelling stage (pretrain, distill), split by document."""
+
+    data: str = option("default", 'training text: "default" (the offline default corpus), a .txt file '
+                       "(documents separated by blank lines), a .jsonl file with a text field, or a "
+                       "datasets.save_to_disk folder")
+    seq_len: int = option(256, "tokens per training sequence", ge=1)
+    heldout_fraction: float = option(0.05, "fraction of the documents held out for evaluation", gt=0, lt=1)
+    split_seed: int = option(0, "seed of the train / held-out document split: keep the teacher's (0 for the "
+                             "bundled one), so that held-out text stays unseen whatever the seed", ge=0)
+
+
 # --- types ------------------------------------------------------------------------------------
 def _strip_optional(tp) -> tuple[Any, bool]:
     args = typing.get_args(tp)
@@ -219,16 +229,13 @@ def _coerce(name: str, value: Any, tp, source: str) -> Any:
 
 
 # --- command line -----------------------------------------------------------------------------
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type[TrainConfig],
-                         skip: tuple[str, ...] = ()) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type[TrainConfig]) -> None:
     """One `--flag` per field. Flags default to "not given", so YAML values are only overridden by
     flags that are actually passed. Booleans get `--x / --no-x`."""
     parser.add_argument("--config", type=Path, metavar="YAML",
                         help="YAML file of options (flags given on the command line win)")
     hints = typing.get_type_hints(cls)
     for f in fields(cls):
-        if f.name in skip:
-            continue
         flag = "--" + f.name.replace("_", "-")
         inner, optional = _strip_optional(hints[f.name])
         default = f.default if f.default is not MISSING else None

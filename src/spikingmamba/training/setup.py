@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import torch
 
 from spikingmamba.errors import ConfigError
-from spikingmamba.training.config import TrainConfig
+from spikingmamba.training.config import CorpusConfig, TrainConfig
 from spikingmamba.training.distributed import DistEnv
 from spikingmamba.training.run import agree
 
@@ -44,7 +44,7 @@ def run_in_processes(cls: type[C], config: C | dict[str, Any] | str | Path,
         shutdown(env)
 
 
-def data_path(cfg: TrainConfig) -> Path:
+def data_path(cfg: CorpusConfig) -> Path:
     if cfg.data == "default":
         from spikingmamba.data import fetch_default_corpus
 
@@ -52,7 +52,7 @@ def data_path(cfg: TrainConfig) -> Path:
     return Path(cfg.data)
 
 
-def load_data(cfg: TrainConfig, tokenizer, env: DistEnv):
+def load_data(cfg: CorpusConfig, tokenizer, env: DistEnv):
     """(train, held-out) packed datasets. The main process reads, tokenises and caches first; the
     others then read the cache (no duplicate tokenising, no race on the cache file)."""
     from spikingmamba.data import build_datasets
