@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# Triton reads TRITON_INTERPRET when a kernel is defined (at import of spikingmamba.ops.triton_scan,
+# which only the "triton" backend triggers): set here, before any test imports it, the kernels run
+# in Triton's CPU interpreter on machines without a GPU.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_configure(config):

@@ -114,7 +114,7 @@ def test_spike_rate_probe_sees_every_neuron_once_per_forward():
     with probe.watch():
         model(torch.randn(2, 5, 3))
     assert len(probe.rates) == 2 and probe.rates[0].shape == (2, 5)
-    model(torch.randn(2, 5, 3))                                                # hooks are gone
+    model(torch.randn(2, 5, 3))                                                # not watched
     assert len(probe.rates) == 2
 
 

@@ -17,6 +17,7 @@ from torch import nn
 from transformers import DynamicCache, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutput
 
 from spikingmamba.errors import InputError
@@ -40,8 +41,12 @@ class RMSNorm(nn.Module):
         return self.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
 
 
-class MambaBlock(nn.Module):
-    """Pre-norm residual block: h + mixer(norm(h))."""
+class MambaBlock(GradientCheckpointingLayer):
+    """Pre-norm residual block: h + mixer(norm(h)).
+
+    With gradient checkpointing on (`model.activation_checkpointing_enable()`, the trainers'
+    `grad_checkpointing`), a training forward keeps only the block's input and recomputes the rest
+    during the backward."""
 
     def __init__(self, config: SpikingMambaConfig):
         super().__init__()
@@ -105,7 +110,7 @@ class SpikingMambaForCausalLM(PreTrainedModel, GenerationMixin):
     base_model_prefix = "backbone"
     _tied_weights_keys = {"lm_head.weight": "backbone.embeddings.weight"}
     _no_split_modules = ["MambaBlock"]
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
 
     def __init__(self, config: SpikingMambaConfig):
         super().__init__(config)

@@ -53,7 +53,7 @@ class MambaMixer(nn.Module):
     def _ssm_params(self, xc: torch.Tensor):
         """Delta, B, C from the conv output xc (..., d_inner)."""
         dt, B, C = torch.split(self.x_proj(xc), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        return F.softplus(self.dt_proj(dt)), B, C
+        return F.softplus(self.dt_proj(dt).float()), B, C                 # Delta in float32, as under CUDA autocast
 
     def forward(self, hidden: torch.Tensor, return_state: bool = False):
         """hidden (b, l, d_model) -> (b, l, d_model) [, LayerState after the last position]."""

@@ -64,7 +64,11 @@ def accumulate_costs(model: nn.Module) -> dict[int, float]:
 
 class SpikeRateProbe:
     """Collects `spike_rate` of every neuron of `model` during the forward passes inside `watch()`,
-    and each one's penalty weight in `weights` (all 1 with cost "group")."""
+    and each one's penalty weight in `weights` (all 1 with cost "group").
+
+    The hooks stay registered for the probe's lifetime: with gradient checkpointing the backward
+    re-runs each block's forward, and that re-run must save the same tensors as the first one did,
+    so a forward with gradients enabled computes the rate even outside `watch()` (and drops it)."""
 
     def __init__(self, model: nn.Module, cost: str = "group"):
         if cost not in RATE_COSTS:
@@ -73,20 +77,26 @@ class SpikeRateProbe:
         self._cost = accumulate_costs(model) if cost == "accumulates" else {}
         self.rates: list[torch.Tensor] = []
         self.weights: list[float] = []
+        self.watching = False
+        for _, neuron in self.neurons:
+            neuron.register_forward_pre_hook(self._hook)
 
     @contextlib.contextmanager
     def watch(self):
         self.rates, self.weights = [], []
-        handles = [neuron.register_forward_pre_hook(self._hook) for _, neuron in self.neurons]
+        self.watching = True
         try:
             yield self
         finally:
-            for handle in handles:
-                handle.remove()
+            self.watching = False
 
     def _hook(self, neuron: SpikingNeuron, args) -> None:
-        self.rates.append(spike_rate(neuron, args[0]))
-        self.weights.append(self._cost.get(id(neuron), 1.0))
+        if not (self.watching or torch.is_grad_enabled()):
+            return
+        rate = spike_rate(neuron, args[0])
+        if self.watching:
+            self.rates.append(rate)
+            self.weights.append(self._cost.get(id(neuron), 1.0))
 
 
 def rate_excess(rates: Sequence[torch.Tensor] | torch.Tensor, floor: float | Sequence[torch.Tensor] | torch.Tensor,

@@ -13,7 +13,13 @@ Backends:
     "reference"  sequential loop, autograd through it: the test oracle (slow backward, by design)
     "fast"       fused CPU loop with a hand-written backward (`fused_scan.py`)
     "cuda"       mamba-ssm's `selective_scan_fn` (needs CUDA tensors and the `mamba-ssm` package)
-    "auto"       "cuda" when possible, else "fast"
+    "triton"     Triton kernels (`triton_scan.py`; CUDA tensors, or the CPU under TRITON_INTERPRET=1)
+    "auto"       on CUDA tensors "cuda" when mamba-ssm is installed, else "triton"; "fast" otherwise
+
+Precision: x, dt, B, C may be bfloat16 (under autocast dt arrives in float32 while x is bfloat16).
+Every backend keeps the state in float32 (float64 inputs stay float64): "cuda" and "triton" read
+bfloat16 and accumulate in float32 themselves, the torch loops get float32 copies. y comes back in
+x's dtype, the last state in float32.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ import torch
 
 from spikingmamba.ops.fused_scan import fused_selective_scan
 
-BACKENDS = ("auto", "reference", "fast", "cuda")
+BACKENDS = ("auto", "reference", "fast", "cuda", "triton")
+_READ_LOW_PRECISION = ("cuda", "triton")     # backends that take bf16 inputs and accumulate in fp32
 
 
 def selective_scan_reference(x, dt, A, B, C, D):
@@ -65,30 +72,61 @@ def selective_scan_cuda(x, dt, A, B, C, D):
     return y.transpose(1, 2), h_last
 
 
+def _triton_usable(x: torch.Tensor) -> bool:
+    """Triton compiles for CUDA tensors; on the CPU only its interpreter runs (TRITON_INTERPRET=1)."""
+    try:
+        import triton
+    except ImportError:
+        return False
+    return x.is_cuda or (x.device.type == "cpu" and bool(triton.knobs.runtime.interpret))
+
+
+def selective_scan_triton(x, dt, A, B, C, D):
+    """Triton kernels (`triton_scan.py`), imported on first use: they read TRITON_INTERPRET then."""
+    from spikingmamba.ops.triton_scan import triton_selective_scan
+
+    return triton_selective_scan(x, dt, A, B, C, D)
+
+
 def resolve_backend(backend: str, x: torch.Tensor) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown selective-scan backend {backend!r}; choose one of {BACKENDS}")
     if backend == "auto":
-        return "cuda" if x.is_cuda and _mamba_ssm_available() else "fast"
+        if x.is_cuda:
+            return "cuda" if _mamba_ssm_available() else "triton" if _triton_usable(x) else "fast"
+        return "fast"
     if backend == "cuda" and not (x.is_cuda and _mamba_ssm_available()):
         raise RuntimeError("scan backend 'cuda' needs CUDA tensors and the mamba-ssm package "
                            "(pip install 'spikingmamba[cuda]')")
+    if backend == "triton" and not _triton_usable(x):
+        raise RuntimeError("scan backend 'triton' needs the triton package and CUDA tensors "
+                           "(on the CPU: TRITON_INTERPRET=1, the slow interpreter for tests)")
     return backend
 
 
-_IMPLS = {"reference": selective_scan_reference, "fast": selective_scan_fast, "cuda": selective_scan_cuda}
+_IMPLS = {"reference": selective_scan_reference, "fast": selective_scan_fast, "cuda": selective_scan_cuda,
+          "triton": selective_scan_triton}
 
 
 def selective_scan(x, dt, A, B, C, D, backend: str = "auto"):
     """y[t] = C[t] h[t] + D x[t], h[t] = exp(dt[t] A) h[t-1] + dt[t] B[t] x[t].
 
-    Returns (y (b, l, d), last state h (b, d, n)). See the module docstring for shapes.
+    Returns (y (b, l, d) in x's dtype, last state h (b, d, n) in float32, or float64 for float64
+    inputs). See the module docstring for shapes and precision.
     """
-    return _IMPLS[resolve_backend(backend, x)](x, dt, A, B, C, D)
+    name = resolve_backend(backend, x)
+    state = torch.promote_types(x.dtype, torch.float32)
+    work = x.dtype if name in _READ_LOW_PRECISION else state
+    with torch.autocast(x.device.type, enabled=False):       # the kernels choose their own precision
+        y, h = _IMPLS[name](x.to(work), dt.to(work), A.to(state), B.to(work), C.to(work), D.to(state))
+    return y.to(x.dtype), h.to(state)
 
 
 def selective_state_update(h, x, dt, A, B, C, D):
-    """One recurrent step: h (b, d, n), x/dt (b, d), B/C (b, n). Returns (y (b, d), new h)."""
-    h = torch.exp(dt.unsqueeze(-1) * A) * h + (dt * x).unsqueeze(-1) * B.unsqueeze(1)
-    y = (h * C.unsqueeze(1)).sum(-1) + x * D
-    return y, h
+    """One recurrent step: h (b, d, n) (float32), x/dt (b, d), B/C (b, n) in any float dtype.
+
+    Computed in h's precision; returns (y (b, d) in x's dtype, new h in h's dtype)."""
+    xs, dts, Bs, Cs = (t.to(h.dtype) for t in (x, dt, B, C))
+    h = torch.exp(dts.unsqueeze(-1) * A) * h + (dts * xs).unsqueeze(-1) * Bs.unsqueeze(1)
+    y = (h * Cs.unsqueeze(1)).sum(-1) + xs * D
+    return y.to(x.dtype), h

@@ -79,6 +79,8 @@ class TrainConfig:
     distributed: str = option("ddp", "multi-process strategy under torchrun: ddp, or fsdp to shard the "
                               "model", choices=("ddp", "fsdp"))
     num_threads: int = option(0, "CPU threads per process (0: torch's default)", ge=0)
+    grad_checkpointing: bool = option(False, "gradient checkpointing per block: keep only each block's input "
+                                      "and recompute the block in the backward (less memory, one more forward)")
 
     # interruption and testing aids
     stop_at_step: int | None = option(None, "save a checkpoint and stop at this step, as if interrupted "
@@ -88,7 +90,7 @@ class TrainConfig:
     # Fields that may differ between a run and its --resume (they do not change the training math).
     RESUMABLE_FIELDS: ClassVar[frozenset[str]] = frozenset({
         "out", "overwrite", "resume", "eval_every", "eval_rows", "log_every", "save_every", "progress",
-        "num_threads", "stop_at_step", "debug_nan_at_step"})
+        "num_threads", "grad_checkpointing", "stop_at_step", "debug_nan_at_step"})
 
     # --- construction -----------------------------------------------------------------------
     @classmethod

@@ -128,6 +128,13 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
                              foreach=False)
 
 
+def enable_grad_checkpointing(model: nn.Module) -> None:
+    """Checkpoint every block (transformers renamed gradient_checkpointing_enable to
+    activation_checkpointing_enable in 5.x; the old name warns there)."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+
+
 def _autocast(cfg: TrainConfig, device: torch.device):
     if cfg.bf16 and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -211,6 +218,8 @@ def fit(task: Task, cfg: TrainConfig, train: Examples, heldout: Examples, env: D
     (with `describe` merged in), written to `<out>/result.json` when the run is complete."""
     out = Path(out)
     model = task.model.to(env.device)
+    if cfg.grad_checkpointing:
+        enable_grad_checkpointing(model)
     global_batch = cfg.batch_size * cfg.grad_accum * env.world_size
     if len(train) < global_batch:
         raise UserError(f"the train split has {len(train)} sequences of {train.seq_len} tokens, fewer than one "
