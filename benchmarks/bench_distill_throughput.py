@@ -19,6 +19,7 @@ import argparse
 import torch
 
 from common import interleaved_median, print_table
+from spikingmamba.runtime import configure
 
 
 def main() -> None:
@@ -33,8 +34,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
+    configure(args.threads)
 
     import spikingmamba
     from spikingmamba.assets import resolve_teacher

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from common import interleaved_median, print_table
 from spikingmamba.ops.selective_scan import selective_scan
+from spikingmamba.runtime import configure
 
 
 def main() -> None:
@@ -23,8 +24,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
+    configure(args.threads)
     g = torch.Generator().manual_seed(0)
     b, l, d, n = args.batch, args.length, args.d_inner, args.d_state
     leaves = [torch.randn(b, l, d, generator=g), F.softplus(torch.randn(b, l, d, generator=g)),

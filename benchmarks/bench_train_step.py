@@ -15,6 +15,7 @@ import tempfile
 import torch
 
 from common import interleaved_median, print_table
+from spikingmamba.runtime import configure
 
 
 def main() -> None:
@@ -28,8 +29,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-slow", action="store_true", help="leave out transformers' default (sequential) path")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
+    configure(args.threads)
 
     from transformers import MambaConfig, MambaForCausalLM
     from transformers.utils.import_utils import is_mambapy_available

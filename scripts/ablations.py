@@ -52,10 +52,9 @@ VARIANTS = {
 
 
 def run_variant(name: str, out: Path, steps: int, seq_len: int, batch_size: int, items: int) -> dict:
-    import torch
+    from spikingmamba.runtime import configure
 
-    torch.set_num_threads(1)
-    torch.set_flush_denormal(True)
+    configure(1)
     from spikingmamba.assets import resolve_teacher
     from spikingmamba.recipes.quickstart import QuickstartPlan, distill_stage, energy_stage, energy_summary
     from spikingmamba.evaluation import evaluate

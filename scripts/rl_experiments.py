@@ -38,22 +38,22 @@ VARIANTS = {
 
 
 def one_thread() -> None:
-    import torch
+    from spikingmamba.runtime import configure
 
-    torch.set_num_threads(1)
-    torch.set_flush_denormal(True)
+    configure(1)      # the variants run in parallel processes, one core each
 
 
 def make_pairs(kind: str, student: Path, out: Path, prompts: int) -> Path:
     one_thread()
     from spikingmamba.data import fetch_default_corpus, load_tokenizer
-    from spikingmamba.rl.make_preferences import make_preferences, prompts_from_corpus
+    from spikingmamba.rl.make_preferences import MakePreferencesConfig, make_preferences, prompts_from_corpus
 
     path = out / f"preferences-{kind}.jsonl"
     if not path.exists():
         texts = prompts_from_corpus(fetch_default_corpus(), load_tokenizer(student), prompts, prompt_tokens=32)
-        make_preferences(student, "default", texts, path, samples_per_prompt=4, max_new_tokens=32,
-                         chosen_from=kind, progress=False)
+        make_preferences(MakePreferencesConfig(student=str(student), teacher="default", out=str(path),
+                                               samples_per_prompt=4, max_new_tokens=32, chosen_from=kind,
+                                               progress=False), texts)
     return path
 
 

@@ -30,6 +30,25 @@ def isolated_env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     torch.manual_seed(0)
+    yield
+    torch.set_num_threads(1)        # a CLI verb run in-process takes every core; later tests keep one
+
+
+def make_tokenizer(vocab_size=300):
+    """A byte-level BPE trained on the sample corpus (throwaway; for tiny models)."""
+    from pathlib import Path
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = Path(__file__).parent / "data" / "sample_corpus.txt"
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(corpus.read_text(encoding="utf-8").splitlines()[:2000], trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
 
 
 def make_hf_mamba(tmp_path, name="hf", **overrides):

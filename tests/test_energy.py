@@ -225,7 +225,7 @@ def test_cli_analytic(tmp_path, capsys):
 @pytest.mark.parametrize("args,message", [
     (["--shape", "1.4b", "--table", "7nm-fp8"], "unknown energy table"),
     (["--shape", "1.4b", "--table", "missing.yaml"], "does not exist"),
-    (["--shape", "7b"], "unknown shape"),
+    (["--shape", "7b"], "argument --shape: invalid choice: '7b'"),
     (["--shape", "1.4b", "--firing-rate", "0.1", "--mean-spike", "0.9", "--levels", "2"], "impossible"),
     ([], "give a MODEL folder"),
 ])

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
 
 import spikingmamba
+from conftest import make_tokenizer
 from spikingmamba.cli.main import main
 from spikingmamba.inference import read_spikes
 from spikingmamba.utils.io import save_model
@@ -19,20 +18,10 @@ from spikingmamba.utils.io import save_model
 CORPUS = Path(__file__).parent / "data" / "sample_corpus.txt"
 
 
-def _tokenizer(vocab_size=300):
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(CORPUS.read_text(encoding="utf-8").splitlines()[:2000], trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-
-
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("inference_cli")
-    tokenizer = _tokenizer()
+    tokenizer = make_tokenizer()
     torch.manual_seed(0)
     config = spikingmamba.SpikingMambaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
                                              state_size=8, initializer_range=0.2)
@@ -69,11 +58,11 @@ def test_generate_greedy_same_text_in_every_spiking_engine(folders, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--prompt", ""], "--prompt is empty"),
-    (["--prompt", "hello", "--max-new-tokens", "0"], "--max-new-tokens must be a positive integer"),
-    (["--prompt", "hello", "--top-p", "0"], "--top-p must lie in (0, 1]"),
-    (["--prompt", "hello", "--top-p", "1.5"], "--top-p must lie in (0, 1]"),
-    (["--prompt", "hello", "--top-k", "-1"], "--top-k must be >= 0"),
+    (["--prompt", ""], "prompt is empty"),
+    (["--prompt", "hello", "--max-new-tokens", "0"], "max_new_tokens must be >= 1"),
+    (["--prompt", "hello", "--top-p", "0"], "top_p must be > 0"),
+    (["--prompt", "hello", "--top-p", "1.5"], "top_p must be <= 1"),
+    (["--prompt", "hello", "--top-k", "-1"], "top_k must be >= 0"),
     (["--prompt", "the king of Scotland and his son", "--max-prompt-tokens", "3"], "more than the limit of 3"),
     (["--prompt", "hi", "--engine", "deploy", "--spike-mode", "binary"], "--engine model"),
 ])
@@ -88,7 +77,7 @@ def test_generate_bad_input_in_a_real_process(folders):
                            "--prompt", "hi", "--max-new-tokens", "0"], capture_output=True, text=True, env=env,
                           timeout=120)
     assert proc.returncode == 2
-    assert "--max-new-tokens must be a positive integer" in proc.stderr and "Traceback" not in proc.stderr
+    assert "max_new_tokens must be >= 1" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_spikes_export(folders, capsys, tmp_path):
@@ -122,12 +111,12 @@ def test_bench_decode(folders, capsys, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    ([], "either MODEL or --shape"), (["--shape", "7b"], "--shape must be one of"),
-    (["--shape", "130m", "--rates", "0,0.5"], "--rates must lie in (0, 1]"),
-    (["--shape", "130m", "--rates", "0.3/0"], "--rates must lie in (0, 1]"),
-    (["--shape", "130m", "--rates", "0.3/0.1/0.2"], "--rates entries are R or IN/OUT"),
-    (["--shape", "130m", "--batch-sizes", "a"], "--batch-sizes must be comma-separated"),
-    (["--shape", "130m", "--tokens", "0"], "--tokens must be >= 1"),
+    ([], "either MODEL or --shape"), (["--shape", "7b"], "argument --shape: invalid choice"),
+    (["--shape", "130m", "--rates", "0,0.5"], "rates must lie in (0, 1]"),
+    (["--shape", "130m", "--rates", "0.3/0"], "rates must lie in (0, 1]"),
+    (["--shape", "130m", "--rates", "0.3/0.1/0.2"], "rates entries are R or IN/OUT"),
+    (["--shape", "130m", "--batch-sizes", "a"], "batch_sizes must be comma-separated integers"),
+    (["--shape", "130m", "--tokens", "0"], "tokens must be >= 1"),
 ])
 def test_bench_decode_bad_input_exits_2(capsys, args, message):
     code, _, err = _run(capsys, "bench-decode", *args)

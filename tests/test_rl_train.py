@@ -12,7 +12,7 @@ from spikingmamba.cli.main import main
 from spikingmamba.data import split_documents, train_tokenizer
 from spikingmamba.errors import UserError
 from spikingmamba.rl import make_preferences, prompts_from_corpus, run_dpo
-from spikingmamba.rl.make_preferences import meta_path
+from spikingmamba.rl.make_preferences import MakePreferencesConfig, meta_path
 
 CORPUS = Path(__file__).parent / "data" / "sample_corpus.txt"
 
@@ -56,12 +56,17 @@ def dpo_config(models, toy_pairs, out, **changes):
 
 
 # --- make-preferences -------------------------------------------------------------------------
+def pairs(student, teacher, prompts, out, **options):
+    """make_preferences on a prompt list, quietly."""
+    cfg = MakePreferencesConfig(student=str(student), teacher=str(teacher), out=str(out), progress=False, **options)
+    return make_preferences(cfg, prompts)
+
+
 def test_pairs_are_the_best_and_worst_sample_by_teacher_score(models, tmp_path):
     student, teacher = models
     prompts = ["The king", "And God said", "MACBETH. So foul"]
     out = tmp_path / "prefs.jsonl"
-    summary = make_preferences(student, teacher, prompts, out, samples_per_prompt=4, max_new_tokens=6, seed=3,
-                               progress=False)
+    summary = pairs(student, teacher, prompts, out, samples_per_prompt=4, max_new_tokens=6, seed=3)
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert summary["pairs"] == len(records) and summary["prompts"] == 3
     assert len(records) + sum(summary["skipped"].values()) == 3             # every prompt accounted for
@@ -81,18 +86,18 @@ def test_pairs_are_the_best_and_worst_sample_by_teacher_score(models, tmp_path):
             assert r[f"{key}_score"] == pytest.approx(mean, abs=1e-4)
 
     again = tmp_path / "again.jsonl"
-    make_preferences(student, teacher, prompts, again, samples_per_prompt=4, max_new_tokens=6, seed=3, progress=False)
+    pairs(student, teacher, prompts, again, samples_per_prompt=4, max_new_tokens=6, seed=3)
     assert again.read_text() == out.read_text()                              # seeded: reproducible
     with pytest.raises(UserError, match="already exists"):
-        make_preferences(student, teacher, prompts, out, progress=False)
+        pairs(student, teacher, prompts, out)
 
 
 def test_teacher_chosen_pairs_keep_the_students_worst_sample_as_rejected(models, tmp_path):
     student, teacher = models
     prompts = ["The king", "And God said", "MACBETH. So foul", "Thou art"]
-    kw = dict(samples_per_prompt=4, max_new_tokens=6, seed=3, progress=False)
-    make_preferences(student, teacher, prompts, tmp_path / "s.jsonl", **kw)
-    summary = make_preferences(student, teacher, prompts, tmp_path / "t.jsonl", chosen_from="teacher", **kw)
+    kw = dict(samples_per_prompt=4, max_new_tokens=6, seed=3)
+    pairs(student, teacher, prompts, tmp_path / "s.jsonl", **kw)
+    summary = pairs(student, teacher, prompts, tmp_path / "t.jsonl", chosen_from="teacher", **kw)
     own = {r["prompt"]: r for r in map(json.loads, (tmp_path / "s.jsonl").read_text().splitlines())}
     records = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
     assert summary["chosen_from"] == "teacher" and summary["pairs"] == len(records) > 0
@@ -105,7 +110,7 @@ def test_teacher_chosen_pairs_keep_the_students_worst_sample_as_rejected(models,
             assert (r["rejected"], r["rejected_score"]) == (own[r["prompt"]]["rejected"],
                                                             own[r["prompt"]]["rejected_score"])
     with pytest.raises(UserError, match="chosen_from"):
-        make_preferences(student, teacher, prompts, tmp_path / "x.jsonl", chosen_from="oracle", **kw)
+        pairs(student, teacher, prompts, tmp_path / "x.jsonl", chosen_from="oracle", **kw)
 
 
 def test_corpus_prompts_come_from_the_training_split_only(tmp_path, models):
@@ -178,7 +183,7 @@ def test_cli_errors_exit_2_without_traceback(models, toy_pairs, tmp_path, capsys
         (["make-preferences", "--student", str(student), "--teacher", str(teacher), "--prompts",
           str(tmp_path / "missing.txt"), "--out", str(tmp_path / "p.jsonl")], "missing.txt does not exist"),
         (["make-preferences", "--student", str(student), "--teacher", str(teacher), "--prompts", str(bad),
-          "--out", str(tmp_path / "p.jsonl"), "--samples-per-prompt", "1"], "--samples-per-prompt must be >= 2"),
+          "--out", str(tmp_path / "p.jsonl"), "--samples-per-prompt", "1"], "samples_per_prompt must be >= 2"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv

@@ -1,8 +1,5 @@
 """The spiking student: conversion, integer == binary inference, SGC removal, save/load, statistics."""
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -124,32 +121,3 @@ def test_gradients_reach_weights_and_thresholds(teacher, calib_ids):
     for name, p in student.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
     assert all(n.theta.grad.abs().sum() > 0 for _, n in student.neurons())
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "spikingmamba.cli.main", *map(str, args)],
-                          capture_output=True, text=True)
-
-
-def test_cli_convert(hf_mamba, tmp_path):
-    out = tmp_path / "student"
-    result = run_cli("convert", hf_mamba[0], out, "--levels", "2")
-    assert result.returncode == 0, result.stderr
-    student = spikingmamba.from_pretrained(out)
-    assert student.spiking_config.levels == 2
-    again = run_cli("convert", hf_mamba[0], out, "--levels", "2")
-    assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
-
-
-@pytest.mark.parametrize("args,message", [
-    (["--levels", "0"], "--levels must be an integer >= 1"),
-    (["--sites", "x_proj"], "spiking.sites"),
-])
-def test_cli_convert_bad_input(hf_mamba, tmp_path, args, message):
-    result = run_cli("convert", hf_mamba[0], tmp_path / "s", *args)
-    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
-
-
-def test_cli_convert_not_a_checkpoint(tmp_path):
-    result = run_cli("convert", tmp_path, tmp_path / "s")
-    assert result.returncode == 2 and "no config.json" in result.stderr and "Traceback" not in result.stderr

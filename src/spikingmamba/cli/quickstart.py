@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+from dataclasses import dataclass
+
+from spikingmamba.config import add_config_parser, config_from_args, option
+from spikingmamba.runtime import RuntimeConfig
+
+
+@dataclass
+class QuickstartOptions(RuntimeConfig):
+    """The quickstart's options: which recipe, where, on which machine."""
+
+    out: str = option("runs/quickstart", "run folder")
+    full: bool = option(False, "the longer recipe of the README, with the RL stage")
+    sparse: bool = option(False, "the energy-first student: a firing-rate penalty and fast thresholds (the "
+                          "README compares it with the default student)")
+    teacher: str = option("default", 'dense teacher folder ("default": the bundled one)')
+    overwrite: bool = option(False, "replace an existing run folder")
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("quickstart", help="distill the default teacher, evaluate it, price its energy",
-                              description=quickstart.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="run folder (default runs/quickstart)")
-    p.add_argument("--full", action="store_true", help="the longer recipe of the README, with the RL stage")
-    p.add_argument("--sparse", action="store_true", help="the energy-first student: a firing-rate penalty and "
-                   "fast thresholds (measured: 5.1x energy in the blocks vs 2.9x, held-out perplexity 82.2 vs 77.9)")
-    p.add_argument("--teacher", default="default", help="dense teacher folder (default: the bundled one)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    p.set_defaults(func=quickstart)
+    add_config_parser(subparsers, "quickstart", QuickstartOptions, quickstart,
+                      help="distill the default teacher, evaluate it, price its energy")
 
 
 def quickstart(args: argparse.Namespace) -> int:
@@ -23,17 +31,20 @@ def quickstart(args: argparse.Namespace) -> int:
 score both with lm-evaluation-harness on in-domain tasks and the offline standard suite, count
 their operations and energy per token, and print one table: teacher vs student.
 
-Quick (default): about 10 minutes on 2 CPU cores. --full: the README's recipe (hours), adding the
-RL stage (DPO) and a continued-distillation control at equal steps. --sparse: the energy-first
-student (firing-rate penalty, thresholds at 30x the learning rate), the one whose firing rate makes
-spike-driven decoding faster (`spikingmamba bench-decode`)."""
-    import torch
+Quick (default): minutes on a few CPU cores (README gives the measured time). --full: the README's
+recipe (hours), adding the RL stage (DPO) and a continued-distillation control at equal steps.
+--sparse: the energy-first student (firing-rate penalty, faster-moving thresholds), the one whose
+firing rate makes spike-driven decoding faster (`spikingmamba bench-decode`).
+
+Runs on every available core unless --num-threads says otherwise."""
+    from pathlib import Path
 
     from spikingmamba.recipes.quickstart import format_summary, run
 
-    torch.set_flush_denormal(True)
-    summary = run(args.out, full=args.full, overwrite=args.overwrite, teacher=args.teacher,
-                  energy_first=args.sparse)
+    options = config_from_args(QuickstartOptions, args)
+    device = options.setup()
+    summary = run(Path(options.out), full=options.full, overwrite=options.overwrite, teacher=options.teacher,
+                  energy_first=options.sparse, device=device.type)
     print()
     print(format_summary(summary))
     return 0

@@ -6,7 +6,7 @@ import argparse
 
 from spikingmamba.cli._training import config_from_cli, print_summary
 from spikingmamba.rl.config import RLConfig
-from spikingmamba.training.config import add_config_arguments
+from spikingmamba.config import add_config_arguments
 
 
 def register(subparsers) -> None:

@@ -46,6 +46,7 @@ def evaluate(
     indomain_items: int = 500,
     seed: int = 0,
     device: str = "cpu",
+    dtype: str | None = None,
     tokenizer=None,
     bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS,
 ) -> dict[str, Any]:
@@ -58,6 +59,7 @@ def evaluate(
     out_dir: where to write `{student,teacher}/results.json`, `samples_<task>.jsonl`,
         `summary.json` and, for in-domain tasks, the generated data. None writes nothing.
     heldout_text: the text the in-domain tasks are generated from (required for them).
+    device, dtype: where and in which dtype a model given by path is scored (dtype None: as saved).
 
     Returns {"tasks", "splits", "limit", "student", "teacher", "agreement", "out_dir"}, where
     student/teacher are `{"model", "results": {task: {metric: {"value", "stderr"}}},
@@ -87,7 +89,7 @@ def evaluate(
             if model is None:
                 continue
             runs[role] = _run_one(model, names, indomain_dir, limit=limit, batch_size=batch_size,
-                                  device=device, tokenizer=tokenizer if role == "student" else None,
+                                  device=device, dtype=dtype, tokenizer=tokenizer if role == "student" else None,
                                   bootstrap_iters=bootstrap_iters, seed=seed)
 
     agreement = None
@@ -186,31 +188,33 @@ def _task_manager(names: list[str], indomain_dir: Path | None):
                        include_defaults=any(name in STANDARD_TASKS for name in names))
 
 
-def _as_lm(model, *, batch_size: int, device: str, tokenizer):
+def _as_lm(model, *, batch_size: int, device: str, dtype: str | None, tokenizer):
     from lm_eval.api.model import LM
 
     from spikingmamba.evaluation.lm_backend import SpikingMambaLM
 
     if isinstance(model, LM):
         return model
-    return SpikingMambaLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+    return SpikingMambaLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device, dtype=dtype)
 
 
-def _run_one(model, names, indomain_dir, *, limit, batch_size, device, tokenizer, bootstrap_iters, seed) -> dict:
+def _run_one(model, names, indomain_dir, *, limit, batch_size, device, dtype, tokenizer, bootstrap_iters,
+             seed) -> dict:
     import lm_eval
 
-    lm = _as_lm(model, batch_size=batch_size, device=device, tokenizer=tokenizer)
+    lm = _as_lm(model, batch_size=batch_size, device=device, dtype=dtype, tokenizer=tokenizer)
     start = time.perf_counter()
     try:
-        raw = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=names,
-            limit=limit,
-            task_manager=_task_manager(names, indomain_dir),
-            log_samples=True,
-            bootstrap_iters=bootstrap_iters,
-            random_seed=seed,
-        )
+        with _recording_our_version():
+            raw = lm_eval.simple_evaluate(
+                model=lm,
+                tasks=names,
+                limit=limit,
+                task_manager=_task_manager(names, indomain_dir),
+                log_samples=True,
+                bootstrap_iters=bootstrap_iters,
+                random_seed=seed,
+            )
     except ConnectionError as err:  # datasets' error when the hub is unreachable or HF_HUB_OFFLINE=1
         standard = [name for name in names if name in STANDARD_TASKS]
         if not standard:
@@ -221,6 +225,32 @@ def _run_one(model, names, indomain_dir, *, limit, batch_size, device, tokenizer
     samples = raw.pop("samples")
     source = getattr(lm, "source", None) or (str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__)
     return {"model": source, "raw": raw, "samples": samples, "seconds": seconds}
+
+
+def source_version() -> str:
+    """The version of the code that produced a result: this package's version, and its git commit
+    when it runs from a git checkout (git is optional and its messages are discarded)."""
+    import subprocess
+
+    import spikingmamba
+
+    version = f"spikingmamba {spikingmamba.__version__}"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(spikingmamba.__file__).parent,
+                                capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return version
+    return f"{version} ({commit.stdout.strip()})" if commit.returncode == 0 and commit.stdout.strip() else version
+
+
+@contextlib.contextmanager
+def _recording_our_version() -> Iterator[None]:
+    """lm-eval records `git describe` of the working directory, letting git print "fatal: not a git
+    repository" outside a checkout; record the version of this code instead, quietly."""
+    from unittest import mock
+
+    with mock.patch("lm_eval.evaluator.get_git_commit_hash", source_version):
+        yield
 
 
 def _summary(run: dict) -> dict:

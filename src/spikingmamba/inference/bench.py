@@ -1,6 +1,6 @@
 """Decode benchmark: dense vs sparse spike-driven decoding, tokens/s, weight bytes read, memory.
 
-Variants, all float32 on the same threads, timed in turn chunk by chunk (A B C A B C ...) so
+Variants, all in the same dtype on the same device and threads, timed in turn chunk by chunk (A B C A B C ...) so
 machine noise hits them alike; each reports the median chunk time:
 
     dense (model.step)   the dense model's own step code (`nn.Linear` everywhere; the reference)
@@ -209,6 +209,7 @@ class _Run:
     def chunk(self, steps: int) -> float:
         """Seconds for the next `steps` steps."""
         model, head = self.variant.model, self.variant.head
+        _synchronize(self.tokens.device)
         start = time.perf_counter()
         for _ in range(steps):
             token = self.tokens[self.t % self.tokens.shape[0]]
@@ -217,7 +218,14 @@ class _Run:
             else:
                 _, self.state = model.step(token, self.state, head=False)
             self.t += 1
+        _synchronize(self.tokens.device)
         return time.perf_counter() - start
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that a timer measures it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 @dataclass
@@ -248,8 +256,9 @@ def run_decode_benchmark(dense: SpikingMambaForCausalLM, student: SpikingMambaFo
     `rates`: target firing rates to set on `student` (None: keep its own thresholds).
     """
     vocab = dense.config.vocab_size
+    device = dense.lm_head.weight.device
     g = torch.Generator().manual_seed(seed)
-    calib = torch.randint(0, vocab, (max(calibration_tokens // 64, 1), 64), generator=g)
+    calib = torch.randint(0, vocab, (max(calibration_tokens // 64, 1), 64), generator=g).to(device)
     dense_deploy = deploy(dense)
     results = []
     for rate in rates:
@@ -259,7 +268,7 @@ def run_decode_benchmark(dense: SpikingMambaForCausalLM, student: SpikingMambaFo
                 set_firing_rate(student, rate, calib)
             sparse = deploy(student, mode="sparse")
         for b in batch_sizes:
-            ids = torch.randint(0, vocab, (warmup + tokens * repeats, b), generator=g)
+            ids = torch.randint(0, vocab, (warmup + tokens * repeats, b), generator=g).to(device)
             variants = [Variant("dense (model.step)", dense), Variant("dense (deploy)", dense_deploy),
                         Variant("dense (deploy) blocks", dense_deploy, head=False)]
             if sparse is not None:

@@ -16,31 +16,24 @@ from dataclasses import dataclass
 
 import torch
 
+from spikingmamba.config import Config, option
 from spikingmamba.errors import InputError
 
 DEFAULT_MAX_PROMPT_TOKENS = 4096
 
 
-@dataclass(frozen=True)
-class SamplingConfig:
+@dataclass
+class SamplingConfig(Config):
     """How to pick the next token; validated on construction (errors name the bad field)."""
 
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int | None = None
+    max_new_tokens: int = option(64, "tokens to generate", ge=1)
+    temperature: float = option(1.0, "sampling temperature (0: greedy)", ge=0)
+    top_k: int = option(0, "sample among the k most likely tokens (0: off)", ge=0)
+    top_p: float = option(1.0, "nucleus sampling mass in (0, 1] (1: off)", gt=0, le=1)
+    seed: int | None = option(None, "random seed of the sampler (none: not seeded)")
 
     def __post_init__(self):
-        n = self.max_new_tokens
-        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-            raise InputError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
-        if not self.temperature >= 0:
-            raise InputError(f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise InputError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
-        if not 0 < self.top_p <= 1:
-            raise InputError(f"top_p must lie in (0, 1] (1 = off), got {self.top_p!r}")
+        self.validate()
 
     @property
     def greedy(self) -> bool:
@@ -101,18 +94,19 @@ class TokenStream:
                  max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS):
         self.model = model
         self.sampling = sampling or SamplingConfig()
-        self.prompt = _as_batch(input_ids, max_prompt_tokens)
+        self.device = next(model.parameters()).device
+        self.prompt = _as_batch(input_ids, max_prompt_tokens).to(self.device)
         self.eos_token_id = eos_token_id
         self.state = None
         self.generated = 0
         self.generator = None
         if self.sampling.seed is not None:
-            self.generator = torch.Generator().manual_seed(int(self.sampling.seed))
+            self.generator = torch.Generator(self.device).manual_seed(int(self.sampling.seed))
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         with torch.no_grad():
             logits, self.state = self.model.prefill(self.prompt)      # (b, V) at the last position
-            done = torch.zeros(self.prompt.shape[0], dtype=torch.bool)
+            done = torch.zeros(self.prompt.shape[0], dtype=torch.bool, device=self.device)
             for _ in range(self.sampling.max_new_tokens):
                 token = sample_next(logits, self.sampling, self.generator)
                 if self.eos_token_id is not None:

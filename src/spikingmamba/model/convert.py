@@ -28,7 +28,7 @@ def to_spiking(teacher: SpikingMambaForCausalLM, levels: int = 4, neuron: str = 
     spiking = SpikingConfig(levels=levels, neuron=neuron, sites=tuple(sites), per_channel=per_channel,
                             surrogate_alpha=surrogate_alpha)
     config = SpikingMambaConfig(**{**teacher.config.to_diff_dict(), "spiking": spiking.to_dict()})
-    student = SpikingMambaForCausalLM(config).to(teacher.lm_head.weight.dtype)
+    student = SpikingMambaForCausalLM(config).to(device=teacher.lm_head.weight.device, dtype=teacher.lm_head.weight.dtype)
     student.load_state_dict(copy.deepcopy(teacher.state_dict()), strict=False)
     if config.tie_word_embeddings:
         student.tie_weights()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from spikingmamba.neurons.config import SGC_MODES
-from spikingmamba.training.config import option
+from spikingmamba.config import option
 
 
 def sgc_lambda(step: int, total_steps: int, start: float, until: float) -> float:

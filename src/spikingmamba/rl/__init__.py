@@ -9,8 +9,8 @@
 
 from spikingmamba.rl.config import RLConfig
 from spikingmamba.rl.losses import LOSS_TYPES, DPOLoss, dpo_loss, sequence_logprobs
-from spikingmamba.rl.make_preferences import make_preferences, prompts_from_corpus
+from spikingmamba.rl.make_preferences import MakePreferencesConfig, make_preferences, prompts_from_corpus
 from spikingmamba.rl.trainer import run_dpo
 
-__all__ = ["RLConfig", "LOSS_TYPES", "DPOLoss", "dpo_loss", "sequence_logprobs", "make_preferences",
-           "prompts_from_corpus", "run_dpo"]
+__all__ = ["RLConfig", "LOSS_TYPES", "DPOLoss", "dpo_loss", "sequence_logprobs", "MakePreferencesConfig",
+           "make_preferences", "prompts_from_corpus", "run_dpo"]

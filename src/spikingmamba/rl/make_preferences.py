@@ -9,8 +9,8 @@ For every prompt:
     3. the best becomes `chosen`, the worst `rejected`.
 With `chosen_from="teacher"` the teacher also samples k continuations and the best of *those*
 (by its own score) becomes `chosen`, while `rejected` stays the student's worst sample: pairs
-that contrast the teacher's behaviour with the student's own failure (measured: DPO on them keeps
-the student closer to the teacher than on student-only pairs; README, "RL stage").
+that contrast the teacher's behaviour with the student's own failure (README, "RL stage", compares
+DPO on them with DPO on student-only pairs).
 A prompt whose samples are all the same text, all empty, or all tied in score gives no pair; it is
 counted in `skipped` (reason -> count) of the summary, never dropped silently.
 
@@ -29,18 +29,59 @@ import os
 import random
 import time
 from collections import Counter
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from spikingmamba.assets import resolve_teacher
-from spikingmamba.errors import UserError
+from spikingmamba.config import option
+from spikingmamba.errors import ConfigError, UserError
 from spikingmamba.inference.generation import SamplingConfig, sample_next
 from spikingmamba.rl.losses import sequence_logprobs
+from spikingmamba.runtime import ModelRuntimeConfig
 
 PROMPT_FIELD = "prompt"
 CHOSEN_SOURCES = ("student", "teacher")
+
+
+@dataclass
+class MakePreferencesConfig(ModelRuntimeConfig, SamplingConfig):
+    """The student that samples, the teacher that scores, the prompts, and the sampling."""
+
+    student: str = option("", "the spiking student folder (samples the continuations)")
+    teacher: str = option("", 'the dense teacher folder, or "default" (scores them)')
+    prompts: str | None = option(None, 'prompt file: .jsonl with a "prompt" field, or text with one prompt per '
+                                 "line", metavar="FILE")
+    corpus: str | None = option(None, 'cut prompts from the training split of this corpus ("default" or a path, '
+                                "as for distill --data)")
+    out: str = option("", "output .jsonl file of {prompt, chosen, rejected} records", metavar="FILE")
+    samples_per_prompt: int = option(4, "continuations sampled per prompt (a best and a worst: at least 2)", ge=2)
+    max_new_tokens: int = option(32, "most tokens per continuation", ge=1)
+    temperature: float = option(1.0, "sampling temperature (> 0: every sample greedy would be the same)", gt=0)
+    seed: int = option(0, "seed of the sampler and of the prompt draw", ge=0)
+    chosen_from: str = option("student", "chosen = best of the student's samples, or of the teacher's own "
+                              "samples; rejected is always the student's worst", choices=CHOSEN_SOURCES)
+    num_prompts: int = option(256, "with --corpus: prompts to cut", ge=1)
+    prompt_tokens: int = option(32, "with --corpus: tokens per prompt", ge=1)
+    heldout_fraction: float = option(0.05, "with --corpus: the held-out fraction of the document split, as in "
+                                     "distillation (those documents are never used)", gt=0, lt=1)
+    split_seed: int = option(0, "with --corpus: the seed of that split, as in distillation", ge=0)
+    max_prompt_tokens: int = option(1024, "refuse longer prompts", ge=1)
+    tokenizer: str | None = option(None, "tokenizer folder (none: the student's)")
+    overwrite: bool = option(False, "replace --out if it exists")
+    progress: bool = option(True, "show a progress bar")
+
+    def check(self) -> None:
+        for name in ("student", "teacher", "out"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name} is required (--{name})")
+        if self.prompts is not None and self.corpus is not None:
+            raise ConfigError("give the prompts with one of --prompts and --corpus, not both")
+
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(**{f.name: getattr(self, f.name) for f in fields(SamplingConfig)})
 
 
 # --- prompts ----------------------------------------------------------------------------------
@@ -167,12 +208,12 @@ def teacher_scores(teacher, prompt_ids: list[int], completions: list[list[int]],
 
 
 # --- the whole job ----------------------------------------------------------------------------
-def _load(student: str, teacher: str, tokenizer: str | None, device: torch.device):
+def _load(student: str, teacher: str, tokenizer: str | None, device: torch.device, dtype: torch.dtype):
     from spikingmamba import from_pretrained
     from spikingmamba.data.tokenizer import check_vocab, load_tokenizer
 
-    s_model = from_pretrained(student).eval().requires_grad_(False).to(device)
-    t_model = from_pretrained(teacher).eval().requires_grad_(False).to(device)
+    s_model = from_pretrained(student, dtype=dtype).eval().requires_grad_(False).to(device)
+    t_model = from_pretrained(teacher, dtype=dtype).eval().requires_grad_(False).to(device)
     tok = load_tokenizer(tokenizer or student)
     check_vocab(tok, min(s_model.config.vocab_size, t_model.config.vocab_size))
     t_dir = Path(teacher)
@@ -183,36 +224,32 @@ def _load(student: str, teacher: str, tokenizer: str | None, device: torch.devic
     return s_model, t_model, tok
 
 
-def make_preferences(student: str | Path, teacher: str | Path, prompts: list[str] | str | Path,
-                     out: str | Path, samples_per_prompt: int = 4, max_new_tokens: int = 32,
-                     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-                     tokenizer: str | None = None, max_prompt_tokens: int = 1024, overwrite: bool = False,
-                     device: str = "auto", progress: bool = True, chosen_from: str = "student") -> dict[str, Any]:
-    """Sample `samples_per_prompt` continuations per prompt from `student`, score them with `teacher`,
-    write `{prompt, chosen, rejected, chosen_score, rejected_score, scores}` records to `out` (.jsonl,
-    written atomically), and a summary next to it (`<out stem>.meta.json`); return the summary.
+def make_preferences(cfg: MakePreferencesConfig, prompts: list[str] | None = None) -> dict[str, Any]:
+    """Sample `cfg.samples_per_prompt` continuations per prompt from `cfg.student`, score them with
+    `cfg.teacher`, write `{prompt, chosen, rejected, chosen_score, rejected_score, scores}` records to
+    `cfg.out` (.jsonl, written atomically), and a summary next to it (`<out stem>.meta.json`); return
+    the summary.
 
-    `prompts` is a list of strings or a prompt file (`read_prompts`). `teacher` may be "default".
-    `chosen_from`: "student" (best of the student's samples) or "teacher" (best of the teacher's).
+    Prompts: `prompts` when given, else `cfg.prompts` (a file, `read_prompts`) or windows cut from
+    `cfg.corpus` (`prompts_from_corpus`).
     """
-    from spikingmamba.training.distributed import resolve_device
+    from spikingmamba.runtime import resolve_device
 
-    out = Path(out)
-    if chosen_from not in CHOSEN_SOURCES:
-        raise UserError(f"chosen_from must be one of {CHOSEN_SOURCES}, got {chosen_from!r}")
-    if samples_per_prompt < 2:
-        raise UserError(f"samples_per_prompt must be >= 2 (a best and a worst), got {samples_per_prompt}")
-    if out.exists() and not overwrite:
+    out = Path(cfg.out)
+    if out.exists() and not cfg.overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to replace it")
     if out.exists() and out.is_dir():
         raise UserError(f"--out {out} is a folder; give a .jsonl file name")
-    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
-    if sampling.greedy:
-        raise UserError("temperature 0 is greedy decoding: every sample would be the same; use temperature > 0")
-    prompt_list = read_prompts(prompts) if isinstance(prompts, (str, Path)) else list(prompts)
-    teacher = resolve_teacher(teacher)
-    dev = resolve_device(device)
-    s_model, t_model, tok = _load(str(student), str(teacher), tokenizer, dev)
+    sampling = cfg.sampling()
+    prompt_list = list(prompts) if prompts is not None else read_prompts(cfg.prompts) if cfg.prompts else None
+    if prompt_list is None and cfg.corpus is None:
+        raise UserError("give the prompts: --prompts FILE or --corpus (default or a path)")
+    teacher = resolve_teacher(cfg.teacher)
+    dev = resolve_device(cfg.device)
+    s_model, t_model, tok = _load(cfg.student, str(teacher), cfg.tokenizer, dev, cfg.torch_dtype)
+    if prompt_list is None:
+        prompt_list = prompts_from_corpus(cfg.corpus, tok, cfg.num_prompts, cfg.prompt_tokens, cfg.heldout_fraction,
+                                          cfg.split_seed)
     eos_id = tok.eos_token_id
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (eos_id or 0)
 
@@ -224,14 +261,14 @@ def make_preferences(student: str | Path, teacher: str | Path, prompts: list[str
         if not isinstance(prompt, str) or not prompt.strip():
             raise UserError(f"prompt {number} is empty")
         ids = encode(prompt)
-        if len(ids) > max_prompt_tokens:
+        if len(ids) > cfg.max_prompt_tokens:
             raise UserError(f"prompt {number} has {len(ids)} tokens, more than max_prompt_tokens "
-                            f"({max_prompt_tokens}); shorten it or raise --max-prompt-tokens")
+                            f"({cfg.max_prompt_tokens}); shorten it or raise --max-prompt-tokens")
         encoded.append(ids)
 
     def scored_samples(model, ids: list[int], generator) -> tuple[list[str], list[float]]:
         """`model`'s distinct non-empty samples after prompt `ids`, and the teacher's score of each."""
-        samples = sample_continuations(model, ids, samples_per_prompt, sampling, eos_id, generator)
+        samples = sample_continuations(model, ids, cfg.samples_per_prompt, sampling, eos_id, generator)
         texts = sorted({_whole_characters(tok, c) for c in samples} - {""}, key=lambda t: (len(t), t))
         texts = [t for t in texts if t.strip()]
         return texts, teacher_scores(t_model, ids, [encode(t) for t in texts], pad_id) if texts else []
@@ -240,17 +277,17 @@ def make_preferences(student: str | Path, teacher: str | Path, prompts: list[str
     records: list[dict[str, Any]] = []
     started = time.perf_counter()
     bar = None
-    if progress:
+    if cfg.progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(prompt_list), unit="prompt", desc="make-preferences")
     try:
         for index, (prompt, ids) in enumerate(zip(prompt_list, encoded)):
-            generator = torch.Generator(device=dev).manual_seed(seed * 1_000_003 + index)
+            generator = torch.Generator(device=dev).manual_seed(cfg.seed * 1_000_003 + index)
             texts, scores = scored_samples(s_model, ids, generator)
             if bar is not None:
                 bar.update(1)
-            if chosen_from == "student" and len(texts) < 2:
+            if cfg.chosen_from == "student" and len(texts) < 2:
                 skipped["fewer than 2 distinct non-empty samples"] += 1
                 continue
             if not texts:
@@ -258,7 +295,7 @@ def make_preferences(student: str | Path, teacher: str | Path, prompts: list[str
                 continue
             worst = min(range(len(texts)), key=scores.__getitem__)
             rejected, rejected_score = texts[worst], scores[worst]
-            if chosen_from == "teacher":
+            if cfg.chosen_from == "teacher":
                 texts, scores = scored_samples(t_model, ids, generator)
                 keep = [i for i, t in enumerate(texts) if t != rejected]
                 texts, scores = [texts[i] for i in keep], [scores[i] for i in keep]
@@ -271,7 +308,7 @@ def make_preferences(student: str | Path, teacher: str | Path, prompts: list[str
                 continue
             records.append({"prompt": prompt, "chosen": texts[best], "rejected": rejected,
                             "chosen_score": scores[best], "rejected_score": rejected_score,
-                            "scores": scores, "prompt_index": index, "chosen_from": chosen_from})
+                            "scores": scores, "prompt_index": index, "chosen_from": cfg.chosen_from})
     finally:
         if bar is not None:
             bar.close()
@@ -280,10 +317,11 @@ def make_preferences(student: str | Path, teacher: str | Path, prompts: list[str
                         "--samples-per-prompt, --max-new-tokens or the temperature")
 
     summary = {
-        "out": str(out), "student": str(student), "teacher": str(teacher), "prompts": len(prompt_list),
-        "pairs": len(records), "skipped": dict(skipped), "samples_per_prompt": samples_per_prompt,
-        "max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
-        "seed": seed, "chosen_from": chosen_from, "mean_chosen_score": sum(r["chosen_score"] for r in records) / len(records),
+        "out": str(out), "student": cfg.student, "teacher": str(teacher), "prompts": len(prompt_list),
+        "pairs": len(records), "skipped": dict(skipped), "samples_per_prompt": cfg.samples_per_prompt,
+        "max_new_tokens": sampling.max_new_tokens, "temperature": sampling.temperature, "top_k": sampling.top_k,
+        "top_p": sampling.top_p, "seed": cfg.seed, "chosen_from": cfg.chosen_from,
+        "mean_chosen_score": sum(r["chosen_score"] for r in records) / len(records),
         "mean_rejected_score": sum(r["rejected_score"] for r in records) / len(records),
         "elapsed_s": round(time.perf_counter() - started, 2),
     }

@@ -1,39 +1,24 @@
-"""Typed training configuration: one dataclass filled from defaults, then a YAML file, then CLI flags.
+"""The generic training loop's configuration (`TrainConfig`); each stage's config extends it.
 
-Every field is declared once, with `option(default, help, checks...)`; the same declaration gives
-the YAML key, the `--flag` (underscores become dashes), the `--help` text and the validation, so
-no list of options is kept in two places. Validation names the bad field:
+Filled like every config (`spikingmamba.config`): defaults, then a YAML file, then CLI flags;
+validation names the bad field:
 
     >>> TrainConfig.from_dict({"lr": -1})
     ConfigError: lr must be > 0, got -1
-
-Unknown keys are rejected (a typo in a YAML file must not silently fall back to a default).
 """
 
 from __future__ import annotations
 
-import argparse
-import types
-import typing
-from dataclasses import MISSING, dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import yaml
-
+from spikingmamba.config import Config, add_config_arguments, option, read_yaml
 from spikingmamba.errors import ConfigError
-from spikingmamba.utils.io import read_yaml
-
-
-def option(default: Any, help: str, *, gt: float | None = None, ge: float | None = None,
-           lt: float | None = None, le: float | None = None, choices: tuple | None = None) -> Any:
-    """A config field with its help text and range checks (applied by `validate`)."""
-    checks = {k: v for k, v in dict(gt=gt, ge=ge, lt=lt, le=le, choices=choices).items() if v is not None}
-    return field(default=default, metadata={"help": help, **checks})
+from spikingmamba.runtime import DEVICES
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Config):
     """The generic training loop: optimiser, schedule, logging, checkpoints, processes.
 
     A stage's config composes it with the parts the stage uses (`CorpusConfig`, the SGC schedule
@@ -73,12 +58,12 @@ class TrainConfig:
     progress: bool = option(True, "show a progress bar (loss, KL, tokens/s, ETA)")
 
     # machine
-    device: str = option("auto", 'device: "auto" (cuda when available), "cpu" or "cuda"',
-                         choices=("auto", "cpu", "cuda"))
+    device: str = option("auto", 'device: "auto" (cuda when available), "cpu" or "cuda"', choices=DEVICES)
     bf16: bool = option(True, "bfloat16 autocast on CUDA (never on the CPU, where it is slow)")
     distributed: str = option("ddp", "multi-process strategy under torchrun: ddp, or fsdp to shard the "
                               "model", choices=("ddp", "fsdp"))
-    num_threads: int = option(0, "CPU threads per process (0: torch's default)", ge=0)
+    num_threads: int = option(0, "CPU threads per process (0: every available core, shared by the "
+                             "processes on this machine)", ge=0)
     grad_checkpointing: bool = option(False, "gradient checkpointing per block: keep only each block's input "
                                       "and recompute the block in the backward (less memory, one more forward)")
 
@@ -91,62 +76,6 @@ class TrainConfig:
     RESUMABLE_FIELDS: ClassVar[frozenset[str]] = frozenset({
         "out", "overwrite", "resume", "eval_every", "eval_rows", "log_every", "save_every", "progress",
         "num_threads", "grad_checkpointing", "stop_at_step", "debug_nan_at_step"})
-
-    # --- construction -----------------------------------------------------------------------
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
-        """Build and validate from a mapping; unknown keys and ill-typed values are `ConfigError`s."""
-        if not isinstance(values, dict):
-            raise ConfigError(f"{source}: expected a mapping of option names to values, got "
-                              f"{type(values).__name__}")
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {unknown}; known keys: {', '.join(sorted(known))}")
-        hints = typing.get_type_hints(cls)
-        kwargs = {name: _coerce(name, value, hints[name], source) for name, value in values.items()}
-        config = cls(**kwargs)
-        config.validate()
-        return config
-
-    @classmethod
-    def load(cls, yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None,
-             base: dict[str, Any] | None = None) -> "TrainConfig":
-        """Defaults < `base` < the YAML file < `overrides` (e.g. CLI flags)."""
-        values: dict[str, Any] = dict(base or {})
-        if yaml_path is not None:
-            values.update(read_yaml(yaml_path))
-        values.update(overrides or {})
-        return cls.from_dict(values, source=f"config ({yaml_path})" if yaml_path else "config")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def save_yaml(self, path: str | Path) -> None:
-        values = {k: list(v) if isinstance(v, tuple) else v for k, v in self.to_dict().items()}
-        Path(path).write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
-
-    def replace(self, **changes) -> "TrainConfig":
-        return type(self).from_dict({**self.to_dict(), **changes})
-
-    # --- validation -------------------------------------------------------------------------
-    def validate(self) -> None:
-        """Range checks declared with `option`, then the cross-field rules of `check`."""
-        hints = typing.get_type_hints(type(self))
-        for f in fields(self):
-            value = getattr(self, f.name)
-            _coerce(f.name, value, hints[f.name], "config")  # also catches wrong types set in Python
-            if value is None:
-                continue
-            meta = f.metadata
-            if "choices" in meta and value not in meta["choices"]:
-                raise ConfigError(f"{f.name} must be one of {', '.join(map(str, meta['choices']))}; got {value!r}")
-            for key, ok, word in (("gt", lambda v, b: v > b, ">"), ("ge", lambda v, b: v >= b, ">="),
-                                  ("lt", lambda v, b: v < b, "<"), ("le", lambda v, b: v <= b, "<=")):
-                values = value if isinstance(value, tuple) else (value,)
-                if key in meta and not all(ok(v, meta[key]) for v in values):
-                    raise ConfigError(f"{f.name} must be {word} {meta[key]}, got {value!r}")
-        self.check()
 
     def check(self) -> None:
         """Cross-field rules; subclasses extend."""
@@ -180,92 +109,4 @@ class CorpusConfig:
                              "bundled one), so that held-out text stays unseen whatever the seed", ge=0)
 
 
-# --- types ------------------------------------------------------------------------------------
-def _strip_optional(tp) -> tuple[Any, bool]:
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
-        rest = [a for a in args if a is not type(None)]
-        return rest[0], True
-    return tp, False
-
-
-def _coerce(name: str, value: Any, tp, source: str) -> Any:
-    """Check `value` against the annotation `tp`; accept the lossless conversions YAML needs
-    (an int for a float, "1e-3" for a float, a list for a tuple)."""
-    inner, optional = _strip_optional(tp)
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{source}: {name} may not be empty (null)")
-    if typing.get_origin(inner) is tuple:
-        item_tp = typing.get_args(inner)[0]
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{source}: {name} must be a list, got {value!r}")
-        return tuple(_coerce(name, v, item_tp, source) for v in value)
-    if inner is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{source}: {name} must be true or false, got {value!r}")
-    if inner is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{source}: {name} must be an integer, got {value!r}")
-    if inner is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
-            except ValueError:
-                pass
-        raise ConfigError(f"{source}: {name} must be a number, got {value!r}")
-    if inner is str:
-        if isinstance(value, (str, Path)):
-            return str(value)
-        raise ConfigError(f"{source}: {name} must be a string, got {value!r}")
-    raise TypeError(f"unsupported config type {tp!r} for {name}")  # a programming error, not a user one
-
-
-# --- command line -----------------------------------------------------------------------------
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type[TrainConfig]) -> None:
-    """One `--flag` per field. Flags default to "not given", so YAML values are only overridden by
-    flags that are actually passed. Booleans get `--x / --no-x`."""
-    parser.add_argument("--config", type=Path, metavar="YAML",
-                        help="YAML file of options (flags given on the command line win)")
-    hints = typing.get_type_hints(cls)
-    for f in fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        inner, optional = _strip_optional(hints[f.name])
-        default = f.default if f.default is not MISSING else None
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        help_text = f"{f.metadata.get('help', '')} (default: {shown})"
-        kwargs: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
-        if inner is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-            continue
-        if "choices" in f.metadata:
-            kwargs["choices"] = f.metadata["choices"]
-        if typing.get_origin(inner) is tuple:
-            kwargs["metavar"] = "A,B,..."
-        elif inner in (int, float):
-            kwargs["type"] = _cli_number(inner, f.name)
-            kwargs["metavar"] = "N" if inner is int else "X"
-        parser.add_argument(flag, **kwargs)
-
-
-def _cli_number(tp, name):
-    def parse(text: str):
-        try:
-            return tp(text)
-        except ValueError:
-            kind = "an integer" if tp is int else "a number"
-            raise argparse.ArgumentTypeError(f"{name} must be {kind}, got {text!r}") from None
-    parse.__name__ = tp.__name__
-    return parse
-
-
-__all__ = ["TrainConfig", "option", "add_config_arguments", "read_yaml"]
+__all__ = ["TrainConfig", "CorpusConfig", "option", "add_config_arguments", "read_yaml"]

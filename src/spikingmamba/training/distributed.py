@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from spikingmamba.errors import ConfigError
+from spikingmamba.runtime import resolve_device
 
 
 @dataclass
@@ -33,14 +34,6 @@ class DistEnv:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device is cuda but torch sees no CUDA device; use device: cpu (or auto)")
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    return torch.device("cuda", local_rank)
 
 
 def init_distributed(device_name: str) -> DistEnv:

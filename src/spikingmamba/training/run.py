@@ -18,6 +18,7 @@ from typing import TypeVar
 import torch
 
 from spikingmamba.errors import ConfigError, UserError
+from spikingmamba.runtime import configure
 from spikingmamba.training.checkpoint import CHECKPOINT_DIR, read_trainer_state
 from spikingmamba.training.config import TrainConfig, read_yaml
 from spikingmamba.training.distributed import DistEnv, all_gather_objects, barrier, init_distributed
@@ -30,11 +31,9 @@ T = TypeVar("T")
 
 
 def setup_process(cfg: TrainConfig) -> DistEnv:
-    """Threads, denormal flushing (decaying SSM states reach subnormal floats on the CPU and slow
-    every op down), the process group under torchrun, and the seed."""
-    if cfg.num_threads > 0:
-        torch.set_num_threads(cfg.num_threads)
-    torch.set_flush_denormal(True)
+    """Threads and denormal flushing (`spikingmamba.runtime.configure`), the process group under
+    torchrun, and the seed."""
+    configure(cfg.num_threads)
     env = init_distributed(cfg.device)
     torch.manual_seed(cfg.seed)
     return env
