@@ -18,7 +18,8 @@ from spikingmamba.errors import InputError
 from spikingmamba.inference import generate as sm_generate
 from spikingmamba.model.card import model_card
 from spikingmamba.utils.io import save_model
-from test_inference_cli import CORPUS, _tokenizer
+from conftest import make_tokenizer
+from test_inference_cli import CORPUS
 
 PROMPT = "MACBETH. So foul"
 SRC = str(Path(spikingmamba.__file__).parents[1])
@@ -27,7 +28,7 @@ SRC = str(Path(spikingmamba.__file__).parents[1])
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("hf_native")
-    tokenizer = _tokenizer()
+    tokenizer = make_tokenizer()
     torch.manual_seed(0)
     config = spikingmamba.SpikingMambaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
                                              state_size=8, initializer_range=0.2)
