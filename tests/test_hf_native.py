@@ -223,6 +223,9 @@ def test_text_generation_pipeline(folders):
     expected = model.generate(ids, max_new_tokens=8, do_sample=False)
     assert text == tokenizer.decode(expected[0], skip_special_tokens=True) and text.startswith(PROMPT)
     assert len(text) > len(PROMPT)
+    # the pipeline can also load model and tokenizer from the folder itself
+    from_folder = pipeline("text-generation", model=str(folder))
+    assert from_folder(PROMPT, max_new_tokens=8, do_sample=False)[0]["generated_text"] == text
 
 
 def test_distill_writes_the_recipe_and_its_measured_numbers_into_the_card(tmp_path):
@@ -236,3 +239,29 @@ def test_distill_writes_the_recipe_and_its_measured_numbers_into_the_card(tmp_pa
     for text in ("## Recipe", "spikingmamba distill --config", "max_steps: 2", kl, "| levels D |"):
         assert text in card
     assert "## Energy" not in card and "## Evaluation" not in card       # distill measures neither
+
+
+def test_quickstart_card_has_the_energy_and_evaluation_tables_of_its_run(folders, tmp_path):
+    import shutil
+    from dataclasses import asdict
+
+    from spikingmamba.energy import load_table, measure_report
+    from spikingmamba.recipes.quickstart import QUICK, write_card
+    from test_evaluation import _report
+
+    model_dir = tmp_path / "student"
+    shutil.copytree(folders / "student", model_dir)
+    ids = torch.randint(0, 300, (1, 64), generator=torch.Generator().manual_seed(5))
+    energy = measure_report(spikingmamba.from_pretrained(model_dir), ids, load_table("45nm-fp32"),
+                            teacher=spikingmamba.from_pretrained(folders / "dense"))
+    summary = {"teacher": "teacher-dir", "plan": asdict(QUICK), "distill": {"final_eval": {"kl": 0.031, "eval_tokens": 64}}}
+    write_card(model_dir, "student", summary, energy, {"indomain": _report(True), "offline": _report(True)},
+               "spikingmamba quickstart --sparse")
+    card = (model_dir / "README.md").read_text()
+    for text in ("spikingmamba quickstart --sparse", "stage: student", f"distill_steps: {QUICK.distill_steps}",
+                 "| KL(teacher || student) per token | 0.0310 |", "## Energy", f"{energy.blocks.ratio:.2f}x",
+                 "## Evaluation", "over 4 headline metrics: -4.00 points"):
+        assert text in card
+    # the other stages were not distilled in this run's distill stage: no distillation numbers for them
+    write_card(model_dir, "student_rl", summary, energy, {"indomain": _report(True), "offline": _report(True)}, "q")
+    assert "## Distillation" not in (model_dir / "README.md").read_text()
