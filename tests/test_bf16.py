@@ -106,6 +106,10 @@ def test_bf16_from_pretrained_generates(tmp_path, spiking):
     bf = from_pretrained(tmp_path / "m", dtype=torch.bfloat16)
     fp = from_pretrained(tmp_path / "m")
     prompt = torch.randint(0, 64, (2, 5))
+    if spiking:                                  # the binary spike-train path decodes in bf16 too
+        bf.spike_mode = "binary"
+        assert generate(bf, prompt, max_new_tokens=2, temperature=0).shape == (2, 2)
+        bf.spike_mode = "integer"
     for decoder in (bf, deploy(bf)):
         new = generate(decoder, prompt, max_new_tokens=4, temperature=0)
         assert new.shape == (2, 4)
