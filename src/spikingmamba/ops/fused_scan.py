@@ -1,7 +1,7 @@
-"""Fused CPU selective scan: one time loop forward, one backward, nothing (b, l, d, n) but the states.
+"""The "loop" scan backend: one torch time loop forward, one backward, nothing (b, l, d, n) but the states.
 
 Autograd through a Python loop over time materialises full-size zero gradients at every step
-(DESIGN.md section 5), and a vectorised discretisation materialises several (b, l, d, n) tensors
+(docs/SCAN.md), and a vectorised discretisation materialises several (b, l, d, n) tensors
 (exp(dt A), dt B x, their gradients) that make the scan memory-bound. Here each time step works
 on one (b, d, n) slice that stays in cache, the backward is written by hand, and only the states
 h are kept for it:
@@ -11,7 +11,9 @@ h are kept for it:
               dC[t] = dy[t] . h[t]                   dB[t] = sum_d (dt[t] x[t]) g
               dw[t] = g . B[t]   (w = dt x)          dA   += sum_b g h[t-1] a[t] dt[t]
               ddt[t] = sum_n g h[t-1] a[t] A + dw[t] x[t],   dx[t] = dw[t] dt[t]
-The skip term D x is added outside, by autograd.
+The skip term D x is added outside, by autograd. The compiled "cpu" backend (`cpu_scan.py`) runs the
+same math in C++ and keeps only chunk boundaries instead of every state; this loop stays as the
+portable fallback and the benchmarks' baseline.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 @contextlib.contextmanager
 def _single_thread():
     """The per-step ops touch ~10^5 elements: splitting them over threads costs more than it saves
-    (measured: 7x slower fwd+bwd at 2 threads than at 1, batch 8 x 256, d_inner 512)."""
+    (measured in benchmarks/RESULTS.md, issue 2)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

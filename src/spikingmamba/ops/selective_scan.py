@@ -1,4 +1,4 @@
-"""Selective scan (Mamba's S6) behind one function, with three backends.
+"""Selective scan (Mamba's S6) behind one function, with several backends.
 
 Glossary (Gu & Dao 2023, Algorithm 2; shapes use b=batch, l=length, d=d_inner, n=d_state):
     x   (b, l, d)   input sequence u after conv1d + SiLU
@@ -9,16 +9,19 @@ Glossary (Gu & Dao 2023, Algorithm 2; shapes use b=batch, l=length, d=d_inner, n
     D   (d,)        skip connection
     h   (b, d, n)   SSM state;  h[t] = exp(dt[t] A) h[t-1] + dt[t] B[t] x[t];  y[t] = C[t] h[t] + D x[t]
 
-Backends:
+Backends (docs/SCAN.md):
     "reference"  sequential loop, autograd through it: the test oracle (slow backward, by design)
-    "fast"       fused CPU loop with a hand-written backward (`fused_scan.py`)
+    "loop"       fused per-timestep torch loop with a hand-written backward (`fused_scan.py`)
+    "cpu"        compiled C++ kernel, OpenMP over batch x channels, chunked recomputation in the
+                 backward (`cpu_scan.py`); "loop" after one warning where it cannot be compiled
     "cuda"       mamba-ssm's `selective_scan_fn` (needs CUDA tensors and the `mamba-ssm` package)
     "triton"     Triton kernels (`triton_scan.py`; CUDA tensors, or the CPU under TRITON_INTERPRET=1)
-    "auto"       on CUDA tensors "cuda" when mamba-ssm is installed, else "triton"; "fast" otherwise
+    "auto"       on CUDA tensors "cuda" when mamba-ssm is installed, else "triton", else "loop";
+                 "cpu" on CPU tensors
 
 Precision: x, dt, B, C may be bfloat16 (under autocast dt arrives in float32 while x is bfloat16).
 Every backend keeps the state in float32 (float64 inputs stay float64): "cuda" and "triton" read
-bfloat16 and accumulate in float32 themselves, the torch loops get float32 copies. y comes back in
+bfloat16 and accumulate in float32 themselves, the CPU backends get float32 copies. y comes back in
 x's dtype, the last state in float32.
 """
 
@@ -26,9 +29,10 @@ from __future__ import annotations
 
 import torch
 
+from spikingmamba.ops import cpu_scan
 from spikingmamba.ops.fused_scan import fused_selective_scan
 
-BACKENDS = ("auto", "reference", "fast", "cuda", "triton")
+BACKENDS = ("auto", "reference", "loop", "cpu", "cuda", "triton")
 _READ_LOW_PRECISION = ("cuda", "triton")     # backends that take bf16 inputs and accumulate in fp32
 
 
@@ -46,9 +50,15 @@ def selective_scan_reference(x, dt, A, B, C, D):
     return y, h
 
 
-def selective_scan_fast(x, dt, A, B, C, D):
-    """Fused CPU path (`fused_scan.py`): one in-cache time loop each way. Returns (y, h_last)."""
+def selective_scan_loop(x, dt, A, B, C, D):
+    """Fused torch loop (`fused_scan.py`): one in-cache time loop each way. Returns (y, h_last)."""
     y, h_last = fused_selective_scan(x, dt, A, B, C)
+    return y + x * D, h_last
+
+
+def selective_scan_cpu(x, dt, A, B, C, D):
+    """Compiled CPU kernel (`cpu_scan.py`). Returns (y, h_last)."""
+    y, h_last = cpu_scan.cpu_selective_scan(x, dt, A, B, C)
     return y + x * D, h_last
 
 
@@ -93,8 +103,12 @@ def resolve_backend(backend: str, x: torch.Tensor) -> str:
         raise ValueError(f"unknown selective-scan backend {backend!r}; choose one of {BACKENDS}")
     if backend == "auto":
         if x.is_cuda:
-            return "cuda" if _mamba_ssm_available() else "triton" if _triton_usable(x) else "fast"
-        return "fast"
+            return "cuda" if _mamba_ssm_available() else "triton" if _triton_usable(x) else "loop"
+        backend = "cpu"
+    if backend == "cpu":
+        if x.is_cuda:
+            raise RuntimeError("scan backend 'cpu' needs CPU tensors")
+        return "cpu" if cpu_scan.library() is not None else "loop"   # None: warned once, falls back
     if backend == "cuda" and not (x.is_cuda and _mamba_ssm_available()):
         raise RuntimeError("scan backend 'cuda' needs CUDA tensors and the mamba-ssm package "
                            "(pip install 'spikingmamba[cuda]')")
@@ -104,8 +118,8 @@ def resolve_backend(backend: str, x: torch.Tensor) -> str:
     return backend
 
 
-_IMPLS = {"reference": selective_scan_reference, "fast": selective_scan_fast, "cuda": selective_scan_cuda,
-          "triton": selective_scan_triton}
+_IMPLS = {"reference": selective_scan_reference, "loop": selective_scan_loop, "cpu": selective_scan_cpu,
+          "cuda": selective_scan_cuda, "triton": selective_scan_triton}
 
 
 def selective_scan(x, dt, A, B, C, D, backend: str = "auto"):

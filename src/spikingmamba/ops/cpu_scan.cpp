@@ -1,0 +1,310 @@
+// Compiled CPU selective scan (Mamba's S6 recurrence), forward + hand-written backward.
+// The math, the layout and the chunked recomputation are described in docs/SCAN.md; the Python
+// side (cpu_scan.py) compiles this file once per machine and calls it through ctypes.
+//
+// Shapes (b=batch, l=length, d=d_inner, n=d_state); the last dimension of every tensor is contiguous,
+// the others are given as strides (in elements):
+//   x, dt (b, l, d)   A (d, n)   B, C (b, l, n)   y, dy, dx, ddt (b, l, d), contiguous
+//   h_last, dh_last (b, d, n), contiguous   ckpt (b, n_chunks, n, d): the state before each chunk
+//   dA_part (b, d, n), dB_part, dC_part (P, b, l, n): per-task partial sums, reduced in Python
+//
+// Work is split over (batch, block of channels); a block's states (block x n) stay in L1 while the
+// time loop runs. The backward recomputes each chunk's states from its checkpoint into a per-task
+// buffer (chunk x block x n), then walks the chunk backwards.
+
+#include <omp.h>
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kBlock = 16;  // channels per block
+
+struct Seq {            // a (b, l, last) tensor with a contiguous last dimension
+  int64_t sb, sl;       // strides of b and l, in elements
+};
+
+// Decaying states reach subnormal floats, which are slow on x86: flush them to zero in this thread
+// while the scan runs, and restore the caller's mode afterwards.
+#if defined(__SSE__)
+struct FlushDenormals {
+  unsigned int saved;
+  FlushDenormals() : saved(_mm_getcsr()) { _mm_setcsr(saved | 0x8040); }  // FTZ | DAZ
+  ~FlushDenormals() { _mm_setcsr(saved); }
+};
+#else
+struct FlushDenormals {};
+#endif
+
+// exp of a decay argument dt * A <= 0. Below the clamp the true value is under the smallest normal
+// number, so the result is unchanged after flushing; without it the vectorised exp leaves its fast
+// path for every lane that underflows (large dt, e.g. fresh models).
+template <typename T>
+inline T decay(T arg) {
+  constexpr T lowest = sizeof(T) == 4 ? T(-87) : T(-700);
+  return std::exp(arg < lowest ? lowest : arg);
+}
+
+// float: exp inlined into the SIMD loop (glibc's vector expf is a call with its own range checks).
+// arg = (i + f) ln2, |f| <= 1/2; exp(f ln2) by its Taylor series to degree 6 (relative error < 1e-6
+// on [-87, 0], checked against torch.exp in tests/test_scan.py), then 2^i added to the exponent bits.
+template <>
+inline float decay<float>(float arg) {
+  arg = arg < -87.f ? -87.f : arg;
+  const float i = std::nearbyint(arg * 1.44269504088896341f);
+  const float f = arg - i * 0.693145751953125f - i * 1.428606765330187045e-06f;
+  const float p = 1.f + f * (1.f + f * (0.5f + f * (1.f / 6 + f * (1.f / 24 + f * (1.f / 120 + f * (1.f / 720))))));
+  int32_t bits;
+  std::memcpy(&bits, &p, sizeof(bits));
+  bits += static_cast<int32_t>(i) << 23;
+  float out;
+  std::memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+
+template <typename T>
+struct Args {
+  const T *x, *dt, *A, *B, *C;
+  Seq sx, sdt, sB, sC;
+  int64_t batch, length, d, n, chunk;
+};
+
+// A block of kBlock channels is the SIMD width of every inner loop (one AVX-512 register of floats):
+// states and A are kept transposed, [k][lane], so no loop needs a horizontal sum except dB and dC.
+// A tail block narrower than kBlock is padded with zeros (dt = x = A = 0: its lanes stay zero).
+template <typename T>
+struct Block {
+  int64_t b, c0, width;
+  // The block's lanes of one (b, t) row: in place when the block is full, else zero-padded into pad.
+  const T* lanes(const T* row, T* pad) const {
+    if (width == kBlock) return row + c0;
+    std::fill(pad, pad + kBlock, T(0));
+    std::copy(row + c0, row + c0 + width, pad);
+    return pad;
+  }
+  void store(const T* src, T* dst) const { std::copy(src, src + width, dst + c0); }
+};
+
+template <typename T>
+void load_A(const Args<T>& a, const Block<T>& blk, T* At) {  // At[k][lane] = A[c0 + lane][k]
+  std::fill(At, At + a.n * kBlock, T(0));
+  for (int64_t c = 0; c < blk.width; ++c)
+    for (int64_t k = 0; k < a.n; ++k) At[k * kBlock + c] = a.A[(blk.c0 + c) * a.n + k];
+}
+
+// Transposed copies between the [k][lane] workspace and a (d, n) slice (h_last, dA) or an (n, d) one.
+template <typename T>
+void store_dn(const Block<T>& blk, int64_t n, const T* src, T* dst_dn) {
+  for (int64_t c = 0; c < blk.width; ++c)
+    for (int64_t k = 0; k < n; ++k) dst_dn[(blk.c0 + c) * n + k] = src[k * kBlock + c];
+}
+
+// Forward of one (batch, channel block). h: n x kBlock workspace. Checkpoints are stored (n, d) per
+// (batch, chunk): the state before the chunk's first step.
+template <typename T>
+void forward_block(const Args<T>& a, const Block<T>& blk, T* y, T* h_last, T* ckpt, T* h, T* At) {
+  const int64_t n = a.n, n_chunks = (a.length + a.chunk - 1) / a.chunk;
+  alignas(64) T x_pad[kBlock], dt_pad[kBlock], w[kBlock], acc[kBlock];
+  load_A(a, blk, At);
+  std::fill(h, h + n * kBlock, T(0));
+  for (int64_t t = 0; t < a.length; ++t) {
+    if (ckpt && t % a.chunk == 0) {
+      T* dst = ckpt + (blk.b * n_chunks + t / a.chunk) * n * a.d;
+      for (int64_t k = 0; k < n; ++k) blk.store(h + k * kBlock, dst + k * a.d);
+    }
+    const T* xv = blk.lanes(a.x + blk.b * a.sx.sb + t * a.sx.sl, x_pad);
+    const T* dtv = blk.lanes(a.dt + blk.b * a.sdt.sb + t * a.sdt.sl, dt_pad);
+    const T* Bt = a.B + blk.b * a.sB.sb + t * a.sB.sl;
+    const T* Ct = a.C + blk.b * a.sC.sb + t * a.sC.sl;
+#pragma omp simd
+    for (int64_t c = 0; c < kBlock; ++c) {
+      w[c] = dtv[c] * xv[c];
+      acc[c] = 0;
+    }
+    for (int64_t k = 0; k < n; ++k) {
+      T* hk = h + k * kBlock;
+      const T* Ak = At + k * kBlock;
+      const T bk = Bt[k], ck = Ct[k];
+#pragma omp simd
+      for (int64_t c = 0; c < kBlock; ++c) {
+        hk[c] = decay(dtv[c] * Ak[c]) * hk[c] + w[c] * bk;
+        acc[c] += hk[c] * ck;
+      }
+    }
+    blk.store(acc, y + (blk.b * a.length + t) * a.d);
+  }
+  store_dn(blk, n, h, h_last + blk.b * a.d * n);
+}
+
+template <typename T>
+int64_t block_count(const Args<T>& a) { return (a.d + kBlock - 1) / kBlock; }
+
+template <typename T>
+Block<T> block(const Args<T>& a, int64_t b, int64_t i) {
+  return Block<T>{b, i * kBlock, std::min(kBlock, a.d - i * kBlock)};
+}
+
+template <typename T>
+void forward(const Args<T>& a, T* y, T* h_last, T* ckpt, int threads) {
+  const int64_t blocks = block_count(a);
+#pragma omp parallel num_threads(threads)
+  {
+    FlushDenormals ftz;
+    std::vector<T> h(a.n * kBlock), At(a.n * kBlock);
+#pragma omp for collapse(2) schedule(dynamic)
+    for (int64_t b = 0; b < a.batch; ++b)
+      for (int64_t i = 0; i < blocks; ++i) forward_block(a, block(a, b, i), y, h_last, ckpt, h.data(), At.data());
+  }
+}
+
+// Backward of one (batch, channel block). Reverse recurrence per channel c, state k, time t:
+//   g = dL/dh[t] (+= dy[t] C[t]);  dC[t] += dy[t] h[t];  dw = g . B[t] (w = dt x);  dB[t] += w g;
+//   gaa = g h[t-1] a[t] (a = exp(dt A));  ddt[t] = gaa . A + dw x;  dA += gaa dt;  dx = dw dt;  g *= a.
+// The chunk's states and decays are first recomputed from its checkpoint into hbuf / abuf.
+template <typename T>
+struct BackwardWork {
+  std::vector<T> hbuf, abuf, hstart, g, At, dA;
+  BackwardWork(int64_t chunk, int64_t n)
+      : hbuf(chunk * n * kBlock), abuf(chunk * n * kBlock), hstart(n * kBlock), g(n * kBlock),
+        At(n * kBlock), dA(n * kBlock) {}
+};
+
+template <typename T>
+void backward_block(const Args<T>& a, const Block<T>& blk, const T* dy, const T* dh_last, const T* ckpt,
+                    T* dx, T* ddt, T* dA_part, T* dB, T* dC, BackwardWork<T>& ws) {
+  const int64_t n = a.n, nk = n * kBlock, n_chunks = (a.length + a.chunk - 1) / a.chunk;
+  alignas(64) T x_pad[kBlock], dt_pad[kBlock], dy_pad[kBlock], w[kBlock], dw[kBlock], ddt_a[kBlock];
+  T *g = ws.g.data(), *At = ws.At.data(), *dA = ws.dA.data(), *hstart = ws.hstart.data();
+  load_A(a, blk, At);
+  std::fill(g, g + nk, T(0));
+  std::fill(dA, dA + nk, T(0));
+  if (dh_last)
+    for (int64_t c = 0; c < blk.width; ++c)
+      for (int64_t k = 0; k < n; ++k) g[k * kBlock + c] = dh_last[(blk.b * a.d + blk.c0 + c) * n + k];
+  for (int64_t ci = n_chunks - 1; ci >= 0; --ci) {
+    const int64_t t0 = ci * a.chunk, t1 = std::min(a.length, t0 + a.chunk);
+    const T* src = ckpt + (blk.b * n_chunks + ci) * n * a.d;
+    for (int64_t k = 0; k < n; ++k) {
+      T* dst = hstart + k * kBlock;
+      const T* h0 = blk.lanes(src + k * a.d, dst);
+      if (h0 != dst) std::copy(h0, h0 + kBlock, dst);
+    }
+    for (int64_t t = t0; t < t1; ++t) {   // recompute h[t], a[t]
+      const T* xv = blk.lanes(a.x + blk.b * a.sx.sb + t * a.sx.sl, x_pad);
+      const T* dtv = blk.lanes(a.dt + blk.b * a.sdt.sb + t * a.sdt.sl, dt_pad);
+      const T* Bt = a.B + blk.b * a.sB.sb + t * a.sB.sl;
+      const T* hp = t == t0 ? hstart : ws.hbuf.data() + (t - t0 - 1) * nk;
+      T* hc = ws.hbuf.data() + (t - t0) * nk;
+      T* ac = ws.abuf.data() + (t - t0) * nk;
+      for (int64_t k = 0; k < n; ++k) {
+        const T bk = Bt[k];
+        const int64_t o = k * kBlock;
+#pragma omp simd
+        for (int64_t c = 0; c < kBlock; ++c) {
+          const T e = decay(dtv[c] * At[o + c]);
+          ac[o + c] = e;
+          hc[o + c] = e * hp[o + c] + dtv[c] * xv[c] * bk;
+        }
+      }
+    }
+    for (int64_t t = t1 - 1; t >= t0; --t) {   // walk the chunk backwards
+      const T* xv = blk.lanes(a.x + blk.b * a.sx.sb + t * a.sx.sl, x_pad);
+      const T* dtv = blk.lanes(a.dt + blk.b * a.sdt.sb + t * a.sdt.sl, dt_pad);
+      const int64_t row = (blk.b * a.length + t) * a.d;
+      const T* gy = blk.lanes(dy + row, dy_pad);
+      const T* Bt = a.B + blk.b * a.sB.sb + t * a.sB.sl;
+      const T* Ct = a.C + blk.b * a.sC.sb + t * a.sC.sl;
+      const T* hc = ws.hbuf.data() + (t - t0) * nk;
+      const T* hp = t == t0 ? hstart : ws.hbuf.data() + (t - t0 - 1) * nk;
+      const T* ac = ws.abuf.data() + (t - t0) * nk;
+      T* dBt = dB + (blk.b * a.length + t) * n;
+      T* dCt = dC + (blk.b * a.length + t) * n;
+#pragma omp simd
+      for (int64_t c = 0; c < kBlock; ++c) {
+        w[c] = dtv[c] * xv[c];
+        dw[c] = 0;
+        ddt_a[c] = 0;
+      }
+      for (int64_t k = 0; k < n; ++k) {
+        const int64_t o = k * kBlock;
+        const T bk = Bt[k], ck = Ct[k];
+        T sb = 0, sc = 0;
+#pragma omp simd reduction(+ : sb, sc)
+        for (int64_t c = 0; c < kBlock; ++c) {
+          const T gk = g[o + c] + gy[c] * ck;
+          sc += gy[c] * hc[o + c];
+          dw[c] += gk * bk;
+          sb += w[c] * gk;
+          const T gaa = gk * hp[o + c] * ac[o + c];
+          ddt_a[c] += gaa * At[o + c];
+          dA[o + c] += gaa * dtv[c];
+          g[o + c] = gk * ac[o + c];
+        }
+        dBt[k] += sb;
+        dCt[k] += sc;
+      }
+#pragma omp simd
+      for (int64_t c = 0; c < kBlock; ++c) {
+        ddt_a[c] += dw[c] * xv[c];
+        dw[c] *= dtv[c];
+      }
+      blk.store(dw, dx + row);
+      blk.store(ddt_a, ddt + row);
+    }
+  }
+  store_dn(blk, n, dA, dA_part + blk.b * a.d * n);
+}
+
+template <typename T>
+void backward(const Args<T>& a, const T* dy, const T* dh_last, const T* ckpt, T* dx, T* ddt,
+              T* dA_part, T* dB_part, T* dC_part, int64_t parts, int threads) {
+  const int64_t blocks = block_count(a), per_part = (blocks + parts - 1) / parts;
+  const int64_t part_size = a.batch * a.length * a.n;
+#pragma omp parallel num_threads(threads)
+  {
+    FlushDenormals ftz;
+    BackwardWork<T> ws(a.chunk, a.n);
+#pragma omp for collapse(2) schedule(dynamic)
+    for (int64_t b = 0; b < a.batch; ++b)
+      for (int64_t p = 0; p < parts; ++p)
+        for (int64_t i = p * per_part; i < std::min(blocks, (p + 1) * per_part); ++i)
+          backward_block(a, block(a, b, i), dy, dh_last, ckpt, dx, ddt, dA_part,
+                         dB_part + p * part_size, dC_part + p * part_size, ws);
+  }
+}
+
+template <typename T>
+Args<T> make_args(const T* x, const T* dt, const T* A, const T* B, const T* C, const int64_t* strides,
+                  int64_t batch, int64_t length, int64_t d, int64_t n, int64_t chunk) {
+  return Args<T>{x, dt, A, B, C, {strides[0], strides[1]}, {strides[2], strides[3]},
+                 {strides[4], strides[5]}, {strides[6], strides[7]}, batch, length, d, n, chunk};
+}
+
+}  // namespace
+
+// C entry points. strides = (x.b, x.l, dt.b, dt.l, B.b, B.l, C.b, C.l); ckpt may be null (no backward).
+#define SCAN_ENTRY_POINTS(T, SUFFIX)                                                                   \
+  extern "C" void scan_forward_##SUFFIX(const T* x, const T* dt, const T* A, const T* B, const T* C,   \
+                                         const int64_t* strides, int64_t batch, int64_t length,          \
+                                         int64_t d, int64_t n, int64_t chunk, T* y, T* h_last, T* ckpt,  \
+                                         int threads) {                                                  \
+    forward(make_args(x, dt, A, B, C, strides, batch, length, d, n, chunk), y, h_last, ckpt, threads);  \
+  }                                                                                                      \
+  extern "C" void scan_backward_##SUFFIX(const T* x, const T* dt, const T* A, const T* B, const T* C,  \
+                                          const int64_t* strides, int64_t batch, int64_t length,         \
+                                          int64_t d, int64_t n, int64_t chunk, const T* dy,              \
+                                          const T* dh_last, const T* ckpt, T* dx, T* ddt, T* dA_part,    \
+                                          T* dB_part, T* dC_part, int64_t parts, int threads) {          \
+    backward(make_args(x, dt, A, B, C, strides, batch, length, d, n, chunk), dy, dh_last, ckpt, dx, ddt, \
+             dA_part, dB_part, dC_part, parts, threads);                                                 \
+  }
+
+SCAN_ENTRY_POINTS(float, f32)
+SCAN_ENTRY_POINTS(double, f64)

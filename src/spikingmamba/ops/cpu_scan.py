@@ -1,0 +1,178 @@
+"""Compiled CPU selective scan: `cpu_scan.cpp` behind an autograd Function, with chunked recomputation.
+
+The C++ kernel runs the recurrence over (batch x blocks of channels) in parallel (OpenMP, as many
+threads as `torch.get_num_threads()`), one block's states kept in L1 through the time loop. The
+forward keeps only the state before every `chunk` steps; the backward recomputes each chunk's states
+from that checkpoint and walks the chunk backwards (math and memory in docs/SCAN.md).
+
+The library is built with the system C++ compiler (`$CXX`, default `g++`) the first time it is
+needed and cached under `$SPIKINGMAMBA_CACHE` (default `~/.cache/spikingmamba`), keyed by a hash of
+the source, the flags, the compiler and the CPU, so a machine compiles it once. Where that fails,
+`library()` returns None after one warning, and `selective_scan` falls back to the "loop" backend.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("cpu_scan.cpp")
+COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffast-math", "-fPIC", "-std=c++17")
+LINK_FLAGS = ("-shared", "-fopenmp")   # no -ffast-math here: it would link crtfastmath (process-wide FTZ)
+CHUNK = 64                              # time steps between stored states
+
+_state: dict = {}                       # "lib": the loaded CDLL or None after a failure
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("SPIKINGMAMBA_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "spikingmamba")
+    return Path(root) / "cpu_scan"
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return platform.processor()
+
+
+def _build_key(compiler: str) -> str:
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
+    h = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), " ".join(COMPILE_FLAGS + LINK_FLAGS).encode(), version.encode(),
+                 platform.machine().encode(), _cpu_flags().encode()):
+        h.update(part)
+    return h.hexdigest()[:16]
+
+
+def _build() -> Path:
+    """Compile cpu_scan.cpp into the cache (once per machine); returns the library's path."""
+    compiler = os.environ.get("CXX", "g++")
+    target = cache_dir() / f"libcpu_scan-{_build_key(compiler)}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:     # concurrent builders never clash
+        obj, lib = os.path.join(tmp, "cpu_scan.o"), os.path.join(tmp, target.name)
+        for cmd in ([compiler, *COMPILE_FLAGS, "-c", str(SOURCE), "-o", obj],
+                    [compiler, *LINK_FLAGS, obj, "-o", lib]):
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"`{' '.join(cmd)}` failed: {done.stderr.strip()[-500:]}")
+        os.replace(lib, target)                                      # atomic: readers see all or nothing
+    return target
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    for suffix in ("f32", "f64"):
+        getattr(lib, f"scan_forward_{suffix}").argtypes = [p] * 6 + [i64] * 5 + [p] * 3 + [i32]
+        getattr(lib, f"scan_backward_{suffix}").argtypes = [p] * 6 + [i64] * 5 + [p] * 8 + [i64, i32]
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernel, built on first use; None (after one warning) where it cannot be built."""
+    if "lib" not in _state:
+        try:
+            lib = ctypes.CDLL(str(_build()))
+            _declare(lib)
+            _state["lib"] = lib
+        except Exception as err:   # no compiler, compile error, unloadable library: all mean "fall back"
+            warnings.warn(f"compiled CPU selective scan unavailable, using the slower 'loop' backend: {err}",
+                          RuntimeWarning, stacklevel=3)
+            _state["lib"] = None
+    return _state["lib"]
+
+
+def _suffix(dtype: torch.dtype) -> str:
+    return "f64" if dtype == torch.float64 else "f32"
+
+
+def _strides(x, dt, B, C) -> ctypes.Array:
+    return (ctypes.c_int64 * 8)(*(s for t in (x, dt, B, C) for s in t.stride()[:2]))
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _scan_forward(x, dt, A, B, C, chunk: int, keep_checkpoints: bool):
+    """Kernel call: returns y (b, l, d), h_last (b, d, n) and the checkpoints (b, chunks, n, d) or None."""
+    batch, length, d = x.shape
+    n = A.shape[1]
+    y = x.new_empty(batch, length, d)
+    h_last = x.new_empty(batch, d, n)
+    ckpt = x.new_empty(batch, -(-length // chunk), n, d) if keep_checkpoints else None
+    getattr(library(), f"scan_forward_{_suffix(x.dtype)}")(
+        _ptr(x), _ptr(dt), _ptr(A), _ptr(B), _ptr(C), _strides(x, dt, B, C), batch, length, d, n, chunk,
+        _ptr(y), _ptr(h_last), _ptr(ckpt), torch.get_num_threads())
+    return y, h_last, ckpt
+
+
+def _parts(batch: int, d: int, threads: int) -> int:
+    """Channel groups per batch row in the backward: enough (batch x groups) tasks to keep every thread
+    busy and evenly loaded. Each group accumulates its own dB, dC (summed afterwards)."""
+    blocks = -(-d // 16)                           # kBlock in cpu_scan.cpp
+    parts = 1
+    while parts < blocks and (batch * parts) % threads and batch * parts < 4 * threads:
+        parts += 1
+    return parts
+
+
+class _CpuSelectiveScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, chunk):
+        y, h_last, ckpt = _scan_forward(x, dt, A, B, C, chunk, keep_checkpoints=True)
+        ctx.save_for_backward(x, dt, A, B, C, ckpt)
+        ctx.chunk = chunk
+        ctx.set_materialize_grads(False)
+        return y, h_last
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_h_last):
+        x, dt, A, B, C, ckpt = ctx.saved_tensors
+        batch, length, d = x.shape
+        n = A.shape[1]
+        threads = torch.get_num_threads()
+        parts = _parts(batch, d, threads)
+        dy = x.new_zeros(batch, length, d) if grad_y is None else grad_y.to(x.dtype).contiguous()
+        dh = None if grad_h_last is None else grad_h_last.to(x.dtype).contiguous()
+        dx, ddt = torch.empty_like(dy), torch.empty_like(dy)
+        dA = x.new_zeros(batch, d, n)                                   # per batch row, summed below
+        dB, dC = x.new_zeros(parts, batch, length, n), x.new_zeros(parts, batch, length, n)
+        getattr(library(), f"scan_backward_{_suffix(x.dtype)}")(
+            _ptr(x), _ptr(dt), _ptr(A), _ptr(B), _ptr(C), _strides(x, dt, B, C), batch, length, d, n,
+            ctx.chunk, _ptr(dy), _ptr(dh), _ptr(ckpt), _ptr(dx), _ptr(ddt), _ptr(dA), _ptr(dB), _ptr(dC),
+            parts, threads)
+        return dx, ddt, dA.sum(0), dB.sum(0), dC.sum(0), None
+
+
+def _kernel_layout(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    t = t.to(dtype)
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def cpu_selective_scan(x, dt, A, B, C, chunk: int = CHUNK):
+    """Scan part of the selective scan (no D skip): x, dt (b, l, d); A (d, n); B, C (b, l, n).
+
+    Returns (y (b, l, d), h_last (b, d, n)) in x's dtype. float64 inputs run in float64, everything
+    else (float32, bf16, fp16) in float32. Needs `library()` to be available.
+    """
+    dtype = torch.float64 if torch.float64 in (x.dtype, dt.dtype, A.dtype, B.dtype, C.dtype) else torch.float32
+    args = (_kernel_layout(x, dtype), _kernel_layout(dt, dtype), A.to(dtype).contiguous(),
+            _kernel_layout(B, dtype), _kernel_layout(C, dtype))
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, dt, A, B, C)):
+        y, h_last = _CpuSelectiveScan.apply(*args, chunk)
+    else:
+        y, h_last, _ = _scan_forward(*args, chunk, keep_checkpoints=False)
+    return y.to(x.dtype), h_last.to(x.dtype)
