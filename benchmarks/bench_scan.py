@@ -41,7 +41,7 @@ def main() -> None:
             y.backward(grad)
         return fn
 
-    times = interleaved_median({"reference": run("reference"), "fast": run("fast")}, args.repeats, warmup=1)
+    times = interleaved_median({"reference": run("reference"), "loop": run("loop"), "cpu": run("cpu")}, args.repeats, warmup=1)
     rows = [(name, f"{t:.3f}", f"{times['reference'] / t:.1f}x") for name, t in times.items()]
     print_table(f"selective scan fwd+bwd, batch {b} x length {l}, d_inner {d}, N {n}, {args.threads} threads "
                 f"(median of {args.repeats})", rows, ("backend", "seconds", "speed-up vs reference"))
