@@ -96,19 +96,27 @@ def test_cpu_backward_keeps_only_chunk_boundaries():
     assert torch.isfinite(x.grad).all()
 
 
-def test_cpu_no_grad_forward_and_parallel_threads():
-    """Inference path (no checkpoints) and a thread count that splits the channels, same numbers."""
-    args = [t.detach() for t in scan_inputs(1, 40, 50, 4)]
+def test_cpu_no_grad_forward():
+    """Inference path: no checkpoints kept, same numbers."""
+    args = [t.detach() for t in scan_inputs(2, 40, 50, 4)]
     y_ref, h_ref = selective_scan(*args, backend="reference")
+    with torch.no_grad():
+        y, h = selective_scan(*args, backend="cpu")
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(h, h_ref)
+
+
+def test_cpu_threads_split_channels_of_one_row(monkeypatch):
+    """Batch 1 on 3 threads: the channel blocks of the row are split into groups with their own dB, dC
+    partial sums (the small-work guard lowered so that the threads really run)."""
+    monkeypatch.setattr(cpu_scan, "MIN_WORK_PER_THREAD", 1)
+    assert cpu_scan._parts(1, 50, 3) == 3
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(3)
-        with torch.no_grad():
-            y, h = selective_scan(*args, backend="cpu")
+        assert_matches_reference("cpu", (1, 40, 50, 4), torch.float64, 1e-10)
     finally:
         torch.set_num_threads(threads)
-    torch.testing.assert_close(y, y_ref)
-    torch.testing.assert_close(h, h_ref)
 
 
 def test_cpu_decay_exp_accuracy():

@@ -28,6 +28,7 @@ SOURCE = Path(__file__).with_name("cpu_scan.cpp")
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffast-math", "-fPIC", "-std=c++17")
 LINK_FLAGS = ("-shared", "-fopenmp")   # no -ffast-math here: it would link crtfastmath (process-wide FTZ)
 CHUNK = 64                              # time steps between stored states
+MIN_WORK_PER_THREAD = 1 << 18           # state updates (b l d n) below which another thread costs more than it saves
 
 _state: dict = {}                       # "lib": the loaded CDLL or None after a failure
 
@@ -94,6 +95,10 @@ def library() -> ctypes.CDLL | None:
     return _state["lib"]
 
 
+def _threads(batch: int, length: int, d: int, n: int) -> int:
+    return max(1, min(torch.get_num_threads(), batch * length * d * n // MIN_WORK_PER_THREAD))
+
+
 def _suffix(dtype: torch.dtype) -> str:
     return "f64" if dtype == torch.float64 else "f32"
 
@@ -115,7 +120,7 @@ def _scan_forward(x, dt, A, B, C, chunk: int, keep_checkpoints: bool):
     ckpt = x.new_empty(batch, -(-length // chunk), n, d) if keep_checkpoints else None
     getattr(library(), f"scan_forward_{_suffix(x.dtype)}")(
         _ptr(x), _ptr(dt), _ptr(A), _ptr(B), _ptr(C), _strides(x, dt, B, C), batch, length, d, n, chunk,
-        _ptr(y), _ptr(h_last), _ptr(ckpt), torch.get_num_threads())
+        _ptr(y), _ptr(h_last), _ptr(ckpt), _threads(batch, length, d, n))
     return y, h_last, ckpt
 
 
@@ -143,7 +148,7 @@ class _CpuSelectiveScan(torch.autograd.Function):
         x, dt, A, B, C, ckpt = ctx.saved_tensors
         batch, length, d = x.shape
         n = A.shape[1]
-        threads = torch.get_num_threads()
+        threads = _threads(batch, length, d, n)
         parts = _parts(batch, d, threads)
         dy = x.new_zeros(batch, length, d) if grad_y is None else grad_y.to(x.dtype).contiguous()
         dh = None if grad_h_last is None else grad_h_last.to(x.dtype).contiguous()
