@@ -7,7 +7,7 @@ Prints one table per section, each measured side by side in this run:
 
   1. parity    the Triton scan vs the sequential reference scan (float32 on the device), forward,
                backward (every input's gradient and the last state's), float32 and bf16 inputs
-  2. scan      Triton vs the per-timestep torch loop ("fast", what `auto` used on GPUs before) at one
+  2. scan      Triton vs the per-timestep torch loop ("loop", what `auto` used on GPUs before) at one
                130m layer (8 x 2048, d_inner 1536, N 16), fwd + bwd: time, peak memory above the
                inputs, and both against storing every state (b l d N float32)
   3. training  tokens/s of a training step (bf16 autocast, random weights) of the dense teacher,
@@ -186,7 +186,7 @@ def main() -> int:
         grad_h = torch.zeros(b, d, n, device=device)
         rows = []
         results = {}
-        for backend in ("triton", "fast"):
+        for backend in ("triton", "loop"):
             run = lambda: fwd_bwd(backend, args_, grad_y, grad_h)  # noqa: E731
             seconds = timed(run, device, repeats=max(1, repeats // 2))
             peak, _ = peak_above(run, device)
@@ -195,7 +195,7 @@ def main() -> int:
             results[backend] = seconds
             rows.append((backend, f"{seconds:.4f}", mib(peak), mib(saved),
                          "n/a" if peak is None else f"{peak / all_states:.3f}", f"{saved / all_states:.3f}"))
-        rows.append(("(speed-up)", f"{results['fast'] / results['triton']:.1f}x", "", "", "", ""))
+        rows.append(("(speed-up)", f"{results['loop'] / results['triton']:.1f}x", "", "", "", ""))
         print_table(f"2. Scan fwd+bwd, bf16 inputs, b l d N = {scan_shape}; every state in float32 = "
                     f"{mib(all_states)} MiB", rows,
                     ("backend", "seconds", "peak MiB", "saved MiB", "peak / all states", "saved / all states"))
