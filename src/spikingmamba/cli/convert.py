@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from dataclasses import dataclass
@@ -112,8 +113,12 @@ def calibration_ids(texts: list[str], tokenizer, n_tokens: int):
     n_docs = max(1, min(len(texts), -(-n_tokens // CALIBRATION_ROW)))
     per_doc = -(-n_tokens // n_docs)
     eos = tokenizer.eos_token_id
+    spread = torch.linspace(0, len(texts) - 1, n_docs).round().long().tolist() if texts else []
+    rest = (i for i in range(len(texts)) if i not in set(spread))       # when the spread documents are short
     stream: list[int] = []
-    for index in torch.linspace(0, len(texts) - 1, n_docs).round().long().tolist() if texts else []:
+    for index in itertools.chain(spread, rest):
+        if len(stream) >= n_tokens:
+            break
         # a token is rarely longer than 16 characters: enough text without tokenizing whole documents
         stream += tokenizer(texts[index][: per_doc * 16], add_special_tokens=False)["input_ids"][:per_doc]
         if eos is not None:
