@@ -25,6 +25,22 @@ def test_neurons_sit_before_in_and_out_proj(teacher):
     assert not teacher.is_spiking and next(teacher.neurons(), None) is None
 
 
+def test_iter_sites_walks_the_neurons_in_forward_order(teacher):
+    from spikingmamba.neurons.sites import iter_sites, sites_by_name
+
+    only_out = spikingmamba.to_spiking(teacher, levels=3, sites=("out_proj",))
+    refs = list(iter_sites(only_out))
+    # the same neurons, in the same order, as the model's own module walk
+    assert [(r.name, r.neuron) for r in refs] == list(only_out.neurons())
+    assert [(r.layer, r.site) for r in refs] == [(0, "out_proj"), (1, "out_proj")]
+    assert all(r.projection is only_out.backbone.layers[r.layer].mixer.out_proj for r in refs)
+    every = list(iter_sites(only_out, with_dense=True))
+    assert [(r.layer, r.site, r.neuron is None) for r in every] == [
+        (0, "in_proj", True), (0, "out_proj", False), (1, "in_proj", True), (1, "out_proj", False)]
+    assert list(iter_sites(teacher)) == [] and len(list(iter_sites(teacher, with_dense=True))) == 4
+    assert sites_by_name(2) == {r.name: (r.layer, r.site) for r in every}
+
+
 def test_teacher_weights_copied_not_shared(teacher):
     student = spikingmamba.to_spiking(teacher, levels=2)
     for name, p in teacher.named_parameters():

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from spikingmamba.config import add_config_parser, config_from_args, option
 from spikingmamba.errors import ConfigError, UserError
-from spikingmamba.neurons.config import NEURON_KINDS, SITES, SpikingConfig
+from spikingmamba.neurons.config import NEURON_KINDS, SpikingConfig
+from spikingmamba.neurons.sites import SITES
 from spikingmamba.runtime import ModelRuntimeConfig
 
 CALIBRATION_ROW = 256          # tokens per calibration sequence

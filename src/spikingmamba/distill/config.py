@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from spikingmamba.errors import ConfigError
-from spikingmamba.neurons.config import NEURON_KINDS, SITES
+from spikingmamba.neurons.config import NEURON_KINDS
 from spikingmamba.neurons.rate import RATE_COSTS
 from spikingmamba.neurons.sgc import SGCSchedule
+from spikingmamba.neurons.sites import SITES
 from spikingmamba.training.config import CorpusConfig, TrainConfig, option
 
 

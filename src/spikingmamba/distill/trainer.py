@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from spikingmamba.errors import UserError
 from spikingmamba.model.lm import SpikingMambaForCausalLM
 from spikingmamba.neurons.rate import SpikeRateProbe, rate_excess, spike_summary, spike_totals
 from spikingmamba.neurons.sgc import apply_sgc
+from spikingmamba.neurons.sites import iter_sites
 from spikingmamba.training.distributed import DistEnv, unwrap
 from spikingmamba.training.loop import fit
 from spikingmamba.training.losses import cross_entropy, masked_mean, target_mask
@@ -94,9 +94,6 @@ def calibration_batch(train_rows: torch.Tensor, n_tokens: int) -> torch.Tensor |
     return train_rows[picks, :-1]
 
 
-_LAYER = re.compile(r"layers\.(\d+)\.mixer\.(\w+)_neuron")
-
-
 @dataclass
 class DistillTask:
     """The distillation step and evaluation, for `spikingmamba.training.fit`."""
@@ -111,7 +108,8 @@ class DistillTask:
     def __post_init__(self):
         if self.cfg.rate_weight > 0:
             self.probe = SpikeRateProbe(self.model, self.cfg.rate_cost)
-        self.neuron_names = [name for name, _ in self.model.neurons()]
+        self.sites = list(iter_sites(self.model))
+        self.neuron_names = [ref.name for ref in self.sites]
 
     @property
     def needs_hidden(self) -> bool:
@@ -173,11 +171,9 @@ class DistillTask:
         spikes = totals["spikes"]  # (neurons, 3)
         numel, nonzero, count = spikes[:, 0].clamp(min=1), spikes[:, 1], spikes[:, 2]
         per_layer: dict[str, dict[str, float]] = {}
-        for name, rate, per_neuron in zip(self.neuron_names, (nonzero / numel).tolist(), (count / numel).tolist(),
-                                           strict=True):
-            layer, site = _LAYER.search(name).groups()
-            per_layer.setdefault(layer, {})[f"{site}_proj"] = {"firing_rate": round(rate, 5),
-                                                               "spikes_per_neuron": round(per_neuron, 5)}
+        for ref, rate, per_neuron in zip(self.sites, (nonzero / numel).tolist(), (count / numel).tolist(), strict=True):
+            per_layer.setdefault(str(ref.layer), {})[ref.site] = {"firing_rate": round(rate, 5),
+                                                                  "spikes_per_neuron": round(per_neuron, 5)}
         return {
             "student_ppl": math.exp(totals["student_nll"] / tokens),
             "teacher_ppl": math.exp(totals["teacher_nll"] / tokens),

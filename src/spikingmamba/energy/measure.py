@@ -9,7 +9,6 @@ text, so an energy ratio is never shown without the quality it costs.
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 import torch.nn.functional as F
@@ -18,19 +17,19 @@ from spikingmamba.energy.counting import LayerSpikes, MambaShape, SiteSpikes
 from spikingmamba.energy.report import EnergyReport, build_report
 from spikingmamba.energy.tables import EnergyTable
 from spikingmamba.errors import UserError
-
-_NEURON_NAME = re.compile(r"layers\.(\d+)\.mixer\.(in|out)_neuron$")
-
+from spikingmamba.neurons.sites import sites_by_name
 
 def layer_spikes_from_stats(stats: dict[str, dict], n_layer: int) -> list[LayerSpikes | None]:
-    """Per-block LayerSpikes from `firing_stats()` (keys like `backbone.layers.3.mixer.in_neuron`)."""
+    """Per-block LayerSpikes from `firing_stats()` (keys are the neurons' module names,
+    `spikingmamba.neurons.sites.neuron_name`)."""
     per_layer: list[dict] = [{} for _ in range(n_layer)]
+    known = sites_by_name(n_layer)
     for name, st in stats.items():
-        match = _NEURON_NAME.search(name)
-        if match is None:
-            raise ValueError(f"neuron {name!r} is not at a mixer's in_proj or out_proj; cannot price it")
-        per_layer[int(match.group(1))][f"{match.group(2)}_proj"] = SiteSpikes(
-            firing_rate=float(st["firing_rate"]), mean_abs_spike=float(st["mean_abs_spike"]))
+        if name not in known:
+            raise ValueError(f"neuron {name!r} is not at a neuron site of a {n_layer}-block model; cannot price it")
+        layer, site = known[name]
+        per_layer[layer][site] = SiteSpikes(firing_rate=float(st["firing_rate"]),
+                                            mean_abs_spike=float(st["mean_abs_spike"]))
     return [LayerSpikes(**sites) if sites else None for sites in per_layer]
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from spikingmamba.energy.counting import (BLOCK_COMPONENTS, HEAD_COMPONENTS, LayerSpikes, MambaShape, Ops,
                                           block_ops, head_ops, total)
 from spikingmamba.energy.tables import EnergyTable
+from spikingmamba.neurons.sites import SITES
 
 SCOPES = {
     "blocks": "the Mamba blocks only: RMSNorm, neurons, in_proj, conv1d+SiLU, x_proj, dt_proj+softplus, "
@@ -142,8 +143,7 @@ def build_report(shape: MambaShape, table: EnergyTable, layer_spikes: list[Layer
     if len(layer_spikes) != shape.n_layer:
         raise ValueError(f"need spikes for {shape.n_layer} layers, got {len(layer_spikes)}")
     e_mac, e_ac = table.e_mac, table.e_ac
-    sites = sorted({s for ls in layer_spikes if ls is not None for s in ("in_proj", "out_proj")
-                    if ls.site(s) is not None}, key=("in_proj", "out_proj").index)
+    sites = [s for s in SITES if any(ls is not None and ls.site(s) is not None for ls in layer_spikes)]
     teacher_block = block_ops(shape)
     layers, comp_teacher, comp_student = [], {c: Ops() for c in BLOCK_COMPONENTS}, {c: Ops() for c in BLOCK_COMPONENTS}
     firing, mean_abs = [], []

@@ -44,6 +44,7 @@ from spikingmamba.inference.sparse_linear import SparseSpikeLinear
 from spikingmamba.model.config import SpikingMambaConfig
 from spikingmamba.model.lm import SpikingMambaForCausalLM
 from spikingmamba.neurons.silif import THETA_MIN
+from spikingmamba.neurons.sites import iter_sites
 
 # Mamba-1 shapes of the public checkpoints (state-spaces/mamba-130m, -370m), vocab padded to 50280.
 SHAPES = {
@@ -95,16 +96,14 @@ def set_firing_rate(student: SpikingMambaForCausalLM, rate: Rate, input_ids: tor
     if not all(0 < r <= 1 for r in pair):
         raise InputError(f"firing rate must lie in (0, 1], got {rate}")
     handles = []
-    for name, neuron in student.neurons():
-        site_rate = pair.out_proj if name.endswith("out_neuron") else pair.in_proj
-
-        def hook(module, args, rate=site_rate):
+    for ref in iter_sites(student):
+        def hook(module, args, rate=getattr(pair, ref.site)):
             x = args[0].detach().float().reshape(-1, module.channels)        # (rows, channels)
             if module.theta.numel() == 1:
                 x = x.reshape(-1, 1)
             q = torch.quantile(x.abs(), 1 - rate, dim=0)                       # (channels,)
             module.theta.copy_((2 * q).clamp(min=THETA_MIN).to(module.theta.dtype))
-        handles.append(neuron.register_forward_pre_hook(hook))
+        handles.append(ref.neuron.register_forward_pre_hook(hook))
     mode = student.spike_mode
     student.spike_mode = "integer"           # binary mode calls spike_train, not forward: no hooks
     try:

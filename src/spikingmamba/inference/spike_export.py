@@ -28,7 +28,6 @@ The spikes come from one full-sequence forward pass in eval mode (what the energ
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 
 from spikingmamba.errors import InputError, UserError
+from spikingmamba.neurons.sites import iter_sites
 
 FORMAT = "spikingmamba-aer"
 VERSION = 1
@@ -58,14 +58,14 @@ def capture_spikes(model, input_ids: torch.LongTensor) -> tuple[dict[str, torch.
         raise InputError(f"export takes one non-empty sequence, got ids of shape {tuple(input_ids.shape)}")
     captured: dict[str, torch.Tensor] = {}
     handles = []
-    for name, neuron in model.neurons():
-        def hook(module, args, name=name):
+    for ref in iter_sites(model):
+        def hook(module, args, name=ref.name):
             recording, module.recording = module.recording, False            # do not count twice
             try:
                 captured[name] = module.spikes(args[0].detach())[0].to(torch.int16)   # (l, channels)
             finally:
                 module.recording = recording
-        handles.append(neuron.register_forward_pre_hook(hook))
+        handles.append(ref.neuron.register_forward_pre_hook(hook))
     was_training, mode = model.training, model.spike_mode
     model.eval()
     model.spike_mode = "integer"          # binary mode calls spike_train, not forward: keep hooks firing
@@ -143,22 +143,17 @@ class SpikeRecord:
         return train
 
 
-def _stream_meta(name: str) -> tuple[int | None, str]:
-    m = re.search(r"layers\.(\d+)\.mixer\.(in|out)_neuron$", name)
-    return (int(m.group(1)), f"{m.group(2)}_proj") if m else (None, name)
-
-
 def export_spikes(model, input_ids: torch.LongTensor, path: str | Path, tokens: list[str] | None = None,
                   source: str | None = None) -> SpikeRecord:
     """Run `model` on one sequence and write its spike trains to `path` (format above)."""
     captured, stats = capture_spikes(model, input_ids)
-    names = list(captured)
+    sites = list(iter_sites(model))                   # the streams, in the order capture_spikes saw them
     levels = model.spiking_config.levels
-    events = spikes_to_events([captured[n] for n in names], levels)
+    events = spikes_to_events([captured[ref.name] for ref in sites], levels)
     streams = []
-    for name in names:
-        layer, site = _stream_meta(name)
-        streams.append({"name": name, "layer": layer, "site": site, "channels": int(captured[name].shape[1]),
+    for ref in sites:
+        name = ref.name
+        streams.append({"name": name, "layer": ref.layer, "site": ref.site, "channels": int(captured[name].shape[1]),
                         "spike_count": int(round(stats[name]["spike_count"])), "numel": int(stats[name]["numel"])})
     ids = input_ids.reshape(-1).cpu().numpy().astype(np.int64)
     header = {"format": FORMAT, "version": VERSION, "levels": levels, "neuron": model.spiking_config.neuron,

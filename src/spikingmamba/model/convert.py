@@ -8,14 +8,14 @@ import torch
 
 from spikingmamba.model.config import SpikingMambaConfig
 from spikingmamba.model.lm import SpikingMambaForCausalLM
-from spikingmamba.neurons import SpikingConfig
+from spikingmamba.neurons import SITES, SpikingConfig, iter_sites
 from spikingmamba.neurons.calibration import mse_optimal_theta
 
 MAX_CALIBRATION_ROWS = 8192
 
 
 def to_spiking(teacher: SpikingMambaForCausalLM, levels: int = 4, neuron: str = "silif",
-               sites: tuple[str, ...] = ("in_proj", "out_proj"), per_channel: bool = True,
+               sites: tuple[str, ...] = SITES, per_channel: bool = True,
                surrogate_alpha: float = 1.0,
                calibration_ids: torch.LongTensor | None = None) -> SpikingMambaForCausalLM:
     """A copy of the dense `teacher` with a spiking neuron before each chosen projection.
@@ -39,16 +39,15 @@ def to_spiking(teacher: SpikingMambaForCausalLM, levels: int = 4, neuron: str = 
 
 @torch.no_grad()
 def collect_site_inputs(teacher: SpikingMambaForCausalLM, input_ids: torch.LongTensor,
-                        sites: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """Teacher activations entering each site, keyed `layers.N.mixer.<site>`, as (rows, channels)."""
-    captured: dict[str, list[torch.Tensor]] = {}
+                        sites: tuple[str, ...]) -> dict[tuple[int, str], torch.Tensor]:
+    """Teacher activations entering each chosen site, keyed (layer, site), as (rows, channels)."""
+    captured: dict[tuple[int, str], list[torch.Tensor]] = {}
     handles = []
-    for i, layer in enumerate(teacher.backbone.layers):
-        for site in sites:
-            key = f"layers.{i}.mixer.{site}"
-            def hook(_m, args, key=key):
+    for ref in iter_sites(teacher, with_dense=True):
+        if ref.site in sites:
+            def hook(_m, args, key=(ref.layer, ref.site)):
                 captured.setdefault(key, []).append(args[0].detach().flatten(0, -2).float())
-            handles.append(getattr(layer.mixer, site).register_forward_pre_hook(hook))
+            handles.append(ref.projection.register_forward_pre_hook(hook))
     try:
         teacher.eval()(input_ids)
     finally:
@@ -69,8 +68,6 @@ def calibrate(student: SpikingMambaForCausalLM, teacher: SpikingMambaForCausalLM
     """Set every neuron's theta from the teacher's activations at its site (MSE-optimal grid search)."""
     sc = student.spiking_config
     inputs = collect_site_inputs(teacher, input_ids, sc.sites)
-    for i, layer in enumerate(student.backbone.layers):
-        for site, neuron in (("in_proj", layer.mixer.in_neuron), ("out_proj", layer.mixer.out_neuron)):
-            if neuron is not None:
-                theta = mse_optimal_theta(inputs[f"layers.{i}.mixer.{site}"], neuron.lo, neuron.hi, sc.per_channel)
-                neuron.theta.copy_(theta.to(neuron.theta.dtype))
+    for ref in iter_sites(student):
+        theta = mse_optimal_theta(inputs[ref.layer, ref.site], ref.neuron.lo, ref.neuron.hi, sc.per_channel)
+        ref.neuron.theta.copy_(theta.to(ref.neuron.theta.dtype))

@@ -6,9 +6,11 @@ Glossary (Gu & Dao 2023; SpikingMamba, Huang et al. 2025):
     Delta, B, C selective parameters from x_proj (Delta through dt_proj + softplus)
     A = -exp(A_log), D skip
     in_neuron / out_neuron   SI-LIF neurons whose integer spikes drive in_proj / out_proj
+                             (the neuron sites: spikingmamba.neurons.sites)
 
 Every projection is called as a module (never through `.weight` in a fused kernel), so the
-neurons cannot be skipped.
+neurons cannot be skipped, and a site's projection goes through `project`, so deployment can swap
+in its sparse kernel (spikingmamba.inference.deploy) and `step` stays the one decode step.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import nn
 from spikingmamba.model.config import SpikingMambaConfig
 from spikingmamba.model.state import LayerState
 from spikingmamba.neurons import SpikingConfig, SpikingNeuron, spiking_linear
+from spikingmamba.neurons.sites import NEURON_ATTR, SITE_TABLE
 from spikingmamba.ops.selective_scan import selective_scan, selective_state_update
 
 
@@ -39,16 +42,21 @@ class MambaMixer(nn.Module):
         self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(d_inner, 1))
         self.D = nn.Parameter(torch.ones(d_inner))
         self.out_proj = nn.Linear(d_inner, d_model, bias=config.use_bias)
-        self.in_neuron: SpikingNeuron | None = None
-        self.out_neuron: SpikingNeuron | None = None
+        for site in SITE_TABLE:                     # in_neuron, out_neuron: None (dense) until add_neurons
+            setattr(self, site.neuron, None)
         if config.spiking is not None:
             self.add_neurons(config.spiking_config)
 
     def add_neurons(self, sc: SpikingConfig) -> None:
-        def make(channels):
-            return SpikingNeuron(channels, sc.levels, sc.neuron, sc.per_channel, sc.surrogate_alpha)
-        self.in_neuron = make(self.in_proj.in_features) if "in_proj" in sc.sites else None
-        self.out_neuron = make(self.out_proj.in_features) if "out_proj" in sc.sites else None
+        """A neuron on the input of every projection named in `sc.sites`."""
+        for site in SITE_TABLE:
+            channels = getattr(self, site.name).in_features
+            setattr(self, site.neuron, SpikingNeuron(channels, sc.levels, sc.neuron, sc.per_channel,
+                                                     sc.surrogate_alpha) if site.name in sc.sites else None)
+
+    def project(self, site: str, x: torch.Tensor) -> torch.Tensor:
+        """The projection of neuron site `site` applied to x, through the site's neuron if it has one."""
+        return spiking_linear(getattr(self, NEURON_ATTR[site]), getattr(self, site), x)
 
     def _ssm_params(self, xc: torch.Tensor):
         """Delta, B, C from the conv output xc (..., d_inner)."""
@@ -58,14 +66,14 @@ class MambaMixer(nn.Module):
     def forward(self, hidden: torch.Tensor, return_state: bool = False):
         """hidden (b, l, d_model) -> (b, l, d_model) [, LayerState after the last position]."""
         length = hidden.shape[1]
-        xz = spiking_linear(self.in_neuron, self.in_proj, hidden)            # (b, l, 2 d_inner)
+        xz = self.project("in_proj", hidden)                                  # (b, l, 2 d_inner)
         x, z = xz.chunk(2, dim=-1)                                            # (b, l, d_inner) x2
         xc = F.silu(self.conv1d(x.transpose(1, 2))[..., :length].transpose(1, 2))  # (b, l, d_inner)
         dt, B, C = self._ssm_params(xc)                                       # (b,l,d_inner), (b,l,n) x2
         A = -torch.exp(self.A_log.float())                                    # (d_inner, n)
         y, h_last = selective_scan(xc, dt, A, B, C, self.D, backend=self.scan_backend)
         y = y * F.silu(z)                                                     # (b, l, d_inner)
-        out = spiking_linear(self.out_neuron, self.out_proj, y)               # (b, l, d_model)
+        out = self.project("out_proj", y)                                     # (b, l, d_model)
         if not return_state:
             return out
         k = self.conv_kernel - 1
@@ -74,7 +82,7 @@ class MambaMixer(nn.Module):
 
     def step(self, hidden: torch.Tensor, state: LayerState) -> tuple[torch.Tensor, LayerState]:
         """One token: hidden (b, d_model) -> (b, d_model), with the constant-size state updated."""
-        xz = spiking_linear(self.in_neuron, self.in_proj, hidden)            # (b, 2 d_inner)
+        xz = self.project("in_proj", hidden)                                  # (b, 2 d_inner)
         x, z = xz.chunk(2, dim=-1)                                            # (b, d_inner) x2
         window = torch.cat([state.conv, x.unsqueeze(-1)], dim=-1)             # (b, d_inner, kernel)
         xc = (window * self.conv1d.weight[:, 0, :]).sum(-1)
@@ -85,5 +93,5 @@ class MambaMixer(nn.Module):
         A = -torch.exp(self.A_log.float())
         y, h = selective_state_update(state.ssm, xc, dt, A, B, C, self.D)
         y = y * F.silu(z)
-        out = spiking_linear(self.out_neuron, self.out_proj, y)               # (b, d_model)
+        out = self.project("out_proj", y)                                     # (b, d_model)
         return out, LayerState(conv=window[..., 1:], ssm=h)

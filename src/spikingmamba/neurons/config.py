@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from spikingmamba.errors import ConfigError
+from spikingmamba.neurons.sites import SITES
 
 NEURON_KINDS = ("silif", "ilif", "lif")
-SITES = ("in_proj", "out_proj")
 SPIKE_MODES = ("integer", "binary")
 SGC_MODES = ("residual", "gradient")
 
@@ -19,7 +19,7 @@ class SpikingConfig:
     levels:        D, the largest spike magnitude (integer >= 1); binary inference uses D micro-steps
     neuron:        "silif" signed integers in [-D, D] (the paper's SI-LIF / TI-LIF),
                    "ilif" unsigned integers in [0, D], "lif" binary {0, 1} (levels must be 1)
-    sites:         the projections that get a neuron on their input
+    sites:         the projections that get a neuron on their input (spikingmamba.neurons.sites)
     per_channel:   one threshold theta per input channel (folded into the weight columns at
                    deployment, so it costs nothing at inference) instead of one per tensor
     surrogate_alpha: height of the rectangular surrogate gradient inside the clipping range

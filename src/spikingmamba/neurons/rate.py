@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from spikingmamba.neurons.silif import THETA_MIN, SpikingNeuron
+from spikingmamba.neurons.sites import iter_sites
 from spikingmamba.neurons.surrogate import multi_level_spike
 
 
@@ -51,15 +52,8 @@ RATE_COSTS = ("group", "accumulates")
 
 
 def accumulate_costs(model: nn.Module) -> dict[int, float]:
-    """id(neuron) -> channels x fan-out of the projection it drives, for every mixer's neurons."""
-    from spikingmamba.model.mixer import MambaMixer
-
-    costs = {}
-    for mixer in (m for m in model.modules() if isinstance(m, MambaMixer)):
-        for neuron, proj in ((mixer.in_neuron, mixer.in_proj), (mixer.out_neuron, mixer.out_proj)):
-            if neuron is not None:
-                costs[id(neuron)] = float(neuron.channels * proj.out_features)
-    return costs
+    """id(neuron) -> channels x fan-out of the projection it drives, for every neuron site."""
+    return {id(ref.neuron): float(ref.neuron.channels * ref.projection.out_features) for ref in iter_sites(model)}
 
 
 class SpikeRateProbe:
