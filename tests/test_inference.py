@@ -248,7 +248,8 @@ def test_weight_bytes_per_step_accounting(dense, student):
     assert weight_bytes_per_step(deployed, 2) == params + 2 * one_row
     assert weight_bytes_per_step(deployed, 1, head=False) == params - embed.numel() * 4 + one_row
     sparse = deploy(student, mode="sparse")
-    proj = {f"layers.{i}.{site}": getattr(sparse.layers[i], site) for i in range(2) for site in ("in_proj", "out_proj")}
+    proj = dict(sparse.sparse_projections())
+    assert list(proj) == [f"backbone.layers.{i}.mixer.{site}" for i in range(2) for site in ("in_proj", "out_proj")]
     full = {name: (p.in_features, p.in_features) for name, p in proj.items()}
     none = {name: (0, 0) for name in proj}
     all_proj_bytes = sum(p.weight_t.numel() * 4 for p in proj.values())

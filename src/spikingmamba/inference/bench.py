@@ -37,10 +37,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from torch import nn
 
 from spikingmamba.errors import InputError
 from spikingmamba.inference.deploy import DecodeModel, deploy
-from spikingmamba.inference.sparse_linear import SparseSpikeLinear
+from spikingmamba.inference.sparse_linear import ColumnLinear, SparseSpikeLinear
 from spikingmamba.model.config import SpikingMambaConfig
 from spikingmamba.model.lm import SpikingMambaForCausalLM
 from spikingmamba.neurons.silif import THETA_MIN
@@ -124,27 +125,27 @@ def weight_bytes_per_step(decoder: DecodeModel, batch: int,
     """Bytes of weights one decode step reads from memory (all batch rows): dense tensors once per
     step; for a sparse projection, each distinct active row once (c_out weights; the other batch
     rows that share it read it from the cache) plus an 8-byte index and a 4-byte value per spike.
-    `nonzero_per_step` maps a sparse projection's name to (distinct active rows, non-zero spikes)
-    per step; a projection not in it counts as dense."""
+    `nonzero_per_step` maps a sparse projection's name (as in `decoder.sparse_projections()`) to
+    (distinct active rows, non-zero spikes) per step; a projection not in it counts as dense."""
     nonzero_per_step = nonzero_per_step or {}
-    total = batch * _bytes(decoder.embeddings.weight) // decoder.embeddings.weight.shape[0]  # b rows
-    for i, layer in enumerate(decoder.layers):
-        total += _bytes(layer.norm.weight) + _bytes(layer.conv_weight) + _bytes(layer.conv1d.bias)
-        total += _bytes(layer.x_proj.weight) + _bytes(layer.dt_proj.weight) + _bytes(layer.dt_proj.bias)
-        total += _bytes(layer.A) + _bytes(layer.D)
-        for site in ("in_proj", "out_proj"):
-            proj = getattr(layer, site)
-            name = f"layers.{i}.{site}"
+    embeddings = decoder.backbone.embeddings.weight
+    total = batch * _bytes(embeddings) // embeddings.shape[0]                # b rows
+    for layer, block in enumerate(decoder.backbone.layers):
+        mixer = block.mixer
+        total += _bytes(block.norm.weight) + _bytes(mixer.taps) + _bytes(mixer.conv1d.bias)
+        total += _bytes(mixer.A) + _bytes(mixer.D)
+        for name, proj in mixer.named_children():                           # every projection, sites or not
             if isinstance(proj, SparseSpikeLinear):
                 w = proj.weight_t
-                if name in nonzero_per_step and proj.mode != "dense":
-                    distinct, spikes = nonzero_per_step[name]
+                key = f"backbone.layers.{layer}.mixer.{name}"
+                if key in nonzero_per_step and proj.mode != "dense":
+                    distinct, spikes = nonzero_per_step[key]
                     total += int(distinct * w.shape[1] * w.element_size() + 12 * spikes) + _bytes(proj.bias)
                 else:
                     total += _bytes(w) + _bytes(proj.bias)
-            else:
+            elif isinstance(proj, (nn.Linear, ColumnLinear)):
                 total += _bytes(proj.weight) + _bytes(proj.bias)
-    total += _bytes(decoder.norm_f.weight)
+    total += _bytes(decoder.backbone.norm_f.weight)
     if head:
         total += _bytes(decoder.lm_head.weight)
     return total

@@ -1,85 +1,75 @@
 """A decode-optimised snapshot of a (spiking) Mamba LM: folded thresholds, sparse projections.
 
-`deploy(model)` builds a `DecodeModel` for one-token-at-a-time decoding:
+`deploy(model)` builds a `DecodeModel` for one-token-at-a-time decoding. It is the training
+model's own structure (backbone, blocks, mixers, whose `step` is the one decode step) with the
+modules swapped that decoding does differently:
 
-    every spiking projection   -> `SparseSpikeLinear` (theta folded into a transposed weight copy;
-                                  only the columns of firing neurons are read)
-    dense in_proj / out_proj   -> `ColumnLinear` (a transposed copy; the same column-accumulate
+    every spiking site         -> `SparseSpikeLinear` (the neuron and its projection in one module:
+                                  theta folded into a transposed weight copy; only the columns of
+                                  firing neurons are read); the site's neuron is removed
+    dense site projections     -> `ColumnLinear` (a transposed copy; the same column-accumulate
     and the LM head               kernel over every column), or the model's own `nn.Linear` with
                                   dense_kernel="linear"
+    every mixer                -> a `DecodeMixer`: `MambaMixer.step` with A = -exp(A_log) and the
+                                  conv taps computed once instead of at every step
     everything else            -> the training model's own modules, shared (not copied)
-    A = -exp(A_log)            -> computed once instead of at every step
 
-The training model is not modified. The snapshot copies in_proj, out_proj (theta folded in) and
-the head (transposed) and shares the small modules and the embedding, so deploy again after
+The training model is not modified. The snapshot copies the site projections (theta folded in)
+and the head (transposed) and shares the small modules and the embedding, so deploy again after
 changing the weights or the thresholds. `prefill` runs the training model's parallel scan over the
 prompt (it is kept for that). A dense model deploys too (its projections stay dense): the same step
 code then measures dense decoding, which is what the decode benchmark compares against.
 
-The step is the mixer's `step` line by line (spikingmamba.model.mixer), so a deployed spiking model
-decodes the same tokens as the model in `integer` or `binary` spike mode; the only numerical
-difference is where theta is multiplied (W (theta * s) vs (W theta) s), a float-rounding effect.
+A deployed spiking model decodes the same tokens as the model in `integer` or `binary` spike mode;
+the only numerical difference is where theta is multiplied (W (theta * s) vs (W theta) s), a
+float-rounding effect.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from spikingmamba.errors import InputError
 from spikingmamba.inference.sparse_linear import PROJECTION_MODES, ColumnLinear, SparseSpikeLinear
-from spikingmamba.model.lm import MambaBlock, SpikingMambaForCausalLM
-from spikingmamba.model.state import LayerState, MambaState
-from spikingmamba.ops.selective_scan import selective_state_update
-
+from spikingmamba.model.lm import SpikingMambaForCausalLM, check_token_ids
+from spikingmamba.model.mixer import MambaMixer
+from spikingmamba.model.state import MambaState
+from spikingmamba.neurons.sites import NEURON_ATTR, iter_sites
 
 DENSE_KERNELS = ("columns", "linear")
 
 
-class DecodeBlock(nn.Module):
-    """One residual block, step mode only: h + mixer(norm(h))."""
+def shared_copy(module: nn.Module, cls: type[nn.Module] | None = None) -> nn.Module:
+    """A new module (of class `cls`, default `module`'s) holding the same parameters, buffers and
+    children as `module`, not copies of them; setting a child on the copy leaves `module` alone."""
+    cls = cls or type(module)
+    copy = cls.__new__(cls)
+    copy.__dict__.update({k: type(v)(v) if isinstance(v, dict) else v for k, v in vars(module).items()})
+    return copy
 
-    def __init__(self, block: MambaBlock, mode: str, max_density: float, dense_kernel: str):
-        super().__init__()
-        mixer = block.mixer
-        self.residual_in_fp32 = block.residual_in_fp32
-        self.norm = block.norm                                   # shared with the training model
 
-        def projection(linear, neuron):
-            if neuron is not None:
-                return SparseSpikeLinear.from_linear(linear, neuron, mode, max_density)
-            return ColumnLinear(linear) if dense_kernel == "columns" else linear
-        self.in_proj = projection(mixer.in_proj, mixer.in_neuron)
-        self.out_proj = projection(mixer.out_proj, mixer.out_neuron)
-        self.conv1d, self.x_proj, self.dt_proj = mixer.conv1d, mixer.x_proj, mixer.dt_proj
-        self.d_inner, self.d_state, self.dt_rank = mixer.d_inner, mixer.d_state, mixer.dt_rank
-        self.register_buffer("conv_weight", mixer.conv1d.weight.detach()[:, 0, :], persistent=False)  # (d_inner, k)
-        self.register_buffer("A", -torch.exp(mixer.A_log.detach().float()), persistent=False)          # (d_inner, n)
-        self.D = mixer.D
+class DecodeMixer(MambaMixer):
+    """A mixer of a `DecodeModel` (step only): the weight-only constants of `MambaMixer.step`
+    are computed once, at deployment."""
 
-    def step(self, h: torch.Tensor, state: LayerState) -> tuple[torch.Tensor, LayerState]:
-        """h (b, d_model) residual stream -> (b, d_model), new state (called under `DecodeModel.step`'s
-        no_grad)."""
-        u = self.norm(h.to(self.norm.weight.dtype))
-        xz = self.in_proj(u)                                                  # (b, 2 d_inner)
-        x, z = xz.chunk(2, dim=-1)                                            # (b, d_inner) x2
-        window = torch.cat([state.conv, x.unsqueeze(-1)], dim=-1)             # (b, d_inner, kernel)
-        xc = (window * self.conv_weight).sum(-1)
-        if self.conv1d.bias is not None:
-            xc = xc + self.conv1d.bias
-        xc = F.silu(xc)                                                       # (b, d_inner)
-        dt, B, C = torch.split(self.x_proj(xc), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.softplus(self.dt_proj(dt))                                     # (b, d_inner)
-        y, ssm = selective_state_update(state.ssm, xc, dt, self.A, B, C, self.D)
-        y = y * F.silu(z)
-        out = self.out_proj(y)                                                # (b, d_model)
-        residual = h.float() if self.residual_in_fp32 else h
-        return residual + out, LayerState(conv=window[..., 1:], ssm=ssm)
+    @classmethod
+    @torch.no_grad()
+    def from_mixer(cls, mixer: MambaMixer) -> DecodeMixer:
+        decode = shared_copy(mixer, cls)
+        decode.register_buffer("A", mixer.ssm_A().detach(), persistent=False)            # (d_inner, n)
+        decode.register_buffer("taps", mixer.conv_taps().detach(), persistent=False)     # (d_inner, kernel)
+        return decode
+
+    def ssm_A(self) -> torch.Tensor:
+        return self.A
+
+    def conv_taps(self) -> torch.Tensor:
+        return self.taps
 
 
 class DecodeModel(nn.Module):
-    """Step-mode language model built by `deploy`; same state layout as the training model."""
+    """Step-mode language model built by `deploy`; the training model's step, state and id checks."""
 
     def __init__(self, model: SpikingMambaForCausalLM, mode: str = "auto", max_density: float = 0.5,
                  dense_kernel: str = "columns"):
@@ -92,43 +82,36 @@ class DecodeModel(nn.Module):
             raise InputError(f"dense_kernel must be one of {DENSE_KERNELS}, got {dense_kernel!r}")
         self.config = model.config
         self.is_spiking = model.is_spiking
-        self.embeddings = model.backbone.embeddings
-        self.layers = nn.ModuleList(DecodeBlock(block, mode, max_density, dense_kernel)
-                                    for block in model.backbone.layers)
-        self.norm_f = model.backbone.norm_f
-        self.lm_head = ColumnLinear(model.lm_head) if dense_kernel == "columns" else model.lm_head
+        self.backbone = shared_copy(model.backbone)
+        self.backbone.layers = nn.ModuleList(shared_copy(block) for block in model.backbone.layers)
+        for block in self.backbone.layers:
+            block.mixer = DecodeMixer.from_mixer(block.mixer)
+
+        def dense(linear: nn.Module) -> nn.Module:
+            return ColumnLinear(linear) if dense_kernel == "columns" else linear
+        for ref in iter_sites(model, with_dense=True):
+            mixer = self.backbone.layers[ref.layer].mixer
+            setattr(mixer, ref.site, dense(ref.projection) if ref.neuron is None else
+                    SparseSpikeLinear.from_linear(ref.projection, ref.neuron, mode, max_density))
+            setattr(mixer, NEURON_ATTR[ref.site], None)              # folded into SparseSpikeLinear
+        self.lm_head = dense(model.lm_head)
         self._model = (model,)                   # for `prefill`; a tuple keeps it out of the module tree
-        self.conv_kernel = model.config.conv_kernel
 
     # --- the decoding interface shared with SpikingMambaForCausalLM ------------------------
     def init_state(self, batch_size: int) -> MambaState:
-        p = self.lm_head.weight
-        return MambaState([
-            LayerState(conv=p.new_zeros(batch_size, layer.d_inner, self.conv_kernel - 1),
-                       ssm=p.new_zeros(batch_size, layer.d_inner, layer.d_state, dtype=torch.float32))
-            for layer in self.layers])
-
-    def _check_ids(self, ids: torch.Tensor) -> None:
-        if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.long, torch.int32):
-            raise InputError("token ids must be an integer (Long) tensor")
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size):
-            raise InputError(f"token ids must lie in [0, {self.config.vocab_size}): tokenizer and model disagree")
+        return self.backbone.init_state(batch_size)
 
     @torch.no_grad()
     def step(self, token_ids: torch.LongTensor, state: MambaState, head: bool = True
              ) -> tuple[torch.Tensor, MambaState]:
         """token_ids (b,) -> logits (b, vocab) float32, new state. `head=False` returns the normed
         hidden state (b, d_model) instead of logits (to time the blocks alone)."""
-        self._check_ids(token_ids)
-        h = self.embeddings(token_ids)                                       # (b, d_model)
-        new = []
-        for layer, s in zip(self.layers, state.layers):
-            h, s = layer.step(h, s)
-            new.append(s)
-        h = self.norm_f(h.to(self.norm_f.weight.dtype))
+        check_token_ids(token_ids, self.config.vocab_size)
+        h, state = self.backbone.step(token_ids, state)                     # (b, d_model)
+        h = self.backbone.norm_f(h.to(self.backbone.norm_f.weight.dtype))
         if not head:
-            return h, MambaState(new)
-        return self.lm_head(h.to(self.lm_head.weight.dtype)).float(), MambaState(new)
+            return h, state
+        return self.lm_head(h.to(self.lm_head.weight.dtype)).float(), state
 
     @torch.no_grad()
     def prefill(self, input_ids: torch.LongTensor, recurrent: bool = False) -> tuple[torch.Tensor, MambaState]:
@@ -138,7 +121,7 @@ class DecodeModel(nn.Module):
         prompts; the same spikes, unfolded theta). `recurrent=True` steps this decoder through the
         prompt token by token instead (spike-driven throughout, l times slower).
         """
-        self._check_ids(input_ids)
+        check_token_ids(input_ids, self.config.vocab_size)
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise InputError(f"prompt ids must be (batch, length >= 1), got {tuple(input_ids.shape)}")
         if not recurrent:

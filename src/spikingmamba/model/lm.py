@@ -75,6 +75,31 @@ class MambaBackbone(nn.Module):
         self.layers = nn.ModuleList(MambaBlock(config) for _ in range(config.num_hidden_layers))
         self.norm_f = RMSNorm(config.hidden_size, config.layer_norm_epsilon)
 
+    def init_state(self, batch_size: int) -> MambaState:
+        return MambaState([layer.mixer.init_state(batch_size) for layer in self.layers])
+
+    def step(self, token_ids: torch.LongTensor, state: MambaState, hidden_states: list | None = None):
+        """One token per sequence through the blocks: (b,) -> residual stream (b, d_model), new state;
+        appends every block's output to `hidden_states`."""
+        h = self.embeddings(token_ids)                                       # (b, d_model)
+        new = []
+        for layer, s in zip(self.layers, state.layers):
+            h, s = layer.step(h, s)
+            new.append(s)
+            if hidden_states is not None:
+                hidden_states.append(h)
+        return h, MambaState(new)
+
+
+def check_token_ids(input_ids, vocab_size: int) -> None:
+    """InputError unless `input_ids` is an integer tensor of ids in [0, vocab_size)."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.long, torch.int32, torch.int64):
+        got = type(input_ids).__name__ if not isinstance(input_ids, torch.Tensor) else f"tensor of {input_ids.dtype}"
+        raise InputError(f"input_ids must be an integer (Long) tensor of token ids, got {got}")
+    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
+        raise InputError(f"token ids must lie in [0, {vocab_size}), got range "
+                         f"[{int(input_ids.min())}, {int(input_ids.max())}]: tokenizer and model disagree")
+
 
 @dataclass
 class SpikingMambaOutput(CausalLMOutput):
@@ -166,12 +191,7 @@ class SpikingMambaForCausalLM(PreTrainedModel, GenerationMixin):
 
     # --- full-sequence forward --------------------------------------------------------------
     def _check_ids(self, input_ids) -> None:
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.long, torch.int32, torch.int64):
-            got = type(input_ids).__name__ if not isinstance(input_ids, torch.Tensor) else f"tensor of {input_ids.dtype}"
-            raise InputError(f"input_ids must be an integer (Long) tensor of token ids, got {got}")
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
-            raise InputError(f"token ids must lie in [0, {self.config.vocab_size}), got range "
-                             f"[{int(input_ids.min())}, {int(input_ids.max())}]: tokenizer and model disagree")
+        check_token_ids(input_ids, self.config.vocab_size)
 
     def forward(self, input_ids: torch.LongTensor, labels: torch.LongTensor | None = None,
                 output_hidden_states: bool | None = None, return_dict: bool | None = None,
@@ -232,23 +252,12 @@ class SpikingMambaForCausalLM(PreTrainedModel, GenerationMixin):
                 hidden_states.append(h)
         return h, (MambaState(states) if return_state else None)
 
-    def _step_blocks(self, token_ids: torch.LongTensor, state: MambaState, hidden_states: list | None = None):
-        """One token per sequence through the blocks: (b,) -> residual stream (b, d_model), new state."""
-        h = self.backbone.embeddings(token_ids)                              # (b, d_model)
-        new = []
-        for layer, s in zip(self.backbone.layers, state.layers):
-            h, s = layer.step(h, s)
-            new.append(s)
-            if hidden_states is not None:
-                hidden_states.append(h)
-        return h, MambaState(new)
-
     def _continue(self, input_ids: torch.LongTensor, state: MambaState, hidden_states: list | None = None):
         """Tokens (b, l) after `state`, one step each: residual stream (b, l, d_model), new state."""
         outputs, per_token = [], []
         for t in range(input_ids.shape[1]):
             layers = [] if hidden_states is not None else None
-            h, state = self._step_blocks(input_ids[:, t], state, layers)
+            h, state = self.backbone.step(input_ids[:, t], state, layers)
             outputs.append(h)
             per_token.append(layers)
         if hidden_states is not None:
@@ -266,17 +275,13 @@ class SpikingMambaForCausalLM(PreTrainedModel, GenerationMixin):
         return self.lm_head(h.to(self.lm_head.weight.dtype)).float(), state
 
     def init_state(self, batch_size: int) -> MambaState:
-        p = self.lm_head.weight
-        return MambaState([
-            LayerState(conv=p.new_zeros(batch_size, layer.mixer.d_inner, self.config.conv_kernel - 1),
-                       ssm=p.new_zeros(batch_size, layer.mixer.d_inner, layer.mixer.d_state, dtype=torch.float32))
-            for layer in self.backbone.layers])
+        return self.backbone.init_state(batch_size)
 
     @torch.no_grad()
     def step(self, token_ids: torch.LongTensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
         """One token per sequence: token_ids (b,) -> logits (b, vocab), new state."""
         self._check_ids(token_ids)
-        h, state = self._step_blocks(token_ids, state)
+        h, state = self.backbone.step(token_ids, state)
         h = self.backbone.norm_f(h.to(self.backbone.norm_f.weight.dtype))
         return self.lm_head(h.to(self.lm_head.weight.dtype)).float(), state
 

@@ -58,6 +58,20 @@ class MambaMixer(nn.Module):
         """The projection of neuron site `site` applied to x, through the site's neuron if it has one."""
         return spiking_linear(getattr(self, NEURON_ATTR[site]), getattr(self, site), x)
 
+    def ssm_A(self) -> torch.Tensor:
+        """A = -exp(A_log) (d_inner, n), float32."""
+        return -torch.exp(self.A_log.float())
+
+    def conv_taps(self) -> torch.Tensor:
+        """The depthwise conv1d's weights as (d_inner, kernel), for the one-token conv of `step`."""
+        return self.conv1d.weight[:, 0, :]
+
+    def init_state(self, batch_size: int) -> LayerState:
+        """The state before the first token: zero conv window and zero SSM state (float32)."""
+        w = self.conv1d.weight
+        return LayerState(conv=w.new_zeros(batch_size, self.d_inner, self.conv_kernel - 1),
+                          ssm=w.new_zeros(batch_size, self.d_inner, self.d_state, dtype=torch.float32))
+
     def _ssm_params(self, xc: torch.Tensor):
         """Delta, B, C from the conv output xc (..., d_inner)."""
         dt, B, C = torch.split(self.x_proj(xc), [self.dt_rank, self.d_state, self.d_state], dim=-1)
@@ -70,7 +84,7 @@ class MambaMixer(nn.Module):
         x, z = xz.chunk(2, dim=-1)                                            # (b, l, d_inner) x2
         xc = F.silu(self.conv1d(x.transpose(1, 2))[..., :length].transpose(1, 2))  # (b, l, d_inner)
         dt, B, C = self._ssm_params(xc)                                       # (b,l,d_inner), (b,l,n) x2
-        A = -torch.exp(self.A_log.float())                                    # (d_inner, n)
+        A = self.ssm_A()                                                      # (d_inner, n)
         y, h_last = selective_scan(xc, dt, A, B, C, self.D, backend=self.scan_backend)
         y = y * F.silu(z)                                                     # (b, l, d_inner)
         out = self.project("out_proj", y)                                     # (b, l, d_model)
@@ -85,12 +99,12 @@ class MambaMixer(nn.Module):
         xz = self.project("in_proj", hidden)                                  # (b, 2 d_inner)
         x, z = xz.chunk(2, dim=-1)                                            # (b, d_inner) x2
         window = torch.cat([state.conv, x.unsqueeze(-1)], dim=-1)             # (b, d_inner, kernel)
-        xc = (window * self.conv1d.weight[:, 0, :]).sum(-1)
+        xc = (window * self.conv_taps()).sum(-1)
         if self.conv1d.bias is not None:
             xc = xc + self.conv1d.bias
         xc = F.silu(xc)                                                       # (b, d_inner)
         dt, B, C = self._ssm_params(xc)
-        A = -torch.exp(self.A_log.float())
+        A = self.ssm_A()
         y, h = selective_state_update(state.ssm, xc, dt, A, B, C, self.D)
         y = y * F.silu(z)
         out = self.project("out_proj", y)                                     # (b, d_model)
