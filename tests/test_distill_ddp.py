@@ -78,3 +78,16 @@ def test_two_processes_fsdp_equal_one_process_and_resume(tmp_path, teacher):
                                              resume=True, **common))
     assert rest.returncode == 0, rest.stderr[-3000:]
     check_same_student(tmp_path / "one", tmp_path / "fsdp")
+
+
+def test_two_processes_read_their_slices_of_token_shards(tmp_path, teacher):
+    from spikingmamba.data.tokenize import tokenize
+    from training_helpers import SAMPLE
+
+    tokenize({"inputs": [str(SAMPLE)], "out": str(tmp_path / "shards"), "tokenizer": str(teacher),
+              "progress": False, "workers": 1, "shard_tokens": 3000})
+    common = dict(max_steps=3, eval_every=0, save_every=0, data=str(tmp_path / "shards"))
+    distill(distill_settings(tmp_path / "one", teacher, batch_size=4, **common))
+    run = torchrun_distill(distill_settings(tmp_path / "two", teacher, batch_size=2, **common))
+    assert run.returncode == 0, run.stderr[-3000:]
+    check_same_student(tmp_path / "one", tmp_path / "two")

@@ -9,7 +9,8 @@ import torch
 from spikingmamba.cli.main import main
 from spikingmamba.errors import ConfigError, UserError
 from spikingmamba.pretrain import pretrain
-from spikingmamba.training.loop import BatchOrder, NonFiniteLossError
+from spikingmamba.data.order import BatchOrder
+from spikingmamba.training.loop import NonFiniteLossError
 from training_helpers import make_teacher, pretrain_settings, train_losses, weights
 
 
@@ -159,7 +160,7 @@ def test_the_seed_changes_the_order_but_not_the_heldout_split(tokenizer):
     from spikingmamba.data import load_tokenizer
     from spikingmamba.pretrain.config import PretrainConfig
     from spikingmamba.training.distributed import DistEnv
-    from spikingmamba.training.loop import BatchOrder
+    from spikingmamba.data.order import BatchOrder
     from spikingmamba.training.setup import load_data
     from training_helpers import SAMPLE
 

@@ -34,7 +34,8 @@ def option(default: Any, help: str, *, gt: float | None = None, ge: float | None
            positional: bool = False, group: str | None = None, metavar: str | None = None) -> Any:
     """A config field with its help text and range checks (applied by `validate`).
 
-    positional: a command-line argument without a flag (optional there; `check` may require it).
+    positional: a command-line argument without a flag (optional there; `check` may require it);
+        a tuple field takes any number of them.
     group: the `--help` section the flag is listed under (e.g. "machine").
     """
     checks = {k: v for k, v in dict(gt=gt, ge=ge, lt=lt, le=le, choices=choices).items() if v is not None}
@@ -193,8 +194,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type[Config], yam
         if not meta.get("positional") and shown not in (None, ""):
             help_text += f" (default: {shown})"
         kwargs: dict[str, Any] = dict(default=argparse.SUPPRESS, help=help_text.replace("%", "%%"))
-        if meta.get("positional"):
-            target.add_argument(f.name, nargs="?", metavar=meta.get("metavar", f.name.upper()), **kwargs)
+        if meta.get("positional"):  # a tuple takes any number of arguments
+            nargs = "*" if typing.get_origin(inner) is tuple else "?"
+            target.add_argument(f.name, nargs=nargs, metavar=meta.get("metavar", f.name.upper()), **kwargs)
             continue
         flag = "--" + f.name.replace("_", "-")
         kwargs["dest"] = f.name

@@ -14,8 +14,8 @@ import sys
 from spikingmamba.errors import UserError
 
 # Verb modules, in the order `--help` lists them.
-VERBS = ("convert", "eval", "energy", "pretrain", "distill", "make_preferences", "rl", "generate", "spikes",
-         "bench_decode", "quickstart")
+VERBS = ("convert", "eval", "energy", "tokenize", "pretrain", "distill", "make_preferences", "rl", "generate",
+         "spikes", "bench_decode", "quickstart")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,6 +20,8 @@ from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from spikingmamba.data.cache import atomic_write, default_cache_dir
+from spikingmamba.data.documents import iter_documents
+from spikingmamba.data.shards import MemmapRows, ShardSet, is_shard_folder
 from spikingmamba.errors import ConfigError, UserError
 
 # Bump when packing changes, so that stale cached packs are not reused.
@@ -27,66 +29,12 @@ _PACK_FORMAT_VERSION = 1
 
 
 def load_texts(path: str | Path) -> list[str]:
-    """Read the documents of a data set, in order.
-
-    - a `.jsonl` file: one JSON object per line, its `text` field is a document;
-    - a folder written by `datasets.Dataset.save_to_disk` (or a `DatasetDict` with a `train` split,
-      or with a single split): its `text` column;
-    - any other file: UTF-8 text, documents separated by blank lines.
-    Empty documents are dropped; no documents at all is an error.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"data path {path} does not exist")
-    if path.is_dir():
-        texts = _load_saved_dataset(path)
-    elif path.suffix == ".jsonl":
-        texts = _load_jsonl(path)
-    else:
-        try:
-            raw = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as err:
-            raise UserError(f"{path} is not UTF-8 text ({err})") from err
-        texts = raw.replace("\r\n", "\n").split("\n\n")
-    docs = [text.strip() for text in texts if text and text.strip()]
+    """Read all the documents of a data set, in order, into a list (see `iter_documents` for the
+    formats). No documents at all is an error."""
+    docs = list(iter_documents(path))
     if not docs:
         raise UserError(f"{path} holds no text: the data set is empty")
     return docs
-
-
-def _load_jsonl(path: Path) -> list[str]:
-    texts = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}, line {line_no}: not valid JSON ({err.msg})") from err
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise UserError(f'{path}, line {line_no}: the record has no string "text" field')
-            texts.append(record["text"])
-    return texts
-
-
-def _load_saved_dataset(path: Path) -> list[str]:
-    import datasets  # slow to import; only this format needs it
-
-    try:
-        data = datasets.load_from_disk(str(path))
-    except FileNotFoundError as err:
-        raise UserError(f"{path} is a folder but not one written by datasets' save_to_disk ({err})") from err
-    if isinstance(data, datasets.DatasetDict):
-        if "train" in data:
-            data = data["train"]
-        elif len(data) == 1:
-            data = next(iter(data.values()))
-        else:
-            raise UserError(f"{path} holds the splits {sorted(data)}: save the one to train on by itself")
-    if "text" not in data.column_names:
-        raise UserError(f'{path} has no "text" column (its columns: {", ".join(data.column_names)})')
-    return list(data["text"])
 
 
 def split_documents(docs: Sequence[str], heldout_fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -133,10 +81,11 @@ class PackedDataset(Dataset):
 
     `target_ids` are already shifted: compare them with the logits at the same positions, and do
     not pass them as `labels` to a transformers model (which shifts again).
+    `rows` is a LongTensor `(n, seq_len + 1)`, or `MemmapRows` reading them from token shards.
     """
 
-    def __init__(self, rows: torch.Tensor) -> None:
-        if rows.dim() != 2 or rows.shape[1] < 2:
+    def __init__(self, rows: torch.Tensor | MemmapRows) -> None:
+        if len(rows.shape) != 2 or rows.shape[1] < 2:
             raise ValueError(f"rows must have shape (n, seq_len + 1), got {tuple(rows.shape)}")
         self.rows = rows
 
@@ -172,6 +121,8 @@ def build_datasets(
 ) -> tuple[PackedDataset, PackedDataset]:
     """Read `path`, split it by document, tokenise and pack both parts: `(train, heldout)`.
 
+    A token shard folder (`spikingmamba tokenize`) is memory-mapped instead (`shard_datasets`).
+
     The packed tensors are cached in `cache_dir` (default `<spikingmamba cache>/packed`) under a key
     made of the data's path, size and modification time, the tokenizer's vocabulary, `seq_len`,
     `heldout_fraction` and `seed`, so a repeated run skips reading and tokenising.
@@ -179,6 +130,8 @@ def build_datasets(
     path = Path(path)
     if not path.exists():
         raise UserError(f"data path {path} does not exist")
+    if is_shard_folder(path):
+        return shard_datasets(path, tokenizer, seq_len)
     eos_id = tokenizer.eos_token_id
     if eos_id is None:
         raise UserError("the tokenizer has no eos token, which packing puts between documents")
@@ -206,6 +159,21 @@ def build_datasets(
     packs = {"train": pack(train_ids, seq_len, eos_id), "heldout": pack(heldout_ids, seq_len, eos_id)}
     atomic_write(cache_file, lambda f: torch.save(packs, f))
     return PackedDataset(packs["train"]), PackedDataset(packs["heldout"])
+
+
+def shard_datasets(folder: str | Path, tokenizer: PreTrainedTokenizerBase,
+                   seq_len: int) -> tuple[PackedDataset, PackedDataset]:
+    """`(train, heldout)` rows memory-mapped from a token shard folder, whose `tokenize` run made the
+    split; `tokenizer` must be the one that wrote the shards."""
+    shards = ShardSet.open(folder)
+    shards.check_tokenizer(tokenizer)
+    train, heldout = (PackedDataset(MemmapRows(shards.stream(split), seq_len)) for split in ("train", "heldout"))
+    if min(len(train), len(heldout)) < 1:
+        counts = {split: shards.index["splits"][split]["tokens"] for split in ("train", "heldout")}
+        raise UserError(f"too few tokens in {folder} ({counts['train']} train, {counts['heldout']} heldout); one "
+                        f"sequence of seq_len={seq_len} needs {seq_len + 1} tokens in each split: add text or "
+                        "lower seq_len")
+    return train, heldout
 
 
 def _cache_key(

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from spikingmamba.data.shards import MemmapRows
 from spikingmamba.distill.config import DistillConfig
 from spikingmamba.assets import resolve_teacher
 from spikingmamba.data.dataset import TokenBatch
@@ -83,7 +84,7 @@ def build_student(teacher: SpikingMambaForCausalLM, cfg: DistillConfig,
     return student.train()
 
 
-def calibration_batch(train_rows: torch.Tensor, n_tokens: int) -> torch.Tensor | None:
+def calibration_batch(train_rows: torch.Tensor | MemmapRows, n_tokens: int) -> torch.Tensor | None:
     """About `n_tokens` input tokens of the train split (whole rows, spread evenly over it so that
     every part of the corpus is represented), (rows, seq_len); None for no calibration."""
     if n_tokens == 0:
@@ -91,7 +92,7 @@ def calibration_batch(train_rows: torch.Tensor, n_tokens: int) -> torch.Tensor |
     seq_len = train_rows.shape[1] - 1
     n_rows = min(len(train_rows), max(1, math.ceil(n_tokens / seq_len)))
     picks = torch.linspace(0, len(train_rows) - 1, n_rows).round().long()
-    return train_rows[picks, :-1]
+    return train_rows[picks][:, :-1]
 
 
 @dataclass

@@ -60,13 +60,17 @@ class PretrainTask:
 
 
 def make_tokenizer(cfg: PretrainConfig):
-    """The given tokenizer, or a BPE trained on the train split's documents (cached by content)."""
+    """The given tokenizer, the one a token shard folder was made with, or a BPE trained on the train
+    split's documents (cached by content)."""
     from spikingmamba.data import load_texts, load_tokenizer, split_documents, train_tokenizer
     from spikingmamba.data.cache import default_cache_dir
+    from spikingmamba.data.shards import TOKENIZER_DIR, is_shard_folder
 
     if cfg.tokenizer is not None:
         return load_tokenizer(cfg.tokenizer)
     path = data_path(cfg)
+    if is_shard_folder(path):
+        return load_tokenizer(path / TOKENIZER_DIR)
     stat = path.stat()
     key = hashlib.sha256(json.dumps([str(path.resolve()), stat.st_size, stat.st_mtime_ns, cfg.vocab_size,
                                      cfg.heldout_fraction, cfg.split_seed]).encode()).hexdigest()[:16]

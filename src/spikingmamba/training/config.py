@@ -101,8 +101,9 @@ class CorpusConfig:
     """The training text of a language-modelling stage (pretrain, distill), split by document."""
 
     data: str = option("default", 'training text: "default" (the offline default corpus), a .txt file '
-                       "(documents separated by blank lines), a .jsonl file with a text field, or a "
-                       "datasets.save_to_disk folder")
+                       "(documents separated by blank lines), a .jsonl file with a text field, a "
+                       "datasets.save_to_disk folder (all read into memory), or a token shard folder from "
+                       "`spikingmamba tokenize` (memory-mapped; its split was made by tokenize)")
     seq_len: int = option(256, "tokens per training sequence", ge=1)
     heldout_fraction: float = option(0.05, "fraction of the documents held out for evaluation", gt=0, lt=1)
     split_seed: int = option(0, "seed of the train / held-out document split: keep the teacher's (0 for the "

@@ -9,10 +9,12 @@ One optimiser step:
     losses averaged over processes; non-finite -> stop (the last checkpoint is left as it was)
     clip the gradient norm; AdamW step; scheduler step
 
-The examples of step s are positions [s*G, (s+1)*G) of an endless stream of per-epoch permutations
-of the training examples (G = batch_size x grad_accum x processes), so the data position is the step, a
-resumed run sees exactly the batches the uninterrupted run would have, and N processes with batch
-b see the same global batch as one process with batch N*b.
+The examples of a step are the next G positions of an endless stream of per-epoch permutations of
+the training examples (G = batch_size x grad_accum x processes; `spikingmamba.data.order`); process
+r reads its own slices of them, positions [p + (m*N + r)*b, p + (m*N + r + 1)*b) for micro-batch m.
+The checkpoint records the stream position p, so a resumed run sees exactly the batches the
+uninterrupted run would have, and N processes with batch b see the same global batch as one process
+with batch N*b.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from spikingmamba.data.order import BatchOrder, ShuffledOrder, row_order
 from spikingmamba.errors import UserError
 from spikingmamba.training.checkpoint import CHECKPOINT_DIR, full_state_dicts, load_checkpoint, save_checkpoint
 from spikingmamba.training.config import TrainConfig
@@ -76,28 +79,6 @@ class Task(Protocol):
     def save_model(self, out: Path, full_state: dict[str, torch.Tensor] | None) -> None:
         """Write the trained model folder (main process only). `full_state` is the gathered state
         dict when FSDP shards `model` (None otherwise: save `model` itself)."""
-
-
-class BatchOrder:
-    """Endless stream of row indices: epoch e is a permutation of the rows seeded by (seed, e)."""
-
-    def __init__(self, n_rows: int, seed: int):
-        self.n_rows, self.seed = n_rows, seed
-        self._cache: dict[int, torch.Tensor] = {}
-
-    def _epoch(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._cache:
-            self._cache = {epoch: torch.randperm(self.n_rows, generator=torch.Generator().manual_seed(
-                self.seed * 1_000_003 + epoch))}
-        return self._cache[epoch]
-
-    def take(self, start: int, count: int) -> torch.Tensor:
-        """Indices at stream positions [start, start + count)."""
-        out = []
-        for pos in range(start, start + count):
-            epoch, i = divmod(pos, self.n_rows)
-            out.append(int(self._epoch(epoch)[i]))
-        return torch.tensor(out, dtype=torch.long)
 
 
 def _param_groups(model: nn.Module, weight_decay: float, lr: float, theta_lr_scale: float) -> list[dict]:
@@ -184,17 +165,17 @@ def evaluate(task: Task, model: nn.Module, heldout: Examples, cfg: TrainConfig, 
     return task.eval_summary(summed)
 
 
-def _accumulate_gradients(task: Task, wrapped: nn.Module, train: Examples, order: BatchOrder, step: int,
-                          cfg: TrainConfig, env: DistEnv, params: list[torch.Tensor]):
+def _accumulate_gradients(task: Task, wrapped: nn.Module, train: Examples, order: BatchOrder | ShuffledOrder,
+                          position: int, step: int, cfg: TrainConfig, env: DistEnv, params: list[torch.Tensor]):
     """Forward + backward over this process's micro-batches of step `step`; clip the gradient.
 
+    `position` is the data stream's position at the start of the step.
     Returns (loss, named parts, gradient norm), the loss and parts averaged over all processes,
     so that every process sees the same values (and stops together on a non-finite one).
     """
-    global_batch = cfg.batch_size * cfg.grad_accum * env.world_size
     sums: dict[str, torch.Tensor] = {}
     for micro in range(cfg.grad_accum):
-        start = step * global_batch + (micro * env.world_size + env.rank) * cfg.batch_size
+        start = position + (micro * env.world_size + env.rank) * cfg.batch_size
         batch = train.batch(order.take(start, cfg.batch_size), env.device)
         with _sync_context(wrapped, cfg.distributed, last_micro=micro == cfg.grad_accum - 1):
             with _autocast(cfg, env.device):
@@ -233,13 +214,15 @@ def fit(task: Task, cfg: TrainConfig, train: Examples, heldout: Examples, env: D
     params = [p for g in optimizer.param_groups for p in g["params"]]
 
     step, tokens_seen, elapsed_before = 0, 0, 0.0
+    position = 0  # of the data stream: rows read so far by all processes together
     if cfg.resume:
         meta = load_checkpoint(out, wrapped, optimizer, scheduler, env, sharded)
         step, tokens_seen, elapsed_before = meta["step"], meta["tokens"], meta["elapsed_s"]
+        position = _resume_position(meta, len(train), step * global_batch)
         if step >= cfg.max_steps and (out / RESULT_FILE).is_file():  # nothing left to do
             return json.loads((out / RESULT_FILE).read_text(encoding="utf-8"))
     log = MetricsLog(out, enabled=env.is_main, resume_step=step if cfg.resume else None)
-    order = BatchOrder(len(train), cfg.seed)
+    order = row_order(train, cfg.seed)
     end_step = cfg.stop_at_step or cfg.max_steps
     tokens_per_step = global_batch * train.seq_len
     first_eval = None
@@ -252,7 +235,8 @@ def fit(task: Task, cfg: TrainConfig, train: Examples, heldout: Examples, env: D
 
     def checkpoint() -> None:
         save_checkpoint(out, wrapped, optimizer, scheduler,
-                        {"step": step, "tokens": tokens_seen, "elapsed_s": elapsed_before + run_time()}, env,
+                        {"step": step, "tokens": tokens_seen, "elapsed_s": elapsed_before + run_time(),
+                         "data": {"position": position, "rows": len(train)}}, env,
                         sharded)
 
     bar = _progress(cfg, env, step, end_step)
@@ -268,8 +252,8 @@ def fit(task: Task, cfg: TrainConfig, train: Examples, heldout: Examples, env: D
             window_start = time.perf_counter()
         while step < end_step:
             extra = task.before_step(step, cfg.max_steps)
-            loss_value, parts, grad_norm = _accumulate_gradients(task, wrapped, train, order, step, cfg, env,
-                                                                 params)
+            loss_value, parts, grad_norm = _accumulate_gradients(task, wrapped, train, order, position, step, cfg,
+                                                                 env, params)
             lr_used = optimizer.param_groups[0]["lr"]
             if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
                 what = "loss" if not math.isfinite(loss_value) else "gradient norm"
@@ -278,6 +262,7 @@ def fit(task: Task, cfg: TrainConfig, train: Examples, heldout: Examples, env: D
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            position += global_batch
             tokens_seen += tokens_per_step
             window_tokens += tokens_per_step
             now = time.perf_counter()
@@ -314,6 +299,15 @@ def fit(task: Task, cfg: TrainConfig, train: Examples, heldout: Examples, env: D
             task.save_model(out, full_state)
             (out / RESULT_FILE).write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result
+
+
+def _resume_position(meta: dict[str, Any], n_rows: int, by_step: int) -> int:
+    """The data position recorded in a checkpoint (checkpoints without one were at `by_step`)."""
+    data = meta.get("data", {"position": by_step, "rows": n_rows})
+    if data["rows"] != n_rows:
+        raise UserError(f"--resume: the checkpoint was written reading {data['rows']} training rows, the data now "
+                        f"gives {n_rows}: resume with the data the run started with")
+    return data["position"]
 
 
 def _non_finite_message(what: str, loss: float, grad_norm: float, step: int, out: Path) -> str:
