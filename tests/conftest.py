@@ -51,6 +51,27 @@ def make_tokenizer(vocab_size=300):
     return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
 
 
+def make_dense_and_student(root):
+    """`root/dense` (a tiny random SpikingMamba without neurons) and `root/student` (its calibrated
+    D = 4 student), each saved with a `make_tokenizer()` tokenizer; returns root."""
+    from pathlib import Path
+
+    import spikingmamba
+    from spikingmamba.utils.io import save_model
+
+    corpus = Path(__file__).parent / "data" / "sample_corpus.txt"
+    tokenizer = make_tokenizer()
+    torch.manual_seed(0)
+    config = spikingmamba.SpikingMambaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                             state_size=8, initializer_range=0.2)
+    dense = spikingmamba.SpikingMambaForCausalLM(config).eval()
+    calib = torch.tensor(tokenizer(corpus.read_text(encoding="utf-8")[:4000])["input_ids"][:256]).view(4, -1)
+    student = spikingmamba.to_spiking(dense, levels=4, calibration_ids=calib).eval()
+    save_model(dense, root / "dense", tokenizer=tokenizer)
+    save_model(student, root / "student", tokenizer=tokenizer)
+    return root
+
+
 def make_hf_mamba(tmp_path, name="hf", **overrides):
     """Save a random transformers MambaForCausalLM (float32) and return (folder, model)."""
     from transformers import MambaConfig, MambaForCausalLM

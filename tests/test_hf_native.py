@@ -17,9 +17,7 @@ from spikingmamba.cli.main import main
 from spikingmamba.errors import InputError
 from spikingmamba.inference import generate as sm_generate
 from spikingmamba.model.card import model_card
-from spikingmamba.utils.io import save_model
-from conftest import make_tokenizer
-from test_inference_cli import CORPUS
+from conftest import make_dense_and_student
 
 PROMPT = "MACBETH. So foul"
 SRC = str(Path(spikingmamba.__file__).parents[1])
@@ -27,17 +25,7 @@ SRC = str(Path(spikingmamba.__file__).parents[1])
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hf_native")
-    tokenizer = make_tokenizer()
-    torch.manual_seed(0)
-    config = spikingmamba.SpikingMambaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
-                                             state_size=8, initializer_range=0.2)
-    dense = spikingmamba.SpikingMambaForCausalLM(config).eval()
-    calib = torch.tensor(tokenizer(CORPUS.read_text(encoding="utf-8")[:4000])["input_ids"][:256]).view(4, -1)
-    student = spikingmamba.to_spiking(dense, levels=4, calibration_ids=calib).eval()
-    save_model(dense, root / "dense", tokenizer=tokenizer)
-    save_model(student, root / "student", tokenizer=tokenizer)
-    return root
+    return make_dense_and_student(tmp_path_factory.mktemp("hf_native"))
 
 
 def _prompt_ids(folder):

@@ -4,33 +4,17 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import torch
 
-import spikingmamba
-from conftest import make_tokenizer
+from conftest import make_dense_and_student
 from spikingmamba.cli.main import main
 from spikingmamba.inference import read_spikes
-from spikingmamba.utils.io import save_model
-
-CORPUS = Path(__file__).parent / "data" / "sample_corpus.txt"
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("inference_cli")
-    tokenizer = make_tokenizer()
-    torch.manual_seed(0)
-    config = spikingmamba.SpikingMambaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
-                                             state_size=8, initializer_range=0.2)
-    dense = spikingmamba.SpikingMambaForCausalLM(config).eval()
-    calib = torch.tensor(tokenizer(CORPUS.read_text(encoding="utf-8")[:4000])["input_ids"][:256]).view(4, -1)
-    student = spikingmamba.to_spiking(dense, levels=4, calibration_ids=calib).eval()
-    save_model(dense, root / "dense", tokenizer=tokenizer)
-    save_model(student, root / "student", tokenizer=tokenizer)
-    return root
+    return make_dense_and_student(tmp_path_factory.mktemp("inference_cli"))
 
 
 def _run(capsys, *argv):
