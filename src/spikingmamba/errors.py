@@ -15,3 +15,7 @@ class InputError(UserError, ValueError):
 
 class ConfigError(UserError, ValueError):
     """A configuration value that is out of range or of the wrong type; names the field."""
+
+
+class FileError(UserError):
+    """A file that cannot be read or written (missing, unreadable, damaged, disk full); names it."""

@@ -8,6 +8,10 @@
 It is written into a temporary sibling folder and moved into place with one `os.replace`
 (`spikingmamba.utils.io.atomic_save_dir`), so a crash while saving leaves the previous checkpoint.
 The data position is the step: the batch of every step is a pure function of (seed, step).
+
+Every file holds only tensors and plain values (dicts, lists, numbers, strings) and is read back with
+`torch.load(weights_only=True)` or as JSON: a checkpoint file cannot make a resumed run execute code.
+A damaged or refused file is a `FileError` naming it.
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from spikingmamba.errors import UserError
+from spikingmamba.errors import FileError, UserError
 from spikingmamba.training.distributed import DistEnv, all_gather_objects, barrier, unwrap
-from spikingmamba.utils.io import atomic_save_dir, recover_dir
+from spikingmamba.utils.io import atomic_save_dir, load_torch, read_json, recover_dir, save_torch
 
 CHECKPOINT_DIR = "checkpoint"
 FORMAT_VERSION = 1
@@ -62,9 +66,9 @@ def save_checkpoint(out: Path, model: nn.Module, optimizer: torch.optim.Optimize
     target = Path(out) / CHECKPOINT_DIR
     if env.is_main:
         def write(tmp: Path) -> None:
-            torch.save(model_state, tmp / "model.pt")
-            torch.save({"optimizer": optim_state, "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-            torch.save(rngs, tmp / "rng.pt")
+            save_torch(model_state, tmp / "model.pt")
+            save_torch({"optimizer": optim_state, "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+            save_torch(rngs, tmp / "rng.pt")
             meta = {"format": FORMAT_VERSION, "world_size": env.world_size, **trainer_state}
             (tmp / "trainer.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
         atomic_save_dir(target, write)
@@ -75,10 +79,22 @@ def save_checkpoint(out: Path, model: nn.Module, optimizer: torch.optim.Optimize
 def read_trainer_state(out: Path) -> dict[str, Any]:
     """trainer.json of the checkpoint in `out`; a clear error if there is none."""
     file = recover_dir(Path(out) / CHECKPOINT_DIR) / "trainer.json"
-    if not file.is_file():
+    if not file.exists():
         raise UserError(f"--resume: {Path(out) / CHECKPOINT_DIR} holds no checkpoint (no trainer.json); "
                         "start without --resume (add --overwrite to replace the folder)")
-    return json.loads(file.read_text(encoding="utf-8"))
+    meta = read_json(file, "checkpoint file")
+    for key, kind in _TRAINER_FIELDS.items():
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            raise FileError(f"checkpoint file {file} is incomplete or damaged: {key!r} is missing or not "
+                            f"a number; it cannot be resumed from")
+    if meta["format"] != FORMAT_VERSION:
+        raise FileError(f"checkpoint file {file} has format {meta['format']}; this version reads format "
+                        f"{FORMAT_VERSION}")
+    return meta
+
+
+# What trainer.json must hold (a resumed run continues from these).
+_TRAINER_FIELDS = {"format": int, "world_size": int, "step": int, "tokens": int, "elapsed_s": (int, float)}
 
 
 def load_checkpoint(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -90,9 +106,30 @@ def load_checkpoint(out: Path, model: nn.Module, optimizer: torch.optim.Optimize
     if meta.get("world_size", 1) != env.world_size:
         raise UserError(f"--resume: the checkpoint was written by {meta.get('world_size')} process(es), "
                         f"this run has {env.world_size}; resume with the same number of processes")
-    model_state = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
-    optim = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False)
-    rngs = torch.load(folder / "rng.pt", weights_only=False)
+    model_state = _load_part(folder / "model.pt", dict)
+    optim = _load_part(folder / "optimizer.pt", dict, ("optimizer", "scheduler"))
+    rngs = _load_part(folder / "rng.pt", list)
+    if len(rngs) != env.world_size or not all(isinstance(r, dict) and "torch" in r and "python" in r
+                                               for r in rngs):
+        raise FileError(f"checkpoint file {folder / 'rng.pt'} is damaged: it does not hold one RNG state per "
+                        "process")
+    try:
+        _restore(model, optimizer, scheduler, model_state, optim, sharded)
+        set_rng_state(rngs[env.rank])
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as err:
+        raise FileError(f"the checkpoint in {folder} does not fit this run's model or optimiser "
+                        f"({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
+    return meta
+
+
+def _load_part(path: Path, kind: type, keys: tuple[str, ...] = ()) -> Any:
+    value = load_torch(path, "checkpoint file")
+    if not isinstance(value, kind) or any(k not in value for k in keys):
+        raise FileError(f"checkpoint file {path} is damaged: it does not hold what spikingmamba writes there")
+    return value
+
+
+def _restore(model, optimizer, scheduler, model_state, optim, sharded: bool) -> None:
     if sharded:
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                              set_optimizer_state_dict)
@@ -104,5 +141,3 @@ def load_checkpoint(out: Path, model: nn.Module, optimizer: torch.optim.Optimize
         unwrap(model).load_state_dict(model_state)
         optimizer.load_state_dict(optim["optimizer"])
     scheduler.load_state_dict(optim["scheduler"])
-    set_rng_state(rngs[env.rank])
-    return meta
