@@ -315,8 +315,8 @@ def _non_finite_message(what: str, loss: float, grad_norm: float, step: int, out
     last = (f"the last good checkpoint (step {json.loads(ckpt.read_text())['step']}) is intact in "
             f"{ckpt.parent}" if ckpt.is_file() else "no checkpoint had been written yet")
     return (f"non-finite {what} at step {step} (loss {loss}, gradient norm {grad_norm}); training stopped "
-            f"before the update, and {last}. Lower lr, raise warmup_steps or set grad_clip, then "
-            "continue with --resume or start over with --overwrite")
+            f"before the update, and {last}. Start over with --overwrite and a lower lr, more "
+            "warmup_steps or a grad_clip (--resume keeps the recipe, which would reach the same step again)")
 
 
 # --- progress display -------------------------------------------------------------------------

@@ -34,12 +34,13 @@ def run_in_processes(cls: type[C], config: C | dict[str, Any] | str | Path,
     """Resolve `config` into a `cls`, join the process group (under torchrun), run `body(cfg, env)`,
     and leave the group whatever happens: the shared shape of every training entry point."""
     from spikingmamba.training.distributed import shutdown
-    from spikingmamba.training.run import setup_process
+    from spikingmamba.training.run import output_locked, setup_process
 
     cfg = resolve_config(cls, config)
     env = setup_process(cfg)
     try:
-        return body(cfg, env)
+        with output_locked(cfg.out, env):
+            return body(cfg, env)
     finally:
         shutdown(env)
 
