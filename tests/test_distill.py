@@ -44,7 +44,7 @@ def test_distill_end_to_end(tmp_path, teacher):
     assert torch.equal(trained["backbone.embeddings.weight"], dense["backbone.embeddings.weight"])  # frozen
     assert not torch.equal(trained["backbone.layers.0.mixer.in_proj.weight"],
                            dense["backbone.layers.0.mixer.in_proj.weight"])
-    assert (out / "tokenizer.json").is_file() and json.loads((out / "result.json").read_text())["levels"] == 2
+    assert (out / "model" / "tokenizer.json").is_file() and json.loads((out / "result.json").read_text())["levels"] == 2
 
 
 def test_no_sgc_and_trainable_embeddings(tmp_path, teacher):

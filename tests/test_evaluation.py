@@ -402,3 +402,21 @@ def test_cli_eval_prints_table_and_rejects_bad_input(student, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "indomain_choice" in out and "acc_norm (h)" in out
     assert (tmp_path / "out" / "student" / "results.json").is_file()
+
+
+def test_cli_eval_out_follows_the_overwrite_rule(student, tmp_path, capsys):
+    from spikingmamba.cli.main import main
+
+    out = tmp_path / "out"
+    args = ["eval", str(student), "--tasks", "indomain_choice", "--limit", "3", "--heldout-text", str(CORPUS),
+            "--indomain-items", "10", "--out", str(out)]
+    assert main(args) == 0
+    (out / "student" / "samples_earlier_task.jsonl").write_text("stale\n")
+    (out / "notes.txt").write_text("mine")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert main(args) == 2
+    assert "already holds files; pass --overwrite" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert main([*args, "--overwrite"]) == 0
+    assert not (out / "student" / "samples_earlier_task.jsonl").exists()      # no stale samples
+    assert (out / "student" / "results.json").is_file() and (out / "notes.txt").read_text() == "mine"

@@ -43,8 +43,10 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str]:
 
 
 def assert_clean_error(code: int, err: str, *words: str) -> None:
+    """Exit code 2, no traceback, one error line (argparse adds its usage lines before it)."""
     assert code == 2, err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    lines = [line for line in err.strip().splitlines() if not line.startswith(("usage:", " "))]
+    assert "Traceback" not in err and len(lines) == 1 and ": error: " in lines[0], err
     for word in words:
         assert word.lower() in err.lower(), (word, err)
 
@@ -218,3 +220,246 @@ def test_the_lock_is_held_for_the_whole_run_and_released_after(run_copy, tokeniz
     pretrain(pretrain_settings(run_copy, tokenizer, resume=True))
     assert free_during and not any(free_during)
     assert _lock_is_free(run_copy)
+
+
+@pytest.mark.parametrize("moment", ["while writing the model", "before the model folder's rename"])
+def test_kill_during_the_final_save(run_copy, tokenizer, tmp_path, monkeypatch, moment):
+    """No half-written model is ever in model/; the resumed run saves it whole and its result.json
+    has the evaluations (not nulls), exactly those of an uninterrupted run."""
+    import json
+
+    from spikingmamba.pretrain import pretrain
+    from spikingmamba.pretrain.trainer import PretrainTask
+    from training_helpers import weights
+
+    with monkeypatch.context() as patch:
+        if moment == "while writing the model":
+            real = PretrainTask.save_model
+
+            def save_half(self, folder, full_state=None):
+                real(self, folder, full_state)
+                (Path(folder) / "model.safetensors").write_bytes(b"half")
+                raise Killed
+
+            patch.setattr(PretrainTask, "save_model", save_half)
+        else:
+            _kill_at_rename(patch, ".model.", "model")
+        with pytest.raises(Killed):
+            pretrain(pretrain_settings(run_copy, tokenizer, resume=True))
+    assert not (run_copy / "model").exists() and not (run_copy / "result.json").exists()
+    resumed = pretrain(pretrain_settings(run_copy, tokenizer, resume=True))
+    clean = pretrain(pretrain_settings(tmp_path / "clean", tokenizer))
+    saved = json.loads((run_copy / "result.json").read_text())
+    assert saved["final_eval"] is not None and saved["final_eval"] == clean["final_eval"] == resumed["final_eval"]
+    a, b = weights(tmp_path / "clean"), weights(run_copy)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not [p.name for p in run_copy.iterdir() if p.name.startswith(".")]
+
+
+def test_a_resumed_distillation_keeps_its_first_evaluation(tmp_path, tokenizer):
+    import json
+
+    from spikingmamba.distill import distill
+    from training_helpers import distill_settings
+
+    out = tmp_path / "d"
+    distill(distill_settings(out, tokenizer, max_steps=4, stop_at_step=2, save_every=0, eval_every=0))
+    distill(distill_settings(out, tokenizer, max_steps=4, resume=True, eval_every=0))
+    clean = distill(distill_settings(tmp_path / "clean", tokenizer, max_steps=4, eval_every=0))
+    saved = json.loads((out / "result.json").read_text())
+    assert saved["first_eval"] is not None and saved["first_eval"] == json.loads(json.dumps(clean["first_eval"]))
+    assert saved["final_eval"] == json.loads(json.dumps(clean["final_eval"]))
+
+
+# --- the battery: one case per fault, each exit code 2 + one named line + nothing changed ---------
+NOT_UTF8 = b"caf\xe9 \xff\xfe not utf-8\n"
+IS_ROOT = hasattr(__import__("os"), "geteuid") and __import__("os").geteuid() == 0
+
+
+def damage(path: Path, how: str) -> Path:
+    """Damage `path` in place the way a user finds it: truncated, empty, garbled, or a folder."""
+    data = path.read_bytes() if path.is_file() else b""
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+    if how == "folder":
+        path.mkdir()
+        (path / "inside.txt").write_text("a folder where a file belongs")
+    else:
+        path.write_bytes({"truncated": data[: len(data) // 2], "empty": b"",
+                          "garbled": bytes((7 * i + 13) % 256 for i in range(max(64, len(data))))}[how])
+    return path
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    return make_teacher(tmp_path_factory.mktemp("teacher") / "t")
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory, teacher) -> Path:
+    import spikingmamba
+    from spikingmamba.utils.io import save_model
+
+    folder = tmp_path_factory.mktemp("student") / "s"
+    save_model(spikingmamba.to_spiking(spikingmamba.from_pretrained(teacher), levels=2), folder, source=str(teacher))
+    return folder
+
+
+def _model_copy(teacher: Path, tmp: Path, weights: str = "safetensors") -> Path:
+    """A copy of the tiny teacher; weights as model.safetensors, pytorch_model.bin, or 1 shard + index."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp / "m"
+    shutil.copytree(teacher, folder)
+    state = load_file(str(folder / "model.safetensors"))
+    if weights == "bin":
+        (folder / "model.safetensors").unlink()
+        torch.save(state, folder / "pytorch_model.bin")
+    elif weights == "sharded":
+        (folder / "model.safetensors").unlink()
+        save_file(state, str(folder / "model-00001-of-00001.safetensors"))
+        (folder / "model.safetensors.index.json").write_text(json.dumps(
+            {"metadata": {}, "weight_map": {k: "model-00001-of-00001.safetensors" for k in state}}))
+    return folder
+
+
+def _generate(folder: Path) -> list:
+    return ["generate", folder, "--prompt", "To be", "--max-new-tokens", "1", "--device", "cpu", "--num-threads", "1"]
+
+
+def model_file_case(file: str, how: str, weights: str = "safetensors", words: tuple = ()):
+    def make(env):
+        folder = _model_copy(env["teacher"], env["tmp"], weights)
+        target = damage(folder / file, how)
+        return _generate(folder), (str(target), *words)
+    return make
+
+
+def shard_index_case(weight_map_file: str, words: tuple):
+    def make(env):
+        import json
+
+        folder = _model_copy(env["teacher"], env["tmp"], "sharded")
+        index = folder / "model.safetensors.index.json"
+        keys = json.loads(index.read_text())["weight_map"]
+        index.write_text(json.dumps({"weight_map": {k: weight_map_file for k in keys}}))
+        (env["tmp"] / "outside.safetensors").write_bytes((folder / "model-00001-of-00001.safetensors").read_bytes())
+        return _generate(folder), (str(index) if "outside" in weight_map_file else weight_map_file, *words)
+    return make
+
+
+def checkpoint_case(file: str, how: str, words: tuple = ()):
+    def make(env):
+        target = env["run"] / "checkpoint" / file
+        if how == "{}":
+            target.write_text("{}")
+        else:
+            damage(target, how)
+        return ["pretrain", "--out", env["run"], "--resume"], (str(target), *words)
+    return make
+
+
+def not_utf8_case(verb: str):
+    def make(env):
+        bad = env["tmp"] / ("bad.jsonl" if verb == "data" else "bad.yaml" if verb == "config" else "bad.txt")
+        bad.write_bytes(NOT_UTF8 if verb != "data" else b'{"text": "' + NOT_UTF8.strip() + b'"}\n')
+        t, s, out = env["teacher"], env["student"], env["tmp"] / "out"
+        argv = {"data": ["pretrain", "--out", out, "--tokenizer", t, "--data", bad, "--no-progress"],
+                "config": ["pretrain", "--config", bad, "--out", out],
+                "calibration": ["convert", t, out, "--calibration-text", bad, "--device", "cpu"],
+                "text-file": ["spikes", s, "--text-file", bad, "--out", env["tmp"] / "s.npz", "--device", "cpu"],
+                "prompts": ["make-preferences", "--student", s, "--teacher", t, "--prompts", bad, "--out",
+                            env["tmp"] / "p.jsonl", "--device", "cpu"]}[verb]
+        return argv, (str(bad), "utf-8")
+    return make
+
+
+def cuda_case(verb: str):
+    def make(env):
+        t, s, out, text = env["teacher"], env["student"], env["tmp"] / "out", env["text"]
+        argv = {"convert": ["convert", t, out], "eval": ["eval", s, "--tasks", "indomain_choice", "--heldout-text", text],
+                "energy": ["energy", s, "--text", text], "pretrain": ["pretrain", "--out", out, "--tokenizer", t],
+                "distill": ["distill", "--out", out, "--teacher", t],
+                "make-preferences": ["make-preferences", "--student", s, "--teacher", t, "--corpus", text, "--out",
+                                     env["tmp"] / "p.jsonl"],
+                "rl": ["rl", "--model", s, "--preferences", env["tmp"] / "p.jsonl", "--out", out],
+                "generate": ["generate", s, "--prompt", "x"], "spikes": ["spikes", s, "--text", "x", "--out",
+                                                                          env["tmp"] / "s.npz"],
+                "bench-decode": ["bench-decode", "--shape", "130m", "--tokens", "1"],
+                "quickstart": ["quickstart", "--out", out]}[verb]
+        return [*argv, "--device", "cuda"], ("cuda",)
+    return make
+
+
+def simple_case(argv_of, words):
+    def make(env):
+        return argv_of(env), words
+    return make
+
+
+FAULTS = {
+    **{f"model.safetensors {how}": model_file_case("model.safetensors", how)
+       for how in ("truncated", "empty", "garbled", "folder")},
+    **{f"pytorch_model.bin {how}": model_file_case("pytorch_model.bin", how, "bin")
+       for how in ("truncated", "empty", "garbled", "folder")},
+    **{f"config.json {how}": model_file_case("config.json", how) for how in ("truncated", "empty", "garbled", "folder")},
+    **{f"tokenizer.json {how}": model_file_case("tokenizer.json", how)
+       for how in ("truncated", "empty", "garbled", "folder")},
+    **{f"shard index {how}": model_file_case("model.safetensors.index.json", how, "sharded")
+       for how in ("truncated", "empty", "garbled", "folder")},
+    "shard index pointing outside the folder": shard_index_case("../outside.safetensors", ("outside",)),
+    "shard index naming a missing shard": shard_index_case("model-00009-of-00009.safetensors", ("does not exist",)),
+    **{f"checkpoint/{name} {how}": checkpoint_case(name, how)
+       for name in ("model.pt", "optimizer.pt", "rng.pt", "trainer.json")
+       for how in ("truncated", "empty", "garbled", "folder")},
+    "checkpoint/trainer.json {}": checkpoint_case("trainer.json", "{}", ("incomplete",)),
+    **{f"non-UTF-8 --{verb}": not_utf8_case(verb) for verb in ("data", "config", "calibration", "text-file", "prompts")},
+    "eval --limit nan": simple_case(lambda e: ["eval", e["student"], "--limit", "nan"], ("limit",)),
+    "eval --device bogus": simple_case(lambda e: ["eval", e["student"], "--device", "bogus"], ("--device", "bogus")),
+    **{f"--device cuda without CUDA: {verb}": cuda_case(verb)
+       for verb in ("convert", "eval", "energy", "pretrain", "distill", "make-preferences", "rl", "generate", "spikes",
+                    "bench-decode", "quickstart")},
+    "pretrain --lr inf": simple_case(lambda e: ["pretrain", "--out", e["tmp"] / "out", "--tokenizer", e["teacher"],
+                                                "--lr", "inf"], ("lr", "inf")),
+    "distill --lr nan": simple_case(lambda e: ["distill", "--out", e["tmp"] / "out", "--teacher", e["teacher"],
+                                               "--lr", "nan"], ("lr", "nan")),
+    "distill wrong-length --hidden-layer-weights": simple_case(
+        lambda e: ["distill", "--out", e["tmp"] / "out", "--teacher", e["teacher"], "--hidden-layer-weights", "1,2",
+                   "--data", e["text"], "--no-progress"], ("hidden_layer_weights", "2 weights")),
+    "convert of a folder that is already a student": simple_case(
+        lambda e: ["convert", e["student"], e["tmp"] / "out", "--device", "cpu"], ("already",)),
+    "spikes --overwrite on a folder": simple_case(
+        lambda e: ["spikes", e["student"], "--text", "x", "--out", e["run"], "--overwrite", "--device", "cpu"],
+        ("folder",)),
+    "resume with an empty recipe": simple_case(
+        lambda e: [(e["run"] / "train_config.yaml").write_text(""), "pretrain", "--out", e["run"], "--resume"][1:],
+        ("train_config.yaml", "incomplete")),
+    "resume from a folder that never ran": simple_case(
+        lambda e: (e["tmp"] / "empty").mkdir() or ["pretrain", "--out", e["tmp"] / "empty", "--resume"],
+        ("no run to resume",)),
+}
+
+
+@pytest.fixture
+def env(tmp_path, teacher, student, stopped_run) -> dict:
+    from training_helpers import SAMPLE
+
+    run = tmp_path / "run"
+    shutil.copytree(stopped_run, run)
+    return {"tmp": tmp_path, "teacher": teacher, "student": student, "run": run, "text": SAMPLE}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_fault_is_one_clear_line_and_changes_nothing(fault, env, capsys):
+    if "without CUDA" in fault and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA, so --device cuda is not a fault here")
+    argv, words = FAULTS[fault](env)
+    before, teacher_before, student_before = snapshot(env["tmp"]), snapshot(env["teacher"]), snapshot(env["student"])
+    code, err = run_cli(argv, capsys)
+    assert_clean_error(code, err, *words)
+    assert snapshot(env["tmp"]) == before
+    assert snapshot(env["teacher"]) == teacher_before and snapshot(env["student"]) == student_before

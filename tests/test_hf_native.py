@@ -222,7 +222,7 @@ def test_distill_writes_the_recipe_and_its_measured_numbers_into_the_card(tmp_pa
 
     out = tmp_path / "student"
     result = distill(distill_settings(out, make_teacher(tmp_path / "teacher"), max_steps=2, eval_every=0))
-    card = (out / "README.md").read_text()
+    card = (out / "model" / "README.md").read_text()
     kl = f"| KL(teacher || student) per token | {result['final_eval']['kl']:.4f} |"
     for text in ("## Recipe", "spikingmamba distill --config", "max_steps: 2", kl, "| levels D |"):
         assert text in card

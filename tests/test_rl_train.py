@@ -133,7 +133,7 @@ def test_dpo_steps_raise_held_out_preference_accuracy_and_margin(models, toy_pai
     assert final["kl"] > 0 and 0 < final["firing_rate"] < 1
     assert result["preferences"]["used"] == 48 and result["train_pairs"] == 36 and result["heldout_pairs"] == 12
     reloaded = spikingmamba.from_pretrained(tmp_path / "rl")
-    assert reloaded.is_spiking and (tmp_path / "rl" / "tokenizer.json").is_file()
+    assert reloaded.is_spiking and (tmp_path / "rl" / "model" / "tokenizer.json").is_file()
     records = [json.loads(line) for line in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
     assert {"loss", "reward_margin", "accuracy", "kl", "logp_accuracy"} <= set(train[-1])

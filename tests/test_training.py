@@ -30,14 +30,14 @@ def test_pretrain_trains_and_saves_a_loadable_model(tmp_path, tokenizer):
     assert not model.is_spiking and model.config.hidden_size == 16
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
     assert saved["step"] == 8 and saved["parameters"] == sum(p.numel() for p in model.parameters())
-    assert (tmp_path / "run" / "tokenizer.json").is_file()
+    assert (tmp_path / "run" / "model" / "tokenizer.json").is_file()
 
 
 def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path, tokenizer):
     pretrain(pretrain_settings(tmp_path / "a", tokenizer))
     stopped = pretrain(pretrain_settings(tmp_path / "b", tokenizer, stop_at_step=4, save_every=0))
     assert stopped["step"] == 4 and not stopped["finished"]
-    assert not (tmp_path / "b" / "model.safetensors").exists()
+    assert not (tmp_path / "b" / "model").exists()
     pretrain(pretrain_settings(tmp_path / "b", tokenizer, resume=True))
     assert train_losses(tmp_path / "b") == train_losses(tmp_path / "a")      # bit for bit
     a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
@@ -57,7 +57,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tokenizer):
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 5.*checkpoint \(step 3\) is intact"):
         pretrain(pretrain_settings(out, tokenizer, save_every=3, debug_nan_at_step=5))
     assert json.loads((out / "checkpoint" / "trainer.json").read_text())["step"] == 3
-    assert not (out / "model.safetensors").exists()
+    assert not (out / "model").exists()
     # the checkpoint is good: resuming (without the injected NaN) finishes like a clean run
     pretrain(pretrain_settings(out, tokenizer, resume=True))
     pretrain(pretrain_settings(tmp_path / "clean", tokenizer))
@@ -72,7 +72,7 @@ def test_out_is_never_overwritten_without_permission(tmp_path, tokenizer):
         pretrain(pretrain_settings(out, tokenizer))
     assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
     pretrain(pretrain_settings(out, tokenizer, overwrite=True, max_steps=2))
-    assert (out / "model.safetensors").is_file()
+    assert (out / "model" / "model.safetensors").is_file()
 
 
 def test_resume_checks(tmp_path, tokenizer):

@@ -55,4 +55,6 @@ def train_losses(out: Path) -> list[tuple[int, float]]:
 def weights(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    return load_file(str(Path(folder) / "model.safetensors"))
+    from spikingmamba.model.loading import model_folder
+
+    return load_file(str(model_folder(folder) / "model.safetensors"))

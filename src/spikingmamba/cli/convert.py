@@ -70,6 +70,8 @@ Examples:
         raise UserError(f"--calibration-text {cfg.calibration_text}: no such file")
     device = cfg.setup()
     teacher = from_pretrained(cfg.teacher, dtype=cfg.torch_dtype).to(device)
+    if teacher.is_spiking:
+        raise UserError(f"{cfg.teacher} is already a spiking student; convert takes a dense Mamba (its teacher)")
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.teacher)
     check_vocab(tokenizer, teacher.config.vocab_size)
     if cfg.calibration_text is not None:

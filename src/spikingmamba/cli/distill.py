@@ -21,8 +21,9 @@ calibrated on training text). It is trained with KL(teacher || student) on the l
 hidden-state matching, optional cross-entropy and an optional firing-rate penalty, with the SGC
 path annealed from sgc_start to 0 by sgc_until of the run. The teacher stays frozen.
 
-Output (--out): the student (config.json, model.safetensors, tokenizer), checkpoint/,
-metrics.jsonl, train_config.yaml, result.json.
+Output (--out): model/ (the student: config.json, model.safetensors, tokenizer, model card),
+checkpoint/ (the training state), metrics.jsonl, train_config.yaml, result.json. Other verbs
+take the --out folder itself for its model/.
 
 Options come from the defaults, then --config YAML, then flags. Examples:
   spikingmamba distill --teacher default --out runs/student

@@ -29,6 +29,8 @@ class EvalConfig(ModelRuntimeConfig):
     indomain_items: int = option(500, "items per indomain task", ge=1)
     tokenizer: str | None = option(None, 'tokenizer folder or "gpt-neox" when MODEL has none')
     seed: int = option(0, "seed of the indomain items and lm-eval", ge=0)
+    overwrite: bool = option(False, "replace the results an earlier eval wrote to --out (a non-empty --out "
+                             "is refused without it)")
 
     def check(self) -> None:
         if not self.model:
@@ -59,6 +61,11 @@ def evaluate_cli(args: argparse.Namespace) -> int:
     from spikingmamba.evaluation import evaluate, format_table
 
     cfg = config_from_args(EvalConfig, args)
+    if cfg.out is not None:
+        from spikingmamba.evaluation.runner import OUTPUTS
+        from spikingmamba.utils.io import prepare_output_dir
+
+        prepare_output_dir(cfg.out, cfg.overwrite, artefacts=OUTPUTS)
     device = cfg.setup()
     tokenizer = None
     if cfg.tokenizer is not None:

@@ -19,8 +19,8 @@ def pretrain_command(args: argparse.Namespace) -> int:
 Without --tokenizer, a byte-level BPE of --vocab-size tokens is trained on the train split first
 (small vocabularies keep a small model's compute in its Mamba blocks, not its LM head).
 
-Output (--out): the model (config.json, model.safetensors, tokenizer), checkpoint/,
-metrics.jsonl, train_config.yaml, result.json.
+Output (--out): model/ (config.json, model.safetensors, tokenizer), checkpoint/ (the training
+state), the tokenizer, metrics.jsonl, train_config.yaml, result.json.
 
 Options come from the defaults, then --config YAML, then flags. Examples:
   spikingmamba pretrain --config configs/pretrain_default_teacher.yaml --out runs/teacher

@@ -30,7 +30,7 @@ distilled student is already hardened); --sgc re-anneals it as in distillation.
 Bad records (missing field, empty text, prompt longer than --seq-len, chosen == rejected) stop the
 run with the record number; --skip-invalid skips them instead and counts them in result.json.
 
-Output (--out): the trained model (config.json, model.safetensors, tokenizer), checkpoint/,
+Output (--out): model/ (the trained model: config.json, model.safetensors, tokenizer), checkpoint/,
 metrics.jsonl (loss, reward_margin, accuracy, logp_accuracy, kl; eval records add firing_rate),
 train_config.yaml, preferences.json, result.json (first_eval = before RL, final_eval = after).
 

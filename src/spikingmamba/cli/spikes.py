@@ -9,6 +9,7 @@ from pathlib import Path
 
 from spikingmamba.config import add_config_parser, config_from_args, option
 from spikingmamba.errors import ConfigError, UserError
+from spikingmamba.utils.io import read_text
 from spikingmamba.runtime import ModelRuntimeConfig
 
 
@@ -57,11 +58,13 @@ def spikes_cli(args: argparse.Namespace) -> int:
     if cfg.text_file is not None:
         if not Path(cfg.text_file).is_file():
             raise UserError(f"--text-file {cfg.text_file}: no such file")
-        text = Path(cfg.text_file).read_text(encoding="utf-8")
+        text = read_text(cfg.text_file, "--text-file")
     else:
         text = cfg.text
     if not text:
         raise UserError("the text is empty: give some text to run")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; spikes writes one .npz file (give a file name)")
     if out.exists() and not cfg.overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it")
     if out.parent and not out.parent.is_dir():

@@ -28,7 +28,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from spikingmamba.data.cache import atomic_write, default_cache_dir
+from spikingmamba.data.cache import default_cache_dir
+from spikingmamba.utils.io import atomic_write
 from spikingmamba.errors import UserError
 
 # Bump when the cleaning below changes, so that a stale cached corpus is rebuilt.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import random
 from collections.abc import Sequence
 from itertools import chain
@@ -19,10 +20,11 @@ import torch
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from spikingmamba.data.cache import atomic_write, default_cache_dir
+from spikingmamba.data.cache import default_cache_dir
 from spikingmamba.data.documents import iter_documents
 from spikingmamba.data.shards import MemmapRows, ShardSet, is_shard_folder
 from spikingmamba.errors import ConfigError, UserError
+from spikingmamba.utils.io import load_torch, save_torch
 
 # Bump when packing changes, so that stale cached packs are not reused.
 _PACK_FORMAT_VERSION = 1
@@ -139,8 +141,11 @@ def build_datasets(
         _cache_key(path, tokenizer, seq_len, heldout_fraction, seed) + ".pt"
     )
     if cache_file.is_file():
-        packs = torch.load(cache_file, weights_only=True)
-        return PackedDataset(packs["train"]), PackedDataset(packs["heldout"])
+        try:
+            packs = load_torch(cache_file, "packed-data cache file")
+            return PackedDataset(packs["train"]), PackedDataset(packs["heldout"])
+        except (UserError, KeyError, TypeError):  # damaged or foreign: it is only a cache, so rebuild it
+            print(f"spikingmamba: the packed-data cache file {cache_file} is damaged; rebuilding it", file=sys.stderr)
 
     train_docs, heldout_docs = split_documents(load_texts(path), heldout_fraction, seed)
     train_ids, heldout_ids = (
@@ -157,7 +162,7 @@ def build_datasets(
             f"tokens in all at heldout_fraction={heldout_fraction}), lower seq_len, or raise heldout_fraction"
         )
     packs = {"train": pack(train_ids, seq_len, eos_id), "heldout": pack(heldout_ids, seq_len, eos_id)}
-    atomic_write(cache_file, lambda f: torch.save(packs, f))
+    save_torch(packs, cache_file)
     return PackedDataset(packs["train"]), PackedDataset(packs["heldout"])
 
 

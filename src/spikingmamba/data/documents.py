@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from spikingmamba.errors import UserError
+from spikingmamba.utils.io import reading
 
 HUB_PREFIX = "hf:"
 _CHUNK_CHARS = 1 << 20   # characters of a text file read at a time
@@ -54,21 +55,18 @@ def _text_documents(path: Path) -> Iterator[str]:
     those of splitting the whole text; a `\\r` at the end of a chunk waits for the next one.
     """
     carry, held = "", ""
-    try:
-        with path.open(encoding="utf-8", newline="") as f:
-            while chunk := f.read(_CHUNK_CHARS):
-                new = held + chunk
-                held = "\r" if new.endswith("\r") else ""
-                pieces = (carry + new[:len(new) - len(held)].replace("\r\n", "\n")).split("\n\n")
-                carry = pieces.pop()
-                yield from pieces
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path} is not UTF-8 text ({err})") from err
+    with reading(path, "data file"), path.open(encoding="utf-8", newline="") as f:  # errors name the file
+        while chunk := f.read(_CHUNK_CHARS):
+            new = held + chunk
+            held = "\r" if new.endswith("\r") else ""
+            pieces = (carry + new[:len(new) - len(held)].replace("\r\n", "\n")).split("\n\n")
+            carry = pieces.pop()
+            yield from pieces
     yield carry + held
 
 
 def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
-    with path.open(encoding="utf-8") as f:
+    with reading(path, "data file"), path.open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue

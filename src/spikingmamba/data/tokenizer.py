@@ -15,7 +15,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from spikingmamba.data.dataset import load_texts
-from spikingmamba.errors import CheckpointError, ConfigError, UserError
+from spikingmamba.errors import CheckpointError, ConfigError, FileError, UserError
+from spikingmamba.utils.io import read_json
 
 EOS_TOKEN = "<|endoftext|>"
 # One token ends documents, begins them, pads batches and stands for the unknown.
@@ -70,14 +71,25 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     if str(path) == "gpt-neox":
         tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(_neox_tokenizer_file()), **_SPECIAL_TOKENS)
     else:
+        from spikingmamba.model.loading import model_folder
+
         folder = Path(path)
+        if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+            folder = model_folder(folder)  # a training run's folder: the tokenizer saved with its model
         if not folder.is_dir():
             raise UserError(f"tokenizer folder {folder} does not exist (or is not a folder); "
                             'pass a tokenizer folder, a model folder with tokenizer files, or "gpt-neox"')
         if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
             raise UserError(f"{folder} holds no tokenizer (no tokenizer.json or tokenizer_config.json); "
                             'train one with train_tokenizer, or pass "gpt-neox"')
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            if (folder / name).exists():  # damaged / unreadable files are named here, not deep in transformers
+                read_json(folder / name, "tokenizer file")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        except Exception as err:  # transformers and tokenizers raise many kinds for a damaged file
+            raise FileError(f"the tokenizer in {folder} cannot be loaded (a damaged tokenizer.json?): "
+                            f"{' '.join(str(err).split())[:200]}") from None
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

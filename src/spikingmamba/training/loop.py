@@ -32,11 +32,13 @@ from torch import nn
 
 from spikingmamba.data.order import BatchOrder, ShuffledOrder, row_order
 from spikingmamba.errors import UserError
+from spikingmamba.model.loading import RUN_MODEL_DIR as MODEL_DIR
 from spikingmamba.training.checkpoint import CHECKPOINT_DIR, full_state_dicts, load_checkpoint, save_checkpoint
 from spikingmamba.training.config import TrainConfig
 from spikingmamba.training.distributed import DistEnv, all_gather_objects, all_reduce_sum, unwrap, wrap_model
-from spikingmamba.training.metrics import MetricsLog
+from spikingmamba.training.metrics import MetricsLog, logged_eval
 from spikingmamba.training.schedule import make_scheduler
+from spikingmamba.utils.io import atomic_save_dir, read_json, write_text_atomic
 
 RESULT_FILE = "result.json"
 
@@ -220,7 +222,7 @@ def fit(task: Task, cfg: TrainConfig, train: Examples, heldout: Examples, env: D
         step, tokens_seen, elapsed_before = meta["step"], meta["tokens"], meta["elapsed_s"]
         position = _resume_position(meta, len(train), step * global_batch)
         if step >= cfg.max_steps and (out / RESULT_FILE).is_file():  # nothing left to do
-            return json.loads((out / RESULT_FILE).read_text(encoding="utf-8"))
+            return read_json(out / RESULT_FILE, "result file")
     log = MetricsLog(out, enabled=env.is_main, resume_step=step if cfg.resume else None)
     order = row_order(train, cfg.seed)
     end_step = cfg.stop_at_step or cfg.max_steps
@@ -244,12 +246,17 @@ def fit(task: Task, cfg: TrainConfig, train: Examples, heldout: Examples, env: D
     run_time = lambda: time.perf_counter() - started  # noqa: E731
     window_start, window_tokens = started, 0
     last_eval = None
+    if cfg.resume:  # the evaluations the first part made (at the start; at the end if it got there)
+        first_eval = logged_eval(out, 0) if task.eval_at_start else None
+        last_eval = logged_eval(out, step) if step >= cfg.max_steps else None
     model.train()
     try:
         if task.eval_at_start and not cfg.resume:
             first_eval = last_eval = run_eval()
             _show_eval(bar, step, first_eval)
             window_start = time.perf_counter()
+        if step >= cfg.max_steps and all_gather_objects(last_eval is None, env)[0]:
+            last_eval = run_eval()  # resumed after the last step, before its evaluation was logged
         while step < end_step:
             extra = task.before_step(step, cfg.max_steps)
             loss_value, parts, grad_norm = _accumulate_gradients(task, wrapped, train, order, position, step, cfg,
@@ -290,14 +297,15 @@ def fit(task: Task, cfg: TrainConfig, train: Examples, heldout: Examples, env: D
               "elapsed_s": round(elapsed_before + run_time(), 2),
               "tokens_per_s": round(tokens_seen / max(elapsed_before + run_time(), 1e-9), 1),
               "first_eval": first_eval, "final_eval": last_eval if step >= cfg.max_steps else None,
-              "checkpoint": str(out / CHECKPOINT_DIR), **(describe or {})}
+              "checkpoint": str(out / CHECKPOINT_DIR), "model": str(out / MODEL_DIR), **(describe or {})}
     if step >= cfg.max_steps:
         full_state = None
         if sharded:
             full_state = full_state_dicts(wrapped, optimizer, sharded)[0]  # collective
         if env.is_main:
-            task.save_model(out, full_state)
-            (out / RESULT_FILE).write_text(json.dumps(result, indent=2), encoding="utf-8")
+            # the model folder appears whole or not at all; result.json (written last) marks the run done
+            atomic_save_dir(out / MODEL_DIR, lambda folder: task.save_model(folder, full_state))
+            write_text_atomic(out / RESULT_FILE, json.dumps(result, indent=2))
     return result
 
 

@@ -11,6 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from spikingmamba.utils.io import read_text, write_text_atomic
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -21,10 +23,9 @@ class MetricsLog:
         self._tb = None
         if not enabled:
             return
-        if resume_step is not None and self.path.is_file():
-            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        if resume_step is not None and self.path.exists():
+            kept = [json.dumps(r) for r in _records(self.path) if r.get("step", 0) <= resume_step]
+            write_text_atomic(self.path, "".join(line + "\n" for line in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter  # needs the optional `tensorboard` package
 
@@ -60,9 +61,30 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _records(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics file; lines that do not parse (e.g. half-written by a killed run, or
+    damaged) are skipped: they are a log, not the state a resume depends on."""
+    records = []
+    for line in read_text(path, "metrics file").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step", 0), int):
+            records.append(record)
+    return records
+
+
 def read_metrics(out: Path, kind: str | None = None) -> list[dict[str, Any]]:
     path = Path(out) / METRICS_FILE
-    if not path.is_file():
+    if not path.exists():
         return []
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [r for r in records if kind is None or r.get("kind") == kind]
+    return [r for r in _records(path) if kind is None or r.get("kind") == kind]
+
+
+def logged_eval(out: Path, step: int) -> dict[str, Any] | None:
+    """The metrics of the (last) evaluation logged at `step`, as `evaluate` returned them; None if none."""
+    found = [r for r in read_metrics(out, "eval") if r.get("step") == step]
+    if not found:
+        return None
+    return {k: v for k, v in found[-1].items() if k not in ("kind", "step", "eval_s")}

@@ -2,7 +2,8 @@
 
 The rules for `--out`:
     new run      the folder must be absent or empty, unless `overwrite` (which clears what a
-                 previous run wrote there: checkpoint/, metrics.jsonl, result.json, tensorboard/)
+                 previous run wrote there: model/, checkpoint/, metrics.jsonl, result.json,
+                 tensorboard/, train_config.yaml, and model files an older version saved beside them)
     `resume`     the folder must hold a checkpoint and the run's `train_config.yaml`; the recipe
                  may not change (only the fields in `RESUMABLE_FIELDS`)
 All checks run before anything is written, so a bad input leaves `--out` as it was.
@@ -20,7 +21,6 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
@@ -34,11 +34,18 @@ from spikingmamba.runtime import configure
 from spikingmamba.training.checkpoint import CHECKPOINT_DIR, read_trainer_state
 from spikingmamba.training.config import TrainConfig
 from spikingmamba.training.distributed import DistEnv, all_gather_objects, barrier, init_distributed
+from spikingmamba.training.loop import MODEL_DIR, RESULT_FILE
 from spikingmamba.training.metrics import METRICS_FILE
-from spikingmamba.utils.io import read_text, read_yaml, recover_dir, remove_leftovers, write_text_atomic
+from spikingmamba.utils.io import (describe_os_error, read_text, read_yaml, recover_dir, remove_leftovers,
+                                  remove_path, write_text_atomic)
 
 CONFIG_FILE = "train_config.yaml"
-_RUN_ARTEFACTS = (CHECKPOINT_DIR, METRICS_FILE, "result.json", "tensorboard", CONFIG_FILE)
+_RUN_ARTEFACTS = (CHECKPOINT_DIR, METRICS_FILE, RESULT_FILE, "tensorboard", CONFIG_FILE, MODEL_DIR)
+# Model files a run (or an older version, which saved the model beside checkpoint/) leaves in --out:
+# --overwrite deletes them too, so that no old model is left beside a new recipe.
+_MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
+                "pytorch_model.bin", "pytorch_model.bin.index.json", "README.md", "tokenizer.json",
+                "tokenizer_config.json", "special_tokens_map.json")
 
 T = TypeVar("T")
 
@@ -101,12 +108,11 @@ def prepare_output(cfg: TrainConfig, env: DistEnv) -> Path:
         for name in _RUN_ARTEFACTS:
             remove_leftovers(out / name)
         if cfg.overwrite:
-            for name in _RUN_ARTEFACTS:
-                target = out / name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
+            try:
+                for path in [*(out / n for n in _RUN_ARTEFACTS + _MODEL_FILES), *out.glob("model-*-of-*.*")]:
+                    remove_path(path)
+            except OSError as err:
+                raise FileError(f"--overwrite: cannot clear {out}: {describe_os_error(err)}") from None
         if not cfg.resume:
             save_recipe(cfg, out)
     barrier(env)
