@@ -463,3 +463,120 @@ def test_fault_is_one_clear_line_and_changes_nothing(fault, env, capsys):
     assert_clean_error(code, err, *words)
     assert snapshot(env["tmp"]) == before
     assert snapshot(env["teacher"]) == teacher_before and snapshot(env["student"]) == student_before
+
+
+# --- disk full, permission denied -------------------------------------------------------------
+def _no_space(*args, **kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("during", ["checkpoint save", "final model save"])
+def test_disk_full_during_a_save_keeps_the_previous_checkpoint(run_copy, tokenizer, capsys, monkeypatch, during):
+    import spikingmamba.utils.io as io
+    from spikingmamba.pretrain.trainer import PretrainTask
+
+    if during == "checkpoint save":
+        real = torch.save
+
+        def save_then_fill(obj, f, *args, **kwargs):   # part of the file is written, then the disk is full
+            f.write(b"partial")
+            _no_space()
+
+        monkeypatch.setattr(torch, "save", save_then_fill)
+        assert real is not torch.save
+    else:
+        def save_then_fill(self, folder, full_state=None):
+            (Path(folder) / "config.json").write_text("{}")
+            _no_space()
+
+        monkeypatch.setattr(PretrainTask, "save_model", save_then_fill)
+    checkpoint_before = snapshot(run_copy / "checkpoint")
+    code, err = run_cli(["pretrain", "--out", run_copy, "--resume", "--no-progress"], capsys)
+    assert_clean_error(code, err, "no space left on device")
+    monkeypatch.undo()
+    if during == "checkpoint save":
+        assert snapshot(run_copy / "checkpoint") == checkpoint_before           # the step-2 checkpoint is intact
+    assert not (run_copy / "model").exists()
+    assert not [p.name for p in run_copy.iterdir() if p.name.startswith(".")]
+    assert io.describe_os_error(OSError(28, "x")) == "no space left on device"
+
+
+def _deny(monkeypatch, target: Path) -> None:
+    """Make reading `target` fail with EACCES. As root, chmod does not deny reads (root bypasses file
+    modes), so there the denial is simulated at Python's open(); otherwise a real chmod 000."""
+    import builtins
+    import errno
+    import io
+    import os
+
+    if not IS_ROOT:
+        target.chmod(0)
+        monkeypatch.setattr(Path, "_restore_mode", None, raising=False)
+        return
+    real_open = builtins.open
+
+    def guarded(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and Path(file).resolve() == target.resolve():
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded)
+    monkeypatch.setattr(io, "open", guarded)
+
+
+@pytest.mark.parametrize("what", ["config.json", "--data", "--config", "checkpoint trainer.json"])
+def test_permission_denied_is_not_no_such_file(env, capsys, monkeypatch, what):
+    folder = _model_copy(env["teacher"], env["tmp"])
+    target = {"config.json": folder / "config.json", "--data": env["tmp"] / "data.txt",
+              "--config": env["tmp"] / "c.yaml", "checkpoint trainer.json": env["run"] / "checkpoint" / "trainer.json"}[what]
+    if what == "--data":
+        target.write_text(env["text"].read_text())
+    if what == "--config":
+        target.write_text("lr: 0.001\n")
+    argv = {"config.json": _generate(folder),
+            "--data": ["pretrain", "--out", env["tmp"] / "o", "--tokenizer", env["teacher"], "--data", target],
+            "--config": ["pretrain", "--config", target, "--out", env["tmp"] / "o"],
+            "checkpoint trainer.json": ["pretrain", "--out", env["run"], "--resume"]}[what]
+    before = snapshot(env["tmp"])
+    _deny(monkeypatch, target)
+    try:
+        code, err = run_cli(argv, capsys)
+    finally:
+        if not IS_ROOT:
+            target.chmod(0o644)
+    assert_clean_error(code, err, str(target), "permission denied")
+    assert "does not exist" not in err and "no such" not in err.lower()
+    monkeypatch.undo()
+    assert snapshot(env["tmp"]) == before
+
+
+# --- damage that is repaired, not refused -----------------------------------------------------
+def test_a_garbled_metrics_line_does_not_stop_a_resume(run_copy, tokenizer, tmp_path):
+    from spikingmamba.pretrain import pretrain
+    from training_helpers import train_losses
+
+    metrics = run_copy / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + '{"kind": "train", "step": 2, "lo\n\x00\x01 garbage\n')
+    pretrain(pretrain_settings(run_copy, tokenizer, resume=True))
+    pretrain(pretrain_settings(tmp_path / "clean", tokenizer))
+    assert train_losses(run_copy) == train_losses(tmp_path / "clean")
+
+
+def test_a_damaged_packed_data_cache_is_rebuilt(tmp_path, tokenizer, capsys):
+    from spikingmamba.data import build_datasets, load_tokenizer
+    from training_helpers import SAMPLE
+
+    tok = load_tokenizer(tokenizer)
+    train, _ = build_datasets(SAMPLE, tok, 16, cache_dir=tmp_path / "cache")
+    (cache_file,) = (tmp_path / "cache").iterdir()
+    for how in ("truncated", "garbled"):
+        damage(cache_file, how)
+        again, _ = build_datasets(SAMPLE, tok, 16, cache_dir=tmp_path / "cache")
+        assert torch.equal(again.rows, train.rows) and "rebuilding" in capsys.readouterr().err
+    marker = tmp_path / "marker"
+    with cache_file.open("wb") as f:
+        torch.save({"train": Payload(marker)}, f)
+    again, _ = build_datasets(SAMPLE, tok, 16, cache_dir=tmp_path / "cache")
+    assert torch.equal(again.rows, train.rows) and not marker.exists()
