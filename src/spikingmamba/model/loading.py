@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig
 
-from spikingmamba.errors import CheckpointError
+from spikingmamba.errors import CheckpointError, FileError
 from spikingmamba.model.config import SpikingMambaConfig
 from spikingmamba.model.lm import SpikingMambaForCausalLM
 from spikingmamba.utils.io import read_json
@@ -141,7 +141,10 @@ def from_pretrained(path: str | os.PathLike, scan_backend: str | None = None,
     config_file = folder / "config.json"
     if not config_file.exists():
         raise CheckpointError(f"{path} is not a Mamba checkpoint folder: it has no config.json")
-    raw = read_json(config_file, "model config")
+    try:
+        raw = read_json(config_file, "model config")
+    except FileError as err:
+        raise CheckpointError(str(err)) from None
     fmt = detect_format(raw)
     try:
         if fmt == "spikingmamba":
