@@ -18,7 +18,7 @@ import argparse
 
 import torch
 
-from common import interleaved_median, print_table
+from common import frozen_teacher, interleaved_median, print_table
 from spikingmamba.runtime import configure
 
 
@@ -37,7 +37,6 @@ def main() -> None:
     configure(args.threads)
 
     import spikingmamba
-    from spikingmamba.assets import resolve_teacher
     from spikingmamba.data.dataset import TokenBatch
     from spikingmamba.distill.config import DistillConfig
     from spikingmamba.distill.trainer import DistillTask, build_student
@@ -45,12 +44,7 @@ def main() -> None:
     from spikingmamba.training.loop import make_optimizer
 
     torch.manual_seed(0)
-    if args.teacher:
-        teacher = spikingmamba.from_pretrained(resolve_teacher(args.teacher))
-    else:
-        teacher = spikingmamba.SpikingMambaForCausalLM(spikingmamba.SpikingMambaConfig(
-            vocab_size=args.vocab, hidden_size=args.d_model, num_hidden_layers=args.layers))
-    teacher.requires_grad_(False).eval()
+    teacher = frozen_teacher(args)
     vocab = teacher.config.vocab_size
     ids = torch.randint(0, vocab, (args.batch, args.length + 1))
     batch = TokenBatch(ids[:, :-1], ids[:, 1:])

@@ -20,7 +20,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from common import interleaved_median, print_table
+from common import frozen_teacher, interleaved_median, print_table
 from spikingmamba.runtime import configure
 
 MATMUL_OPS = ("aten::mm", "aten::addmm")
@@ -46,20 +46,13 @@ def main() -> None:
     args = p.parse_args()
     configure(args.threads)
 
-    import spikingmamba
-    from spikingmamba.assets import resolve_teacher
     from spikingmamba.data.dataset import TokenBatch
     from spikingmamba.distill.config import DistillConfig
     from spikingmamba.distill.trainer import DistillTask, build_student
     from spikingmamba.training.loop import make_optimizer
 
     torch.manual_seed(0)
-    if args.teacher:
-        teacher = spikingmamba.from_pretrained(resolve_teacher(args.teacher))
-    else:
-        teacher = spikingmamba.SpikingMambaForCausalLM(spikingmamba.SpikingMambaConfig(
-            vocab_size=args.vocab, hidden_size=args.d_model, num_hidden_layers=args.layers))
-    teacher.requires_grad_(False).eval()
+    teacher = frozen_teacher(args)
     ids = torch.randint(0, teacher.config.vocab_size, (args.batch, args.length + 1))
     batch = TokenBatch(ids[:, :-1], ids[:, 1:])
     cfg = DistillConfig(out="unused", levels=args.levels)

@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: timing by interleaved repetitions, table printing."""
+"""Helpers shared by the benchmark scripts: timing by interleaved repetitions, table printing,
+the frozen teacher of the distillation benchmarks."""
 
 from __future__ import annotations
 
@@ -28,3 +29,16 @@ def print_table(title: str, rows: list[tuple], headers: tuple[str, ...]) -> None
     print("  ".join("-" * w for w in widths))
     for r in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+
+
+def frozen_teacher(args):
+    """The bundled (or named) teacher with `--teacher`, else a random one of `--vocab/--d-model/--layers`."""
+    import spikingmamba
+    from spikingmamba.assets import resolve_teacher
+
+    if args.teacher:
+        teacher = spikingmamba.from_pretrained(resolve_teacher(args.teacher))
+    else:
+        teacher = spikingmamba.SpikingMambaForCausalLM(spikingmamba.SpikingMambaConfig(
+            vocab_size=args.vocab, hidden_size=args.d_model, num_hidden_layers=args.layers))
+    return teacher.requires_grad_(False).eval()
