@@ -12,9 +12,9 @@ import torch
 import spikingmamba
 from spikingmamba.cli.main import main
 from spikingmamba.energy import (TABLES, LayerSpikes, MambaShape, SiteSpikes, analytic_report, block_ops,
-                                 build_report, head_ops, layer_spikes_from_stats, load_table, measure_report,
-                                 named_shape, solve_mean_spike)
-from spikingmamba.errors import UserError
+                                 build_report, format_report, head_ops, layer_spikes_from_stats, load_table,
+                                 measure_report, named_shape, solve_mean_spike)
+from spikingmamba.errors import ConfigError, UserError
 
 FP32 = TABLES["45nm-fp32"]
 
@@ -77,12 +77,13 @@ def test_spiking_counts_match_hand(tiny_shape):
 
 def test_zero_spikes_leave_only_dense_non_projection_ops(tiny_shape):
     zero = SiteSpikes(0.0, 0.0)
-    report = build_report(tiny_shape, FP32, [LayerSpikes(zero, zero)], levels=3, mode="analytic", model="tiny")
+    report = build_report(tiny_shape, FP32, [LayerSpikes(in_proj=zero, out_proj=zero)], levels=3, mode="analytic",
+                          model="tiny")
     neurons = 3 * 4 + 3 * 8
     assert report.blocks.student_macs == 337 - 64 - 32 and report.blocks.student_acs == neurons
     assert report.blocks.ratio == pytest.approx(337 * 4.6 / (241 * 4.6 + neurons * 0.9))
     # more spikes, lower ratio; a dense "student" (no neurons) has ratio 1
-    busy = build_report(tiny_shape, FP32, [LayerSpikes(SiteSpikes(1, 2), SiteSpikes(1, 2))], levels=3,
+    busy = build_report(tiny_shape, FP32, [LayerSpikes(in_proj=SiteSpikes(1, 2), out_proj=SiteSpikes(1, 2))], levels=3,
                         mode="analytic", model="tiny")
     assert busy.blocks.ratio < report.blocks.ratio
     dense = build_report(tiny_shape, FP32, [None], levels=1, mode="analytic", model="tiny")
@@ -93,7 +94,7 @@ def test_stats_to_layer_spikes():
     stats = {"backbone.layers.1.mixer.out_neuron": {"numel": 80, "firing_rate": 0.1, "mean_abs_spike": 0.2,
                                                      "spike_count": 16.0}}
     layers = layer_spikes_from_stats(stats, 2)
-    assert layers[0] is None and layers[1].in_proj is None and layers[1].out_proj == SiteSpikes(0.1, 0.2)
+    assert layers[0] is None and layers[1] == {"out_proj": SiteSpikes(0.1, 0.2)}
 
 
 def test_measured_accumulates_equal_counted_spikes():
@@ -249,3 +250,32 @@ def test_cli_subprocess_exit_code_without_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "spikingmamba.cli.main", "energy", str(tmp_path / "no-model"),
                              "--text", str(tmp_path / "no.txt")], capture_output=True, text=True)
     assert result.returncode == 2 and "no such file" in result.stderr and "Traceback" not in result.stderr
+
+
+# --- the rule table -------------------------------------------------------------------------------
+def test_energy_docs_are_the_rendered_rule_table():
+    """docs/ENERGY.md is generated from spikingmamba.energy.rules; regenerate it with
+    `python -m spikingmamba.energy > docs/ENERGY.md` after changing a rule."""
+    from pathlib import Path
+
+    from spikingmamba.energy.rules import render_markdown
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "ENERGY.md"
+    assert docs.read_text(encoding="utf-8") == render_markdown()
+
+
+def test_components_follow_the_site_table(tiny_shape):
+    """Each neuron site's neuron is priced just before its projection; the report's per-layer firing
+    is keyed by the sites that have neurons, and an unknown site is refused."""
+    from spikingmamba.energy.counting import BLOCK_COMPONENTS
+    from spikingmamba.neurons.sites import NEURON_ATTR, SITES
+
+    for site in SITES:
+        assert BLOCK_COMPONENTS.index(NEURON_ATTR[site]) == BLOCK_COMPONENTS.index(site) - 1
+    report = build_report(tiny_shape, FP32, [LayerSpikes(out_proj=SiteSpikes(0.25, 0.5))], levels=2,
+                          mode="analytic", model="tiny")
+    assert report.sites == ["out_proj"] and report.layers[0].sites == {"out_proj": SiteSpikes(0.25, 0.5)}
+    assert report.to_dict()["layers"][0]["sites"]["out_proj"] == {"firing_rate": 0.25, "mean_abs_spike": 0.5}
+    assert "out_proj rate" in format_report(report) and "in_proj rate" not in format_report(report)
+    with pytest.raises(ConfigError, match="unknown neuron site"):
+        LayerSpikes(conv1d=SiteSpikes(0.1, 0.1))

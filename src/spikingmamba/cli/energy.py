@@ -11,6 +11,7 @@ from spikingmamba.config import add_config_parser, config_from_args, option
 from spikingmamba.energy.analytic import NAMED_SHAPES, PAPER_RATIO
 from spikingmamba.energy.tables import DEFAULT_TABLE
 from spikingmamba.errors import ConfigError, UserError
+from spikingmamba.neurons.sites import SITES
 from spikingmamba.runtime import ModelRuntimeConfig
 
 _ANALYTIC = "analytic mode (no weights)"
@@ -37,7 +38,7 @@ class EnergyConfig(ModelRuntimeConfig):
     mean_spike: float | None = option(None, "mean |s| per neuron per token (none: the firing rate)", ge=0,
                                       group=_ANALYTIC)
     levels: int | None = option(None, "D, largest spike magnitude / micro-steps (none: 4)", ge=1, group=_ANALYTIC)
-    sites: tuple[str, ...] | None = option(None, "neuron sites, comma-separated (none: in_proj,out_proj)",
+    sites: tuple[str, ...] | None = option(None, f"neuron sites, comma-separated (none: {','.join(SITES)})",
                                            group=_ANALYTIC)
     target_ratio: float = option(PAPER_RATIO, "solve for the mean |s| that gives this ratio (default: the "
                                  "paper's)", gt=0, group=_ANALYTIC)
@@ -71,10 +72,8 @@ def energy(args: argparse.Namespace) -> int:
     assumes that firing profile at every neuron of a named Mamba shape, and solves for the mean |s|
     that gives --target-ratio (the paper's ratio by default).
 
-    Counted per token: dense ops (MAC-equivalents: projections, conv1d, x_proj, dt_proj, scan,
-    norms, gating, residual) at E_MAC; spike accumulates at E_AC, |k| * out_features for a spike of
-    value k into in_proj / out_proj, plus D per neuron for the neurons themselves. Two scopes:
-    blocks only, and with embedding (0 ops) + final norm + LM head (dense in both models).
+    What is counted (dense ops at E_MAC, spike accumulates at E_AC; blocks only, and with
+    embedding + final norm + LM head): docs/ENERGY.md, and the report's "Counted:" lines.
     """
     from spikingmamba.energy import load_table
 
@@ -95,11 +94,10 @@ def _prepare_out(cfg: EnergyConfig) -> Path | None:
 
 def _analytic(cfg: EnergyConfig, table) -> int:
     from spikingmamba.energy import analytic_report, format_report, named_shape, solve_mean_spike, write_outputs
-    from spikingmamba.energy.counting import SPIKING_SITES
 
     shape = named_shape(cfg.shape)
     levels = 4 if cfg.levels is None else cfg.levels
-    sites = SPIKING_SITES if cfg.sites is None else cfg.sites
+    sites = SITES if cfg.sites is None else cfg.sites
     solutions = solve_mean_spike(shape, table, cfg.target_ratio, levels=levels, sites=sites)
     out = _prepare_out(cfg)
     name = f"mamba-{cfg.shape} (analytic)"

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from spikingmamba.energy.counting import SPIKING_SITES, LayerSpikes, MambaShape, SiteSpikes
+from spikingmamba.energy.counting import LayerSpikes, MambaShape, SiteSpikes
 from spikingmamba.energy.report import EnergyReport, build_report
 from spikingmamba.energy.tables import EnergyTable
 from spikingmamba.errors import UserError
+from spikingmamba.neurons.sites import SITES
 
 PAPER_RATIO = 4.76          # SpikingMamba-1.3B vs Mamba-1.4B, the paper's headline energy benefit
 NAMED_SHAPES = {
@@ -54,14 +55,14 @@ def profile_spikes(firing_rate: float | None, mean_abs_spike: float | None, leve
 
 
 def _layer(spikes: SiteSpikes, sites: tuple[str, ...]) -> LayerSpikes:
-    bad = [s for s in sites if s not in SPIKING_SITES]
+    bad = [s for s in sites if s not in SITES]
     if bad or not sites:
-        raise UserError(f"sites must be a non-empty subset of {SPIKING_SITES}, got {list(sites)}")
+        raise UserError(f"sites must be a non-empty subset of {SITES}, got {list(sites)}")
     return LayerSpikes(**{s: spikes for s in sites})
 
 
 def analytic_report(shape: MambaShape, table: EnergyTable, *, levels: int, firing_rate: float | None = None,
-                    mean_abs_spike: float | None = None, sites: tuple[str, ...] = SPIKING_SITES,
+                    mean_abs_spike: float | None = None, sites: tuple[str, ...] = SITES,
                     name: str = "analytic") -> EnergyReport:
     """Teacher vs student energy for `shape` when every neuron fires with the given profile."""
     layer = _layer(profile_spikes(firing_rate, mean_abs_spike, levels), sites)
@@ -90,7 +91,7 @@ class Solution:
 
 
 def solve_mean_spike(shape: MambaShape, table: EnergyTable, target_ratio: float = PAPER_RATIO, *,
-                     levels: int = 4, sites: tuple[str, ...] = SPIKING_SITES) -> dict[str, Solution]:
+                     levels: int = 4, sites: tuple[str, ...] = SITES) -> dict[str, Solution]:
     """Closed-form mean |s| for `target_ratio`, for both scopes ("blocks", "with_head")."""
     if not target_ratio > 0:
         raise UserError(f"target ratio must be > 0, got {target_ratio:g}")

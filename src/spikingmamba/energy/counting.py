@@ -1,48 +1,7 @@
 """Operation counts per token of a Mamba-1 model, dense teacher or spiking student.
 
-Glossary:
-    d   d_model          E   d_inner = expand * d       N   d_state
-    R   dt_rank          K   d_conv (conv1d kernel)     V   vocab_size
-    D   levels: the largest spike magnitude and the number of binary micro-steps
-    s   integer spike of a neuron; mean |s| = spikes per neuron per token
-
-Accounting rules (per token; one Mamba block unless said otherwise). Every op that is not a
-spike-driven accumulate counts as one MAC-equivalent "dense op", in the teacher and the student
-alike; nonlinearities (exp, softplus, SiLU, rsqrt) count as one dense op each, which under-counts
-them a little but keeps the count exact and reproducible.
-
-    norm       RMSNorm over d: d (square-accumulate) + 1 (rsqrt) + 2d (scale, weight)  = 3d + 1
-    in_proj    d * 2E MACs (+ 2E bias adds if the config has projection biases)
-    conv1d     E*K MACs (depthwise, one new output per channel) + E bias + E SiLU
-    x_proj     E * (R + 2N) MACs
-    dt_proj    R * E MACs + E bias + E softplus.
-Every count here comes from the shapes, never from forward hooks (transformers' own Mamba calls
-dt_proj as `weight @ x`, which hooks would not see; our mixer calls it as a module, but counting
-from shapes works for any implementation and needs no forward pass).
-    scan       per (E, N) element: dt*A, exp, (dt*x)*B, h = dA*h + dBx (1 MAC), y += C*h (1 MAC)
-               = 5 ops; per channel: dt*x once and y += D*x (1 MAC) = 2 ops.  Total 5EN + 2E.
-               A = -exp(A_log) is a constant of the weights (computed once, free).
-    gate       y * silu(z): E SiLU + E multiplications = 2E
-    out_proj   E * d MACs (+ d bias adds)
-    residual   d adds
-
-Spiking student: a projection with a neuron on its input takes integer spikes s instead of real
-activations. In the deployed binary form a spike of value k is |k| binary spikes over the D
-micro-steps; each binary spike adds (or, by its sign, subtracts) one weight column, i.e.
-`out_features` accumulates (ACs). The per-channel threshold theta is folded into the weight
-columns and the sign only chooses add or subtract, so both are free. So:
-
-    in_proj ACs  = mean|s_in|  * d * 2E        out_proj ACs = mean|s_out| * E * d
-
-The neurons themselves: an integrate-and-fire neuron updates its membrane and compares it with
-its threshold once per micro-step, which we count as one AC per neuron per micro-step:
-D * d (in_neuron) + D * E (out_neuron) ACs per token, whether or not it fires.
-Bias adds of spiking projections stay dense ops. Everything else is identical in both models.
-
-Outside the blocks ("head" scope):
-    embedding  0 ops: a table lookup (memory traffic only, not counted)
-    norm_f     3d + 1 dense ops
-    lm_head    d * V MACs, dense in both models (no neuron before it)
+What each component counts is the rule table in `spikingmamba.energy.rules` (rendered as
+docs/ENERGY.md); this module evaluates it for a shape and a firing profile.
 """
 
 from __future__ import annotations
@@ -50,12 +9,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from spikingmamba.energy.rules import NEURON_ACS, PROJECTION_ACS, RULES, components, neuron_component
 from spikingmamba.errors import ConfigError
+from spikingmamba.neurons.sites import SITES
 
-BLOCK_COMPONENTS = ("norm", "in_neuron", "in_proj", "conv1d", "x_proj", "dt_proj", "scan", "gate",
-                    "out_neuron", "out_proj", "residual")
-HEAD_COMPONENTS = ("embedding", "norm_f", "lm_head")
-SPIKING_SITES = ("in_proj", "out_proj")
+BLOCK_COMPONENTS = components("block")
+HEAD_COMPONENTS = components("head")
 
 
 @dataclass(frozen=True)
@@ -107,15 +66,15 @@ class SiteSpikes:
             raise ConfigError(f"mean_abs_spike must be >= 0, got {self.mean_abs_spike!r}")
 
 
-@dataclass(frozen=True)
-class LayerSpikes:
-    """The neurons of one block; None where the projection has no neuron (dense MACs)."""
+class LayerSpikes(dict):
+    """The neurons of one block, by site name: `LayerSpikes(in_proj=SiteSpikes(...))`.
+    A site that is not in it has no neuron (dense MACs)."""
 
-    in_proj: SiteSpikes | None = None
-    out_proj: SiteSpikes | None = None
-
-    def site(self, name: str) -> SiteSpikes | None:
-        return getattr(self, name)
+    def __init__(self, **sites: SiteSpikes):
+        unknown = sorted(set(sites) - set(SITES))
+        if unknown:
+            raise ConfigError(f"unknown neuron site(s) {unknown}; the sites are {list(SITES)}")
+        super().__init__(sites)
 
 
 @dataclass(frozen=True)
@@ -135,45 +94,36 @@ class Ops:
         return self.macs * e_mac + self.acs * e_ac
 
 
-def _projection(in_features: int, out_features: int, bias: bool, spikes: SiteSpikes | None) -> Ops:
-    bias_ops = out_features if bias else 0
-    if spikes is None:
-        return Ops(macs=in_features * out_features + bias_ops)
-    return Ops(macs=bias_ops, acs=spikes.mean_abs_spike * in_features * out_features)
+def scope_ops(shape: MambaShape, scope: str, spikes: LayerSpikes | None = None, levels: int = 1) -> dict[str, Ops]:
+    """Per-token ops of the components of `scope` ("block": one Mamba block, "head": outside the
+    blocks), in `components(scope)` order, by the rules of `spikingmamba.energy.rules`. `spikes`
+    None is the dense teacher; a site with a SiteSpikes is spike-driven and its neuron costs
+    `levels` ACs per channel per token."""
+    spikes = spikes or LayerSpikes()
+    out = {}
+    for rule in RULES:
+        if rule.scope != scope:
+            continue
+        site = spikes.get(rule.operation)
+        if rule.operation in SITES:
+            fan_in, fan_out = rule.fan(shape)
+            out[neuron_component(rule.operation)] = Ops(acs=NEURON_ACS(0.0, fan_in, fan_out, levels) if site else 0)
+        if site is None:
+            out[rule.operation] = Ops(macs=rule.dense_ops(shape))
+        else:
+            out[rule.operation] = Ops(macs=rule.extra(shape),
+                                      acs=PROJECTION_ACS(site.mean_abs_spike, *rule.fan(shape), levels))
+    return out
 
 
 def block_ops(shape: MambaShape, spikes: LayerSpikes | None = None, levels: int = 1) -> dict[str, Ops]:
-    """Per-token ops of one Mamba block, by component (BLOCK_COMPONENTS order).
-
-    `spikes` None is the dense teacher; otherwise each site with a SiteSpikes is spike-driven
-    and its neuron costs `levels` ACs per channel per token (see the module docstring).
-    """
-    d, e, n, r, k = shape.d_model, shape.d_inner, shape.d_state, shape.dt_rank, shape.d_conv
-    spikes = spikes or LayerSpikes()
-    s_in, s_out = spikes.in_proj, spikes.out_proj
-    return {
-        "norm": Ops(macs=3 * d + 1),
-        "in_neuron": Ops(acs=levels * d if s_in is not None else 0),
-        "in_proj": _projection(d, 2 * e, shape.proj_bias, s_in),
-        "conv1d": Ops(macs=e * k + (e if shape.conv_bias else 0) + e),
-        "x_proj": Ops(macs=e * (r + 2 * n)),
-        "dt_proj": Ops(macs=r * e + e + e),
-        "scan": Ops(macs=5 * e * n + 2 * e),
-        "gate": Ops(macs=2 * e),
-        "out_neuron": Ops(acs=levels * e if s_out is not None else 0),
-        "out_proj": _projection(e, d, shape.proj_bias, s_out),
-        "residual": Ops(macs=d),
-    }
+    """Per-token ops of one Mamba block, by component (BLOCK_COMPONENTS order)."""
+    return scope_ops(shape, "block", spikes, levels)
 
 
 def head_ops(shape: MambaShape) -> dict[str, Ops]:
     """Per-token ops outside the blocks (HEAD_COMPONENTS order); the same in both models."""
-    d = shape.d_model
-    return {
-        "embedding": Ops(),                      # a lookup: memory only, no arithmetic
-        "norm_f": Ops(macs=3 * d + 1),
-        "lm_head": Ops(macs=d * shape.vocab_size),
-    }
+    return scope_ops(shape, "head")
 
 
 def total(ops: dict[str, Ops]) -> Ops:

@@ -4,8 +4,8 @@ a text table, a JSON file and a PNG figure.
 Two scopes, always both:
     blocks      the n_layer Mamba blocks (norm, neurons, projections, conv1d, scan, gate, residual)
     with_head   the blocks plus embedding lookup (0 ops), final RMSNorm and LM head (dense)
-What each component counts is in `spikingmamba.energy.counting`; `EnergyReport.accounting`
-repeats the rules with this model's numbers so a report file stands on its own.
+What each component counts is the rule table `spikingmamba.energy.rules` (docs/ENERGY.md);
+`EnergyReport.accounting` renders it with this model's numbers so a report file stands on its own.
 """
 
 from __future__ import annotations
@@ -16,27 +16,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from spikingmamba.energy.counting import (BLOCK_COMPONENTS, HEAD_COMPONENTS, LayerSpikes, MambaShape, Ops,
-                                          block_ops, head_ops, total)
+                                          SiteSpikes, block_ops, head_ops, total)
+from spikingmamba.energy.rules import accounting_lines, site_channels
 from spikingmamba.energy.tables import EnergyTable
 from spikingmamba.neurons.sites import SITES
 
 SCOPES = {
-    "blocks": "the Mamba blocks only: RMSNorm, neurons, in_proj, conv1d+SiLU, x_proj, dt_proj+softplus, "
-              "selective scan, gate, out_proj, residual add",
-    "with_head": "the blocks plus embedding lookup (0 ops: memory only), final RMSNorm and LM head "
-                 "(dense MACs in both models)",
+    "blocks": f"the Mamba blocks: {', '.join(BLOCK_COMPONENTS)}",
+    "with_head": f"the blocks plus {', '.join(HEAD_COMPONENTS)}",
 }
 
 
 @dataclass
 class LayerEnergy:
-    """One block, per token. Firing fields are None where the projection has no neuron."""
+    """One block, per token. `sites`: the firing of each neuron site of this block that has a
+    neuron (site name -> firing rate and mean |s|); a site not in it is dense."""
 
     index: int
-    in_firing_rate: float | None
-    in_mean_abs_spike: float | None
-    out_firing_rate: float | None
-    out_mean_abs_spike: float | None
+    sites: dict[str, SiteSpikes]
     teacher_macs: float
     student_macs: float
     student_acs: float
@@ -103,38 +100,6 @@ def _weighted(pairs: list[tuple[float, int]]) -> float | None:
     return sum(v * w for v, w in pairs) / weight if weight else None
 
 
-def accounting_lines(shape: MambaShape, levels: int, sites: list[str]) -> list[str]:
-    """The counting rules with this shape's numbers (per token, per block unless said)."""
-    d, e, n, r, k, v = shape.d_model, shape.d_inner, shape.d_state, shape.dt_rank, shape.d_conv, shape.vocab_size
-    dense = block_ops(shape)
-    lines = [
-        f"per token; d={d} E={e} N={n} R={r} K={k} V={v} layers={shape.n_layer} levels D={levels} "
-        f"neurons on: {', '.join(sites) or 'none'}",
-        "dense op = one MAC-equivalent (multiply-accumulate, add, or nonlinearity); AC = one spike-driven "
-        "accumulate; energy = MACs * E_MAC + ACs * E_AC",
-        f"norm: RMSNorm 3d+1 = {dense['norm'].macs:,.0f} dense ops",
-        f"in_proj: d*2E = {d * 2 * e:,} MACs dense; with a neuron, mean|s_in| * d*2E ACs "
-        "(a spike of value k = |k| binary spikes, each adds one weight column)",
-        f"in_neuron: D*d = {levels * d:,} ACs (one membrane update + threshold compare per micro-step); "
-        "threshold folded into the weights, sign free",
-        f"conv1d: E*K + E bias + E SiLU = {dense['conv1d'].macs:,.0f} dense ops",
-        f"x_proj: E*(R+2N) = {dense['x_proj'].macs:,.0f} MACs",
-        f"dt_proj: R*E + E bias + E softplus = {dense['dt_proj'].macs:,.0f} dense ops (from shapes)",
-        f"scan: 5EN + 2E = {dense['scan'].macs:,.0f} dense ops (per state element dt*A, exp, dt*x*B, "
-        "h=dA*h+dBx, y+=C*h; per channel dt*x, D*x)",
-        f"gate: y*silu(z) 2E = {dense['gate'].macs:,.0f} dense ops",
-        f"out_neuron: D*E = {levels * e:,} ACs; out_proj: E*d = {e * d:,} MACs dense; with a neuron "
-        "mean|s_out| * E*d ACs",
-        f"residual: d = {d:,} adds",
-        f"head scope adds: embedding 0 ops (lookup, memory only), norm_f 3d+1 = {3 * d + 1:,}, "
-        f"lm_head d*V = {d * v:,} MACs (dense in both models)",
-        "not counted: memory traffic, weight loading, the tokenizer, sampling",
-    ]
-    if shape.proj_bias:
-        lines.append("projection biases: out_features adds each, dense in both models")
-    return lines
-
-
 def build_report(shape: MambaShape, table: EnergyTable, layer_spikes: list[LayerSpikes | None], *,
                  levels: int, mode: str, model: str, teacher: str | None = None, tokens: int | None = None,
                  notes: list[str] | None = None, quality: dict | None = None) -> EnergyReport:
@@ -142,7 +107,7 @@ def build_report(shape: MambaShape, table: EnergyTable, layer_spikes: list[Layer
     if len(layer_spikes) != shape.n_layer:
         raise ValueError(f"need spikes for {shape.n_layer} layers, got {len(layer_spikes)}")
     e_mac, e_ac = table.e_mac, table.e_ac
-    sites = [s for s in SITES if any(ls is not None and ls.site(s) is not None for ls in layer_spikes)]
+    sites = [s for s in SITES if any(ls is not None and s in ls for ls in layer_spikes)]
     teacher_block = block_ops(shape)
     layers, comp_teacher, comp_student = [], {c: Ops() for c in BLOCK_COMPONENTS}, {c: Ops() for c in BLOCK_COMPONENTS}
     firing, mean_abs = [], []
@@ -152,19 +117,13 @@ def build_report(shape: MambaShape, table: EnergyTable, layer_spikes: list[Layer
             comp_teacher[c] = comp_teacher[c] + teacher_block[c]
             comp_student[c] = comp_student[c] + student_block[c]
         t, s = total(teacher_block), total(student_block)
-        spikes = spikes or LayerSpikes()
-        channels = {"in_proj": shape.d_model, "out_proj": shape.d_inner}
-        for site in ("in_proj", "out_proj"):
-            if spikes.site(site) is not None:
-                firing.append((spikes.site(site).firing_rate, channels[site]))
-                mean_abs.append((spikes.site(site).mean_abs_spike, channels[site]))
+        present = {site: spikes[site] for site in SITES if spikes is not None and site in spikes}
+        for site, firing_at in present.items():
+            firing.append((firing_at.firing_rate, site_channels(shape, site)))
+            mean_abs.append((firing_at.mean_abs_spike, site_channels(shape, site)))
         t_pj, s_pj = t.energy_pj(e_mac, e_ac), s.energy_pj(e_mac, e_ac)
         layers.append(LayerEnergy(
-            index=index,
-            in_firing_rate=spikes.in_proj.firing_rate if spikes.in_proj else None,
-            in_mean_abs_spike=spikes.in_proj.mean_abs_spike if spikes.in_proj else None,
-            out_firing_rate=spikes.out_proj.firing_rate if spikes.out_proj else None,
-            out_mean_abs_spike=spikes.out_proj.mean_abs_spike if spikes.out_proj else None,
+            index=index, sites=present,
             teacher_macs=t.macs, student_macs=s.macs, student_acs=s.acs,
             teacher_pj=t_pj, student_pj=s_pj, ratio=_ratio(t_pj, s_pj)))
 
@@ -208,8 +167,8 @@ def _energy(pj: float) -> str:
     return f"{pj:.4g} pJ"
 
 
-def _rate(x: float | None) -> str:
-    return "-" if x is None else f"{x:.4f}"
+def _rate(x: float) -> str:
+    return f"{x:.4f}"
 
 
 def _rows(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -232,15 +191,20 @@ def format_report(report: EnergyReport, max_layers: int = 64, show_layers: bool 
         profile += f", firing rate {r.firing_rate:.4f} (fraction non-zero), mean |s| {r.mean_abs_spike:.4f}"
     out += [profile, ""]
 
-    rows = [[str(l.index), _rate(l.in_firing_rate), _rate(l.in_mean_abs_spike), _rate(l.out_firing_rate),
-             _rate(l.out_mean_abs_spike), _count(l.teacher_macs), _count(l.student_macs), _count(l.student_acs),
-             _energy(l.teacher_pj), _energy(l.student_pj), f"{l.ratio:.2f}x"] for l in r.layers]
+    def firing(layer: LayerEnergy, site: str) -> list[str]:
+        at = layer.sites.get(site)
+        return ["-", "-"] if at is None else [_rate(at.firing_rate), _rate(at.mean_abs_spike)]
+
+    header = ["layer", *(f"{site} {what}" for site in r.sites for what in ("rate", "|s|")), "teacher MACs",
+              "student MACs", "student ACs", "teacher E", "student E", "ratio"]
+    rows = [[str(l.index), *(cell for site in r.sites for cell in firing(l, site)), _count(l.teacher_macs),
+             _count(l.student_macs), _count(l.student_acs), _energy(l.teacher_pj), _energy(l.student_pj),
+             f"{l.ratio:.2f}x"] for l in r.layers]
     if len(rows) > max_layers:
-        rows = rows[: max_layers // 2] + [["..."] + [""] * 10] + rows[-max_layers // 2:]
+        rows = rows[: max_layers // 2] + [["..."] + [""] * (len(header) - 1)] + rows[-max_layers // 2:]
     if show_layers:
         out += ["Per layer:"]
-        out += _rows(["layer", "in rate", "in |s|", "out rate", "out |s|", "teacher MACs", "student MACs",
-                      "student ACs", "teacher E", "student E", "ratio"], rows)
+        out += _rows(header, rows)
         out += [""]
     out += ["Per component (blocks summed over layers):"]
     out += _rows(["component", "scope", "teacher MACs", "student MACs", "student ACs", "teacher E", "student E"],
@@ -280,14 +244,13 @@ def write_figure(report: EnergyReport, path: str | Path) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     fig, (ax_rate, ax_energy) = plt.subplots(2, 1, figsize=(min(14.0, max(8.0, 0.12 * len(idx) + 6)), 7), sharex=True)
-    for site, color in (("in", "tab:blue"), ("out", "tab:orange")):
-        rates = [getattr(l, f"{site}_firing_rate") for l in report.layers]
-        means = [getattr(l, f"{site}_mean_abs_spike") for l in report.layers]
-        if any(v is not None for v in rates):
-            ax_rate.plot(idx, [float("nan") if v is None else v for v in rates], "o-", color=color,
-                         label=f"{site}_proj neuron: fraction non-zero")
-            ax_rate.plot(idx, [float("nan") if v is None else v for v in means], "s--", color=color,
-                         label=f"{site}_proj neuron: mean |s|")
+    for number, site in enumerate(report.sites):
+        color = f"C{number}"
+        at = [l.sites.get(site) for l in report.layers]
+        ax_rate.plot(idx, [float("nan") if a is None else a.firing_rate for a in at], "o-", color=color,
+                     label=f"{site} neuron: fraction non-zero")
+        ax_rate.plot(idx, [float("nan") if a is None else a.mean_abs_spike for a in at], "s--", color=color,
+                     label=f"{site} neuron: mean |s|")
     if not ax_rate.lines:
         ax_rate.text(0.5, 0.5, "no spiking neurons", ha="center", va="center", transform=ax_rate.transAxes)
     ax_rate.set_ylabel("per neuron per token")

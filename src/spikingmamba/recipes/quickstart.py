@@ -179,14 +179,13 @@ def write_card(model_dir: Path, name: str, summary: dict[str, Any], energy, eval
 
 def energy_summary(report) -> dict[str, float]:
     return {"firing_rate": report.firing_rate, "mean_abs_spike": report.mean_abs_spike,
-            "layer_firing_rate": [_mean([layer.in_firing_rate, layer.out_firing_rate]) for layer in report.layers],
+            "layer_firing_rate": [_mean([at.firing_rate for at in layer.sites.values()]) for layer in report.layers],
             "ratio_blocks": report.blocks.ratio, "ratio_with_head": report.with_head.ratio,
             **report.quality}
 
 
-def _mean(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present else None
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def _acc(evals: dict, role: str) -> dict[str, float]:
