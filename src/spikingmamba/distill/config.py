@@ -21,6 +21,13 @@ class DistillConfig(SGCSchedule, CorpusConfig, TrainConfig):
                           'state-spaces), a hub id, or "default" (the bundled offline teacher)')
     tokenizer: str | None = option(None, 'tokenizer folder, or "gpt-neox" (default: the one saved with '
                                    "the teacher)")
+    teacher_dtype: str = option("float32", "dtype of the frozen teacher's weights in training: float32, or "
+                                "bfloat16 (half the memory; its outputs are compared in float32; the student "
+                                "is built and calibrated from the float32 teacher first)",
+                                choices=("float32", "bfloat16"))
+    shard_teacher: bool = option(False, "with distributed fsdp: shard the frozen teacher over the processes like "
+                                 "the student (each keeps 1/N of its weights and gathers one block at a time) "
+                                 "instead of a full copy on every process")
 
     # the student
     init_student: str | None = option(None, "start from this spiking student folder instead of converting the "
@@ -63,6 +70,8 @@ class DistillConfig(SGCSchedule, CorpusConfig, TrainConfig):
 
     def check(self) -> None:
         super().check()
+        if self.shard_teacher and self.distributed != "fsdp":
+            raise ConfigError("shard_teacher needs distributed fsdp")
         if not self.teacher:
             raise ConfigError("teacher is required: a Mamba checkpoint folder, a hub id, or \"default\"")
         if self.neuron == "lif" and self.levels != 1:

@@ -27,10 +27,11 @@ from spikingmamba.model.lm import SpikingMambaForCausalLM
 from spikingmamba.neurons.rate import SpikeRateProbe, rate_excess, spike_summary, spike_totals
 from spikingmamba.neurons.sgc import apply_sgc
 from spikingmamba.neurons.sites import iter_sites
-from spikingmamba.training.distributed import DistEnv, unwrap
+from spikingmamba.runtime import resolve_dtype
+from spikingmamba.training.distributed import DistEnv, agree, all_gather_objects, shard_frozen, unwrap
 from spikingmamba.training.loop import fit
 from spikingmamba.training.losses import cross_entropy, masked_mean, target_mask
-from spikingmamba.training.run import agree, check_output, prepare_output
+from spikingmamba.training.run import check_output, prepare_output
 from spikingmamba.training.setup import load_data, run_in_processes, save_trained
 
 
@@ -78,10 +79,43 @@ def build_student(teacher: SpikingMambaForCausalLM, cfg: DistillConfig,
         student = to_spiking(teacher, levels=cfg.levels, neuron=cfg.neuron, sites=cfg.sites,
                              per_channel=cfg.per_channel, surrogate_alpha=cfg.surrogate_alpha,
                              calibration_ids=calibration_ids)
+    return _trainable(student, cfg)
+
+
+def _trainable(student: SpikingMambaForCausalLM, cfg: DistillConfig) -> SpikingMambaForCausalLM:
     student.requires_grad_(True)
     if cfg.freeze_embeddings:
         student.get_input_embeddings().weight.requires_grad_(False)  # tied: the LM head too
     return student.train()
+
+
+def student_on_meta(teacher: SpikingMambaForCausalLM, cfg: DistillConfig, train_rows, env: DistEnv):
+    """Under FSDP: (the student built on the meta device, its full initial state or None).
+
+    Only process 0 builds (and calibrates) the full student, on the CPU as `build_student` does; the
+    others get its config and build the structure without memory. `fit` shards it, allocates each
+    process's shards on its device and fills them from this state (broadcast from process 0), or
+    from the checkpoint on --resume (then the state is None and no calibration runs).
+    """
+    def build_on_main():
+        if not env.is_main:
+            return None
+        return build_student(teacher, cfg, None if cfg.resume else calibration_batch(train_rows,
+                                                                                     cfg.calibration_tokens))
+
+    full = agree(build_on_main, env)
+    config = all_gather_objects(None if full is None else full.config, env)[0]
+    with torch.device("meta"):
+        student = SpikingMambaForCausalLM(config)
+    initial = full.state_dict() if full is not None and not cfg.resume else None
+    return _trainable(student, cfg), initial
+
+
+def prepare_teacher(teacher: SpikingMambaForCausalLM, cfg: DistillConfig, env: DistEnv) -> SpikingMambaForCausalLM:
+    """The frozen teacher as the run uses it: in `teacher_dtype`, on the device, and FSDP-sharded over
+    the processes with `shard_teacher` (a full copy on every process otherwise)."""
+    teacher = teacher.to(device=env.device, dtype=resolve_dtype(cfg.teacher_dtype))
+    return shard_frozen(teacher, env) if cfg.shard_teacher else teacher
 
 
 def calibration_batch(train_rows: torch.Tensor | MemmapRows, n_tokens: int) -> torch.Tensor | None:
@@ -104,6 +138,7 @@ class DistillTask:
     cfg: DistillConfig
     tokenizer: Any = None
     eval_at_start: bool = True
+    initial_state: dict[str, torch.Tensor] | None = None  # of a student on the meta device (process 0)
     probe: SpikeRateProbe | None = field(init=False, default=None)
 
     def __post_init__(self):
@@ -116,10 +151,6 @@ class DistillTask:
     def needs_hidden(self) -> bool:
         return self.cfg.hidden_weight > 0
 
-    def to(self, device: torch.device) -> "DistillTask":
-        self.teacher.to(device)
-        return self
-
     def before_step(self, step: int, total_steps: int) -> dict[str, float]:
         return apply_sgc(self.model, self.cfg, step, total_steps)
 
@@ -127,6 +158,8 @@ class DistillTask:
         cfg, (input_ids, target_ids) = self.cfg, batch
         with torch.no_grad():
             t = self.teacher(input_ids, output_hidden_states=self.needs_hidden)
+            t_logits = t.logits.float()  # a bfloat16 teacher's outputs are compared in float32
+            t_hidden = tuple(h.float() for h in t.hidden_states) if self.needs_hidden else None
         watch = self.probe.watch() if self.probe is not None else contextlib.nullcontext()
         with watch:
             s = model(input_ids, output_hidden_states=self.needs_hidden)
@@ -134,11 +167,11 @@ class DistillTask:
         total = s.logits.new_zeros(())
         parts: dict[str, torch.Tensor] = {}
         with torch.set_grad_enabled(cfg.kl_weight > 0 and torch.is_grad_enabled()):
-            parts["kl"] = kl_divergence(s.logits, t.logits, cfg.temperature, mask)
+            parts["kl"] = kl_divergence(s.logits, t_logits, cfg.temperature, mask)
         if cfg.kl_weight > 0:
             total = total + cfg.kl_weight * parts["kl"]
         if cfg.hidden_weight > 0:
-            parts["hidden"] = hidden_state_loss(s.hidden_states, t.hidden_states, cfg.hidden_layer_weights,
+            parts["hidden"] = hidden_state_loss(s.hidden_states, t_hidden, cfg.hidden_layer_weights,
                                                 cfg.hidden_normalize, mask)
             total = total + cfg.hidden_weight * parts["hidden"]
         if cfg.ce_weight > 0:
@@ -157,7 +190,7 @@ class DistillTask:
         with student.record_spikes():
             s_logits = model(input_ids).logits
             stats = student.firing_stats()
-        t_logits = self.teacher(input_ids).logits
+        t_logits = self.teacher(input_ids).logits.float()
         n = target_ids.numel()
         return {
             "tokens": torch.tensor(float(n), dtype=torch.float64),
@@ -198,17 +231,23 @@ def distill(config: DistillConfig | dict | str | Path) -> dict[str, Any]:
 
 
 def _distill(cfg: DistillConfig, env: DistEnv) -> dict[str, Any]:
-    agree(lambda: check_output(cfg), env)
+    agree(lambda: check_output(cfg, env.world_size), env)
     teacher, tokenizer = agree(lambda: load_teacher(cfg), env)
     n_states = teacher.config.num_hidden_layers + 1
     if cfg.hidden_layer_weights is not None and len(cfg.hidden_layer_weights) != n_states:
         raise ConfigError(f"hidden_layer_weights has {len(cfg.hidden_layer_weights)} weights; the teacher has "
                           f"{n_states} hidden states ({n_states - 1} layers + the final norm)")
     train, heldout = load_data(cfg, tokenizer, env)
-    calibration = None if cfg.resume else calibration_batch(train.rows, cfg.calibration_tokens)
-    student = build_student(teacher, cfg, calibration)
+    initial = None
+    if env.distributed and cfg.distributed == "fsdp":
+        student, initial = student_on_meta(teacher, cfg, train.rows, env)
+    else:
+        student = build_student(teacher, cfg, None if cfg.resume else calibration_batch(train.rows,
+                                                                                         cfg.calibration_tokens))
+    teacher = prepare_teacher(teacher, cfg, env)  # after calibration, which reads the float32 teacher
     out = prepare_output(cfg, env)
-    task = DistillTask(student, teacher, cfg, tokenizer).to(env.device)
+    task = DistillTask(student, teacher, cfg, tokenizer, initial_state=initial)
+    del initial  # fit drops the task's reference once it is broadcast
     describe = {"teacher": resolve_teacher(cfg.teacher), "levels": cfg.levels, "neuron": cfg.neuron,
                 "sgc": cfg.sgc, "train_rows": len(train), "heldout_rows": len(heldout)}
     result = fit(task, cfg, train, heldout, env, out, describe)

@@ -38,6 +38,7 @@ class PretrainTask:
     model: SpikingMambaForCausalLM
     tokenizer: Any
     eval_at_start: bool = False
+    initial_state: None = None  # built in memory, never on the meta device
 
     def before_step(self, step: int, total_steps: int) -> dict[str, float]:
         return {}
@@ -113,7 +114,7 @@ def pretrain(config: PretrainConfig | dict | str | Path) -> dict[str, Any]:
 
 
 def _pretrain(cfg: PretrainConfig, env: DistEnv) -> dict[str, Any]:
-    agree(lambda: check_output(cfg), env)
+    agree(lambda: check_output(cfg, env.world_size), env)
     if cfg.resume and cfg.tokenizer is None:
         from spikingmamba.data import load_tokenizer
 

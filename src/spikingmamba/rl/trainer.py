@@ -119,6 +119,7 @@ class DPOTask:
     cfg: RLConfig
     tokenizer: Any = None
     eval_at_start: bool = True
+    initial_state: None = None  # built in memory, never on the meta device
     probes: tuple | None = field(init=False, default=None)
 
     def __post_init__(self):
@@ -248,7 +249,7 @@ def run_dpo(config: RLConfig | dict | str | Path) -> dict[str, Any]:
 
 
 def _run_dpo(cfg: RLConfig, env: DistEnv) -> dict[str, Any]:
-    agree(lambda: check_output(cfg), env)
+    agree(lambda: check_output(cfg, env.world_size), env)
     policy, reference, tokenizer = agree(lambda: load_policy_and_reference(cfg), env)
     train, heldout, describe = agree(lambda: load_pairs(cfg, tokenizer), env)
     global_batch = cfg.batch_size * cfg.grad_accum * env.world_size

@@ -62,6 +62,10 @@ class TrainConfig(Config):
     bf16: bool = option(True, "bfloat16 autocast on CUDA (never on the CPU, where it is slow)")
     distributed: str = option("ddp", "multi-process strategy under torchrun: ddp, or fsdp to shard the "
                               "model", choices=("ddp", "fsdp"))
+    sharded_checkpoint: bool = option(False, "with distributed fsdp: every process writes and reads only its "
+                                      "shard of the model and optimiser state (torch.distributed.checkpoint); "
+                                      "resumable on another number of processes with the same global batch "
+                                      "(pass the matching --batch-size)")
     num_threads: int = option(0, "CPU threads per process (0: every available core, shared by the "
                              "processes on this machine)", ge=0)
     grad_checkpointing: bool = option(False, "gradient checkpointing per block: keep only each block's input "
@@ -86,6 +90,9 @@ class TrainConfig(Config):
                               f"({self.max_steps})")
         if self.stop_at_step is not None and self.stop_at_step > self.max_steps:
             raise ConfigError(f"stop_at_step ({self.stop_at_step}) must not exceed max_steps ({self.max_steps})")
+        if self.sharded_checkpoint and self.distributed != "fsdp":
+            raise ConfigError("sharded_checkpoint needs distributed fsdp (DDP keeps a full copy of the model on "
+                              "every process: its checkpoint is written whole by process 0)")
         if self.overwrite and self.resume:
             raise ConfigError("overwrite and resume exclude each other: resume continues in --out, "
                               "overwrite starts over")

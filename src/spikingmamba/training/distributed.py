@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from spikingmamba.errors import ConfigError
+from spikingmamba.errors import ConfigError, UserError
 from spikingmamba.runtime import resolve_device
+
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -59,8 +63,8 @@ def wrap_model(model: nn.Module, env: DistEnv, strategy: str) -> nn.Module:
     """DDP: the returned wrapper syncs gradients; FSDP: `model` itself is sharded in place
     (FSDP2 `fully_shard`, one unit per Mamba block plus the root) and returned.
 
-    Only the model being trained is wrapped; a distillation teacher (frozen, forward only) stays a
-    full copy on every process."""
+    Only the model being trained is wrapped here (`shard_frozen` shards a distillation teacher). A
+    model on the meta device is sharded there, then `materialize`d."""
     if not env.distributed:
         return model
     if strategy == "ddp":
@@ -69,13 +73,48 @@ def wrap_model(model: nn.Module, env: DistEnv, strategy: str) -> nn.Module:
         ids = [env.device.index] if env.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
     if strategy == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-
-        for layer in model.backbone.layers:
-            fully_shard(layer)
-        fully_shard(model)
-        return model
+        return _fully_shard(model)
     raise ConfigError(f"distributed must be ddp or fsdp, got {strategy!r}")
+
+
+def is_meta(model: nn.Module) -> bool:
+    """Whether `model` was built on the meta device (shapes only, no memory)."""
+    return any(p.is_meta for p in model.parameters())
+
+
+def materialize(model: nn.Module, env: DistEnv, full_state: dict[str, torch.Tensor] | None) -> None:
+    """Allocate the shards of a meta-device model that `wrap_model` has FSDP-sharded on this process's
+    device (each process only its own), and fill them: from `full_state` (process 0's full state dict,
+    broadcast to the others, which pass None), or, with None everywhere, later from a checkpoint.
+    Collective. Buffers that a state dict does not hold (non-persistent) start at zero."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    unsaved = {name for name, _ in model.named_buffers()} - set(model.state_dict())
+    fill = all_gather_objects(full_state is not None, env)[0]
+    model.to_empty(device=env.device)
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if name in unsaved:
+                buffer.zero_()
+    if fill:
+        set_model_state_dict(model, full_state if env.is_main else {},
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+
+
+def shard_frozen(model: nn.Module, env: DistEnv) -> nn.Module:
+    """FSDP-shard a frozen, forward-only model (a distillation teacher) like the trained one: every
+    process keeps 1/N of its weights and gathers one block at a time during the forward."""
+    return _fully_shard(model) if env.distributed else model
+
+
+def _fully_shard(model: nn.Module) -> nn.Module:
+    """FSDP2 `fully_shard` in place: one unit per Mamba block, plus the root (embedding, norm, head)."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model.backbone.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    return model
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -101,3 +140,20 @@ def all_gather_objects(obj: Any, env: DistEnv) -> list[Any]:
 def barrier(env: DistEnv) -> None:
     if env.distributed:
         dist.barrier()
+
+
+def agree(fn: Callable[[], T], env: DistEnv) -> T:
+    """Run `fn` on every process; if any raises a UserError, all raise it (no process is left
+    waiting in a collective for one that has stopped)."""
+    error, value = None, None
+    try:
+        value = fn()
+    except UserError as err:
+        error = err
+    if env.distributed:
+        messages = [m for m in all_gather_objects(None if error is None else str(error), env) if m]
+        if messages and error is None:
+            raise UserError(messages[0])
+    if error is not None:
+        raise error
+    return value

@@ -35,7 +35,8 @@ from spikingmamba.errors import UserError
 from spikingmamba.model.loading import RUN_MODEL_DIR as MODEL_DIR
 from spikingmamba.training.checkpoint import CHECKPOINT_DIR, full_state_dicts, load_checkpoint, save_checkpoint
 from spikingmamba.training.config import TrainConfig
-from spikingmamba.training.distributed import DistEnv, all_gather_objects, all_reduce_sum, unwrap, wrap_model
+from spikingmamba.training.distributed import (DistEnv, all_gather_objects, all_reduce_sum, is_meta, materialize,
+                                               unwrap, wrap_model)
 from spikingmamba.training.metrics import MetricsLog, logged_eval
 from spikingmamba.training.schedule import make_scheduler
 from spikingmamba.utils.io import atomic_save_dir, read_json, write_text_atomic
@@ -63,8 +64,12 @@ class Examples(Protocol):
 class Task(Protocol):
     """What a kind of training supplies to the loop."""
 
-    model: nn.Module            # the model to optimise (unwrapped)
+    model: nn.Module            # the model to optimise (unwrapped); on the meta device under FSDP, see below
     eval_at_start: bool         # evaluate once before the first step
+    # Under FSDP a task may build `model` on the meta device (no memory): the loop shards it, allocates
+    # each process's shards on its device and fills them from the checkpoint (--resume) or from this
+    # full state dict, given on process 0 only (None on the others), which is broadcast.
+    initial_state: dict[str, torch.Tensor] | None
 
     def before_step(self, step: int, total_steps: int) -> dict[str, float]:
         """Called before optimiser step `step` (0-based); returns values to log (e.g. the SGC weight)."""
@@ -138,15 +143,20 @@ def evaluate(task: Task, model: nn.Module, heldout: Examples, cfg: TrainConfig, 
     """Held-out metrics over the first `eval_rows` examples, sharded over processes, summed exactly."""
     n_rows = len(heldout) if cfg.eval_rows == 0 else min(cfg.eval_rows, len(heldout))
     mine = list(range(env.rank, n_rows, env.world_size))
+    n_batches = math.ceil(len(mine) / cfg.batch_size)
+    if env.distributed and cfg.distributed == "fsdp":  # every forward gathers weights with all processes:
+        n_batches = math.ceil(math.ceil(n_rows / env.world_size) / cfg.batch_size)  # all run as many batches
     was_training = unwrap(model).training
     unwrap(model).eval()
     totals: dict[str, torch.Tensor] = {}
     try:
-        for start in range(0, len(mine), cfg.batch_size):
-            batch = heldout.batch(torch.tensor(mine[start:start + cfg.batch_size], dtype=torch.long), env.device)
+        for start in range(0, n_batches * cfg.batch_size, cfg.batch_size):
+            rows = mine[start:start + cfg.batch_size]
+            # a process out of rows takes part in the gathers with row 0, whose totals it drops
+            batch = heldout.batch(torch.tensor(rows or [0], dtype=torch.long), env.device)
             with _autocast(cfg, env.device):
                 part = task.eval_totals(model, batch)
-            for key, value in part.items():
+            for key, value in part.items() if rows else ():
                 totals[key] = totals.get(key, 0) + value.detach().double().cpu()
     finally:
         unwrap(model).train(was_training)
@@ -200,7 +210,11 @@ def fit(task: Task, cfg: TrainConfig, train: Examples, heldout: Examples, env: D
     """Train `task.model` for `cfg.max_steps` steps (or up to `cfg.stop_at_step`); return the result
     (with `describe` merged in), written to `<out>/result.json` when the run is complete."""
     out = Path(out)
-    model = task.model.to(env.device)
+    sharded = env.distributed and cfg.distributed == "fsdp"
+    on_meta = is_meta(task.model)
+    if on_meta and not sharded:
+        raise UserError("a model built on the meta device is trained only with distributed fsdp under torchrun")
+    model = task.model if on_meta else task.model.to(env.device)
     if cfg.grad_checkpointing:
         enable_grad_checkpointing(model)
     global_batch = cfg.batch_size * cfg.grad_accum * env.world_size
@@ -209,7 +223,9 @@ def fit(task: Task, cfg: TrainConfig, train: Examples, heldout: Examples, env: D
                         f"step's global batch ({cfg.batch_size} x {cfg.grad_accum} accumulation x "
                         f"{env.world_size} process(es) = {global_batch}): add text, or lower seq_len/batch_size")
     wrapped = wrap_model(model, env, cfg.distributed)
-    sharded = env.distributed and cfg.distributed == "fsdp"
+    if on_meta:  # this process's shards only; filled from the checkpoint, or from process 0's initial state
+        materialize(model, env, None if cfg.resume else task.initial_state)
+        task.initial_state = None  # process 0's full copy is no longer needed
     trained = wrapped if sharded else model
     optimizer = make_optimizer(trained, cfg)
     scheduler = make_scheduler(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
@@ -218,7 +234,7 @@ def fit(task: Task, cfg: TrainConfig, train: Examples, heldout: Examples, env: D
     step, tokens_seen, elapsed_before = 0, 0, 0.0
     position = 0  # of the data stream: rows read so far by all processes together
     if cfg.resume:
-        meta = load_checkpoint(out, wrapped, optimizer, scheduler, env, sharded)
+        meta = load_checkpoint(out, wrapped, optimizer, scheduler, env, sharded, cfg.sharded_checkpoint)
         step, tokens_seen, elapsed_before = meta["step"], meta["tokens"], meta["elapsed_s"]
         position = _resume_position(meta, len(train), step * global_batch)
         if step >= cfg.max_steps and (out / RESULT_FILE).is_file():  # nothing left to do
@@ -238,8 +254,8 @@ def fit(task: Task, cfg: TrainConfig, train: Examples, heldout: Examples, env: D
     def checkpoint() -> None:
         save_checkpoint(out, wrapped, optimizer, scheduler,
                         {"step": step, "tokens": tokens_seen, "elapsed_s": elapsed_before + run_time(),
-                         "data": {"position": position, "rows": len(train)}}, env,
-                        sharded)
+                         "data": {"position": position, "rows": len(train)}, "global_batch": global_batch},
+                        env, sharded, cfg.sharded_checkpoint)
 
     bar = _progress(cfg, env, step, end_step)
     started = time.perf_counter()

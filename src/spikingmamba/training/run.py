@@ -21,10 +21,8 @@ import contextlib
 import fcntl
 import hashlib
 import os
-from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
-from typing import TypeVar
 
 import torch
 import yaml
@@ -33,7 +31,7 @@ from spikingmamba.errors import ConfigError, FileError, UserError
 from spikingmamba.runtime import configure
 from spikingmamba.training.checkpoint import CHECKPOINT_DIR, read_trainer_state
 from spikingmamba.training.config import TrainConfig
-from spikingmamba.training.distributed import DistEnv, all_gather_objects, barrier, init_distributed
+from spikingmamba.training.distributed import DistEnv, agree, barrier, init_distributed
 from spikingmamba.training.loop import MODEL_DIR, RESULT_FILE
 from spikingmamba.training.metrics import METRICS_FILE
 from spikingmamba.utils.io import (describe_os_error, read_text, read_yaml, recover_dir, remove_leftovers,
@@ -47,9 +45,6 @@ _MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "m
                 "pytorch_model.bin", "pytorch_model.bin.index.json", "README.md", "tokenizer.json",
                 "tokenizer_config.json", "special_tokens_map.json")
 
-T = TypeVar("T")
-
-
 def setup_process(cfg: TrainConfig) -> DistEnv:
     """Threads and denormal flushing (`spikingmamba.runtime.configure`), the process group under
     torchrun, and the seed."""
@@ -59,25 +54,14 @@ def setup_process(cfg: TrainConfig) -> DistEnv:
     return env
 
 
-def agree(fn: Callable[[], T], env: DistEnv) -> T:
-    """Run `fn` on every process; if any raises a UserError, all raise it (no process is left
-    waiting in a collective for one that has stopped)."""
-    error, value = None, None
-    try:
-        value = fn()
-    except UserError as err:
-        error = err
-    if env.distributed:
-        messages = [m for m in all_gather_objects(None if error is None else str(error), env) if m]
-        if messages and error is None:
-            raise UserError(messages[0])
-    if error is not None:
-        raise error
-    return value
+# May differ when a sharded checkpoint resumes on another number of processes (the global batch stays).
+BATCH_SPLIT_FIELDS = ("batch_size", "grad_accum")
 
 
-def check_output(cfg: TrainConfig) -> TrainConfig | None:
-    """Refuse an `--out` that this run may not write to; on resume, return the saved config."""
+def check_output(cfg: TrainConfig, world_size: int = 1) -> TrainConfig | None:
+    """Refuse an `--out` that this run may not write to; on resume, return the saved config.
+    `world_size`: this run's number of processes (a sharded checkpoint may be resumed on another
+    number, with batch_size / grad_accum split anew so that the global batch stays the same)."""
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
@@ -85,9 +69,21 @@ def check_output(cfg: TrainConfig) -> TrainConfig | None:
         recover_dir(out / CHECKPOINT_DIR)  # a crash between the renames of a save left it in .checkpoint.old
         if not (out / CHECKPOINT_DIR).is_dir():
             raise UserError(f"--resume: {out} holds no checkpoint/ to resume from; start without --resume")
-        read_trainer_state(out)
+        meta = read_trainer_state(out)
         saved = type(cfg).from_dict(read_recipe(type(cfg), out), source=str(out / CONFIG_FILE))
         changed = cfg.differences(saved)
+        if meta.get("sharded") and cfg.sharded_checkpoint:
+            global_batch = meta.get("global_batch")
+            if cfg.batch_size * cfg.grad_accum * world_size != global_batch:
+                per_process = global_batch // (cfg.grad_accum * world_size)
+                fits = per_process * cfg.grad_accum * world_size == global_batch
+                raise ConfigError(
+                    f"--resume: the checkpoint in {out} was written with a global batch of {global_batch} "
+                    f"(batch_size x grad_accum x processes), this run's is {cfg.batch_size} x {cfg.grad_accum} x "
+                    f"{world_size} = {cfg.batch_size * cfg.grad_accum * world_size}; " + (
+                        f"pass --batch-size {per_process}" if fits else
+                        f"choose a number of processes and --batch-size / --grad-accum that give {global_batch}"))
+            changed = {k: v for k, v in changed.items() if k not in BATCH_SPLIT_FIELDS}
         if changed:
             listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
             raise ConfigError(f"--resume may not change the recipe of the run in {out} ({listed}); "

@@ -244,28 +244,48 @@ def atomic_save_dir(target: str | Path, write: Callable[[Path], object]) -> Path
     .target.old, which `recover_dir` (called here and by readers) puts back.
     """
     target = recover_dir(target)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=_temporary_name(target), suffix=".tmp", dir=target.parent))
-    except OSError as err:
-        raise _write_failed(target, err) from None
+    tmp = temporary_dir(target)
     try:
         write(tmp)
-        os.chmod(tmp, 0o777 & ~_UMASK)
-        if target.exists():
-            old = _previous(target)
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        replace_dir(tmp, target)
     except BaseException as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, Exception) and not isinstance(err, UserError) and _is_os_failure(err):
-            raise _write_failed(target, err) from None
-        raise
+        raise discard_temporary(tmp, target, err) from None
     return target
+
+
+def temporary_dir(target: str | Path) -> Path:
+    """A new private temporary sibling folder of `target`, to be `replace_dir`-ed into place (or
+    `discard_temporary`-ed); what `atomic_save_dir` does in steps, for writers that fill it together
+    (every process of a sharded checkpoint writes its part)."""
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=_temporary_name(target), suffix=".tmp", dir=target.parent))
+    except OSError as err:
+        raise _write_failed(target, err) from None
+
+
+def replace_dir(tmp: Path, target: str | Path) -> None:
+    """Swap the finished temporary folder `tmp` in for `target` (two renames; see `atomic_save_dir`)."""
+    target = Path(target)
+    os.chmod(tmp, 0o777 & ~_UMASK)
+    if target.exists():
+        old = _previous(target)
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+
+
+def discard_temporary(tmp: Path, target: str | Path, err: BaseException) -> BaseException:
+    """Delete the temporary folder of a failed save of `target`; the error to raise (a write failure
+    of the OS becomes a `FileError` naming `target`)."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    if isinstance(err, Exception) and not isinstance(err, UserError) and _is_os_failure(err):
+        return _write_failed(Path(target), err)
+    return err
 
 
 # --- output folders -----------------------------------------------------------------------------
