@@ -52,8 +52,9 @@ def make_tokenizer(vocab_size=300):
 
 
 def make_dense_and_student(root):
-    """`root/dense` (a tiny random SpikingMamba without neurons) and `root/student` (its calibrated
-    D = 4 student), each saved with a `make_tokenizer()` tokenizer; returns root."""
+    """`root/dense` (a tiny random SpikingMamba without neurons), `root/student` (its calibrated
+    D = 4 student, the paper's sites) and `root/student_all` (the same with a neuron at every site),
+    each saved with a `make_tokenizer()` tokenizer; returns root."""
     from pathlib import Path
 
     import spikingmamba
@@ -69,6 +70,8 @@ def make_dense_and_student(root):
     student = spikingmamba.to_spiking(dense, levels=4, calibration_ids=calib).eval()
     save_model(dense, root / "dense", tokenizer=tokenizer)
     save_model(student, root / "student", tokenizer=tokenizer)
+    every = spikingmamba.to_spiking(dense, levels=4, sites="all", calibration_ids=calib).eval()
+    save_model(every, root / "student_all", tokenizer=tokenizer)
     return root
 
 

@@ -168,6 +168,20 @@ def test_convert_calibrates_on_the_given_text(teacher, tmp_path, capsys):
     assert load_tokenizer(tmp_path / "s").get_vocab() == tokenizer.get_vocab()          # saved with it
 
 
+@pytest.mark.parametrize("sites, expected", [("all", ["in_proj", "x_proj", "dt_proj", "out_proj", "lm_head"]),
+                                             ("lm_head,x_proj", ["x_proj", "lm_head"])])
+def test_convert_sites(teacher, tmp_path, capsys, sites, expected):
+    code, out, _ = run(capsys, "convert", teacher, tmp_path / "s", "--sites", sites, "--calibration-text", CORPUS,
+                       "--calibration-tokens", 256)
+    assert code == 0 and json.loads(out)["sites"] == expected
+    student = spikingmamba.from_pretrained(tmp_path / "s")
+    assert list(student.spiking_config.sites) == expected
+    ids = calibration_ids(load_texts(CORPUS), load_tokenizer(teacher), 256)
+    twin = spikingmamba.to_spiking(spikingmamba.from_pretrained(teacher), sites=expected, calibration_ids=ids)
+    assert [n for n, _ in student.neurons()] == [n for n, _ in twin.neurons()]
+    assert torch.allclose(thresholds(student), thresholds(twin)) and not torch.all(thresholds(student) == 1)
+
+
 def test_convert_without_text_calibrates_on_the_default_corpus_and_says_so(teacher, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(spikingmamba.data, "fetch_default_corpus", lambda: CORPUS)     # the offline default
     code, _, err = run(capsys, "convert", teacher, tmp_path / "s", "--calibration-tokens", 256)
@@ -227,7 +241,8 @@ def test_convert_leaves_nothing_behind_when_it_fails(teacher, tmp_path, capsys, 
 
 @pytest.mark.parametrize("args, message", [
     (["--levels", "0"], "levels must be >= 1"),
-    (["--sites", "x_proj"], "spiking.sites"),
+    (["--sites", "conv1d"], "sites must be 'all' or a non-empty subset"),
+    (["--sites", "all,in_proj"], "sites must be 'all' or a non-empty subset"),
     (["--neuron", "lif"], "levels must be 1"),
 ])
 def test_convert_bad_options_exit_2_before_any_work(teacher, tmp_path, capsys, args, message):

@@ -69,6 +69,33 @@ def test_rate_penalty_lowers_the_firing_rate(tmp_path, teacher):
     assert "rate" in read_metrics(tmp_path / "pushed", "train")[-1]
 
 
+def test_distill_trains_every_site(tmp_path, teacher):
+    """--sites all: calibrated, trained (every threshold moves), penalised by accumulates per site,
+    reported per site, saved with its sites and loaded back."""
+    from spikingmamba.neurons.sites import SITES
+
+    out = tmp_path / "all"
+    common = dict(max_steps=4, eval_every=0, lr=1e-2, sgc=False)
+    result = distill(distill_settings(out, teacher, sites="all", rate_weight=1.0, rate_cost="accumulates", **common))
+    per_layer = result["final_eval"]["per_layer"]
+    assert set(per_layer) == {"0", "1", "head"}
+    assert list(per_layer["0"]) == ["in_proj", "x_proj", "dt_proj", "out_proj"] and list(per_layer["head"]) == ["lm_head"]
+    assert all(0 < v["firing_rate"] <= 1 for group in per_layer.values() for v in group.values())
+    student = spikingmamba.from_pretrained(out)
+    assert student.spiking_config.sites == SITES
+    assert json.loads((out / "model" / "config.json").read_text())["spiking"]["sites"] == list(SITES)
+    names = [name for name, _ in student.neurons()]
+    assert len(names) == 2 * 4 + 1 and names[-1] == "head_neuron"
+    # the same run with a vanishing learning rate: the calibrated thresholds it starts from
+    start = distill(distill_settings(tmp_path / "start", teacher, sites="all",
+                                     **{**common, "max_steps": 2, "warmup_steps": 1, "lr": 1e-12}))
+    assert start["finished"]
+    before, after = weights(tmp_path / "start"), weights(out)
+    for name in names:                                    # calibrated, then trained, at every site
+        assert not torch.equal(before[f"{name}.theta"], torch.ones_like(before[f"{name}.theta"])), name
+        assert not torch.allclose(after[f"{name}.theta"], before[f"{name}.theta"]), name
+
+
 def test_distill_resume_is_exact(tmp_path, teacher):
     settings = dict(rate_weight=0.1, rate_target=0.2, ce_weight=0.5, temperature=2.0)
     distill(distill_settings(tmp_path / "a", teacher, **settings))

@@ -76,10 +76,16 @@ def test_model_card_sections_only_when_measured():
 
 # --- loading -------------------------------------------------------------------------------------
 def test_auto_model_after_import_is_the_same_model(folders):
-    for name in ("dense", "student"):
+    for name in ("dense", "student", "student_all"):
         model = AutoModelForCausalLM.from_pretrained(folders / name).eval()
         ours = spikingmamba.from_pretrained(folders / name)
-        assert isinstance(model, spikingmamba.SpikingMambaForCausalLM) and model.is_spiking == (name == "student")
+        assert isinstance(model, spikingmamba.SpikingMambaForCausalLM) and model.is_spiking == (name != "dense")
+        assert [n for n, _ in model.neurons()] == [n for n, _ in ours.neurons()]
+        if name == "student_all":               # the config records every site, and they load back
+            assert json.loads((folders / name / "config.json").read_text())["spiking"]["sites"] == [
+                "in_proj", "x_proj", "dt_proj", "out_proj", "lm_head"]
+            assert model.head_neuron is not None and model.backbone.layers[1].mixer.dt_neuron is not None
+            assert torch.equal(model.head_neuron.theta, ours.head_neuron.theta)
         ids = torch.randint(0, model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
         assert torch.equal(model(ids).logits, ours(ids).logits)
 
@@ -108,7 +114,7 @@ print("\\nRESULT", json.dumps(report))
 
 
 def test_loads_from_the_folder_alone_in_a_fresh_process(folders):
-    names = [str(folders / name) for name in ("dense", "student")]
+    names = [str(folders / name) for name in ("dense", "student", "student_all")]
     expected = {name: ["SpikingMambaForCausalLM", spikingmamba.from_pretrained(name).generate(
         torch.tensor([[5, 17, 42, 9, 3]]), max_new_tokens=6, do_sample=False)[0, 5:].tolist()] for name in names}
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=SRC)
@@ -124,7 +130,8 @@ def test_loads_from_the_folder_alone_in_a_fresh_process(folders):
 
 
 # --- generate ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name, spike_mode", [("dense", None), ("student", "integer"), ("student", "binary")])
+@pytest.mark.parametrize("name, spike_mode", [("dense", None), ("student", "integer"), ("student", "binary"),
+                                              ("student_all", "integer"), ("student_all", "binary")])
 def test_generate_greedy_equals_the_cli(folders, capsys, name, spike_mode):
     folder = folders / name
     extra = [] if spike_mode is None else ["--engine", "model", "--spike-mode", spike_mode]

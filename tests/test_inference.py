@@ -28,10 +28,19 @@ def dense():
     return model
 
 
+def make_student(dense, sites=("in_proj", "out_proj")):
+    calib = torch.randint(0, VOCAB, (4, 32), generator=torch.Generator().manual_seed(1))
+    return spikingmamba.to_spiking(dense, levels=4, sites=sites, calibration_ids=calib).eval()
+
+
 @pytest.fixture(scope="module")
 def student(dense):
-    calib = torch.randint(0, VOCAB, (4, 32), generator=torch.Generator().manual_seed(1))
-    return spikingmamba.to_spiking(dense, levels=4, calibration_ids=calib).eval()
+    return make_student(dense)
+
+
+@pytest.fixture(scope="module")
+def student_all(dense):
+    return make_student(dense, "all")
 
 
 def _ints(shape, lo, hi, density, seed):
@@ -111,6 +120,19 @@ def test_deploy_leaves_the_training_model_unchanged(student):
     assert deploy(spikingmamba.SpikingMambaForCausalLM(student.config).eval()).sparse_projections()
 
 
+def test_deploy_swaps_every_spiking_site_and_only_those(student_all):
+    """Every site with a neuron becomes a SparseSpikeLinear (its neuron folded away), the head too."""
+    from spikingmamba.neurons.sites import iter_sites
+
+    deployed = deploy(student_all, mode="sparse")
+    names = [name for name, _ in deployed.sparse_projections()]
+    assert names == [f"backbone.layers.{i}.mixer.{site}" for i in range(2)
+                     for site in ("in_proj", "x_proj", "dt_proj", "out_proj")] + ["lm_head"]
+    assert list(iter_sites(deployed)) == []                                # no neuron left: all folded
+    assert all(isinstance(ref.projection, SparseSpikeLinear) for ref in iter_sites(deployed, with_dense=True))
+    assert isinstance(deploy(student_all, mode="sparse", dense_kernel="linear").lm_head, SparseSpikeLinear)
+
+
 def test_deploy_needs_eval_mode(dense):
     dense.train()
     try:
@@ -121,11 +143,12 @@ def test_deploy_needs_eval_mode(dense):
 
 
 @pytest.mark.parametrize("which, kernel", [("dense", "columns"), ("dense", "linear"), ("student", "columns"),
-                                           ("student", "linear")])
-def test_deployed_step_matches_model_step(which, kernel, dense, student):
-    model = dense if which == "dense" else student
+                                           ("student", "linear"), ("student_all", "columns"),
+                                           ("student_all", "linear")])
+def test_deployed_step_matches_model_step(which, kernel, dense, student, student_all):
+    model = {"dense": dense, "student": student, "student_all": student_all}[which]
     deployed = deploy(model, mode="sparse", dense_kernel=kernel)
-    assert isinstance(deployed.lm_head, ColumnLinear) == (kernel == "columns")
+    assert isinstance(deployed.lm_head, ColumnLinear) == (kernel == "columns" and which != "student_all")
     ids = torch.randint(0, VOCAB, (3, 10), generator=torch.Generator().manual_seed(2))
     state_m, state_d = model.init_state(3), deployed.init_state(3)
     for t in range(10):
@@ -141,7 +164,11 @@ def test_deployed_step_matches_model_step(which, kernel, dense, student):
 
 
 # --- generation ---------------------------------------------------------------------------------
-def test_greedy_tokens_identical_in_integer_binary_and_sparse_modes(student):
+@pytest.mark.parametrize("sites", ["paper", "in_proj", "x_proj", "dt_proj", "out_proj", "lm_head", "all"])
+def test_greedy_tokens_identical_in_integer_binary_and_sparse_modes(dense, student, sites):
+    """integer spikes == binary spike trains == sparse deployment, for each site alone and all of them."""
+    if sites != "paper":
+        student = make_student(dense, (sites,) if sites != "all" else sites)
     prompt = torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(3))
     runs = {}
     try:

@@ -24,8 +24,17 @@ def models():
     return dense, spikingmamba.to_spiking(dense, levels=3, calibration_ids=calib).eval()
 
 
-def test_round_trip_and_counts_equal_firing_stats(models, tmp_path):
-    _, student = models
+@pytest.fixture(scope="module")
+def student_all(models):
+    calib = torch.randint(0, VOCAB, (4, 32), generator=torch.Generator().manual_seed(1))
+    return spikingmamba.to_spiking(models[0], levels=3, sites="all", calibration_ids=calib).eval()
+
+
+@pytest.mark.parametrize("which", ["paper", "all"])
+def test_round_trip_and_counts_equal_firing_stats(models, student_all, tmp_path, which):
+    student = models[1] if which == "paper" else student_all
+    block_sites = ["in_proj", "out_proj"] if which == "paper" else ["in_proj", "x_proj", "dt_proj", "out_proj"]
+    head = [] if which == "paper" else ["lm_head"]
     ids = torch.randint(0, VOCAB, (9,), generator=torch.Generator().manual_seed(2))
     # the energy report's counts, measured independently of the exporter
     with torch.no_grad(), student.record_spikes():
@@ -40,8 +49,10 @@ def test_round_trip_and_counts_equal_firing_stats(models, tmp_path):
     assert record.streams == list(reference)
     assert record.counts() == {name: int(count) for name, count in reference.items()}
     assert sum(reference.values()) == record.events.size > 0
-    assert [s["layer"] for s in record.header["streams"]] == [0, 0, 1, 1]
-    assert [s["site"] for s in record.header["streams"]] == ["in_proj", "out_proj"] * 2
+    assert [s["layer"] for s in record.header["streams"]] == [0] * len(block_sites) + [1] * len(block_sites) + \
+        [None] * len(head)
+    assert [s["site"] for s in record.header["streams"]] == block_sites * 2 + head
+    assert all(count > 0 for count in record.counts().values())       # every site fired on this text
     assert record.token_ids.tolist() == ids.tolist() and record.header["tokens"][0] == "t0"
     for name, spikes in captured.items():
         assert np.array_equal(record.integer_spikes(name), spikes.numpy())

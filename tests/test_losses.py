@@ -169,3 +169,18 @@ def test_accumulate_costs_are_channels_times_fan_out():
     assert probe.weights == [] and SpikeRateProbe(model).weights == []
     with pytest.raises(ValueError, match="rate cost"):
         SpikeRateProbe(model, cost="bytes")
+
+
+def test_accumulate_costs_of_every_site():
+    from spikingmamba.model import SpikingMambaConfig, SpikingMambaForCausalLM
+
+    # d 8, E 16, N 4, R ceil(8 / 16) = 1, V 32
+    model = SpikingMambaForCausalLM(SpikingMambaConfig(vocab_size=32, hidden_size=8, num_hidden_layers=2,
+                                                       state_size=4, expand=2,
+                                                       spiking={"levels": 2, "sites": "all"}))
+    probe = SpikeRateProbe(model, cost="accumulates")
+    with probe.watch():
+        model(torch.randint(0, 32, (1, 5)))
+    # channels x fan-out: in_proj 8 x 32, x_proj 16 x (1 + 2 * 4), dt_proj 1 x 16, out_proj 16 x 8; head 8 x 32
+    assert probe.weights == [256.0, 144.0, 16.0, 128.0] * 2 + [256.0]
+    assert len(probe.rates) == 9 and all(r.shape == (1, 5) for r in probe.rates)

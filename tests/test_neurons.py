@@ -140,7 +140,8 @@ def test_calibration_beats_max_scaling():
 
 
 @pytest.mark.parametrize("bad", [dict(levels=0), dict(levels=2.5), dict(neuron="relu"), dict(neuron="lif", levels=2),
-                                 dict(sites=("x_proj",)), dict(surrogate_alpha=0)])
+                                 dict(sites=("conv1d",)), dict(sites=()),
+                                 dict(sites=("in_proj", "in_proj")), dict(surrogate_alpha=0)])
 def test_bad_spiking_config_names_the_field(bad):
     with pytest.raises(ConfigError, match="spiking\\."):
         SpikingConfig(**bad)

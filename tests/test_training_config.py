@@ -36,7 +36,8 @@ def test_defaults_validate():
     ({"heldout_fraction": 1.0}, "heldout_fraction"),
     ({"max_steps": "many"}, "max_steps"),
     ({"sgc": "yes"}, "sgc"),
-    ({"sites": ["in_proj", "x_proj"]}, "sites"),
+    ({"sites": ["in_proj", "conv1d"]}, "sites"),
+    ({"sites": ["all", "lm_head"]}, "sites"),
     ({"neuron": "lif", "levels": 2}, "levels"),
     ({"warmup_steps": 600}, "warmup_steps"),
     ({"out": ""}, "out"),
@@ -72,6 +73,18 @@ def test_yaml_then_flags(tmp_path):
     cfg = parse(DistillConfig, ["--config", str(yaml_file), "--out", "o", "--sgc", "--sites", "in_proj,out_proj"])
     assert cfg.sgc is True and cfg.sites == ("in_proj", "out_proj")
     assert parse(DistillConfig, ["--out", "o", "--no-sgc"]).sgc is False
+
+
+def test_sites_all_and_any_subset_in_forward_order(tmp_path):
+    from spikingmamba.neurons.sites import SITES
+
+    assert SITES == ("in_proj", "x_proj", "dt_proj", "out_proj", "lm_head")
+    assert parse(DistillConfig, ["--out", "o"]).sites == ("in_proj", "out_proj")          # the paper's, unchanged
+    assert parse(DistillConfig, ["--out", "o", "--sites", "all"]).sites == SITES
+    assert parse(DistillConfig, ["--out", "o", "--sites", "lm_head,dt_proj"]).sites == ("dt_proj", "lm_head")
+    yaml_file = tmp_path / "recipe.yaml"
+    yaml_file.write_text("sites: all\n")
+    assert DistillConfig.load(yaml_file, {"out": "o"}).sites == SITES
 
 
 def test_yaml_errors(tmp_path):

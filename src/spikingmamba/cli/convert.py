@@ -12,7 +12,7 @@ from pathlib import Path
 from spikingmamba.config import add_config_parser, config_from_args, option
 from spikingmamba.errors import ConfigError, UserError
 from spikingmamba.neurons.config import NEURON_KINDS, SpikingConfig
-from spikingmamba.neurons.sites import SITES
+from spikingmamba.neurons.sites import DEFAULT_SITES, SITES, resolve_sites
 from spikingmamba.runtime import ModelRuntimeConfig
 
 CALIBRATION_ROW = 256          # tokens per calibration sequence
@@ -28,7 +28,8 @@ class ConvertConfig(ModelRuntimeConfig):
     out: str = option("", "output folder for the student", positional=True)
     levels: int = option(4, "D: largest spike magnitude / micro-steps", ge=1)
     neuron: str = option("silif", "neuron type", choices=NEURON_KINDS)
-    sites: tuple[str, ...] = option(SITES, "projections that get neurons, comma-separated")
+    sites: tuple[str, ...] = option(DEFAULT_SITES, f"projections that get neurons, comma-separated: any of "
+                                    f"{','.join(SITES)}, or all")
     per_tensor: bool = option(False, "one threshold per tensor instead of per channel")
     calibration_text: str | None = option(None, "text file whose teacher activations set the thresholds (none: "
                                           "the training split of the offline default corpus)", metavar="FILE")
@@ -40,6 +41,7 @@ class ConvertConfig(ModelRuntimeConfig):
     def check(self) -> None:
         if not self.teacher or not self.out:
             raise ConfigError("give the TEACHER checkpoint and the OUT folder")
+        self.sites = resolve_sites(self.sites)
         SpikingConfig(levels=self.levels, neuron=self.neuron, sites=self.sites)   # its rules, before any work
 
 
@@ -49,8 +51,9 @@ def register(subparsers) -> None:
 
 
 def convert(args: argparse.Namespace) -> int:
-    """Copy the teacher, put an SI-LIF neuron before every in_proj/out_proj, calibrate each neuron's
-thresholds on the teacher's activations, save the student (with the tokenizer) in OUT.
+    """Copy the teacher, put an SI-LIF neuron before the projections named in --sites (default every
+in_proj and out_proj, the paper's; `--sites all` adds x_proj, dt_proj and the LM head), calibrate
+each neuron's thresholds on the teacher's activations, save the student (with the tokenizer) in OUT.
 
 Calibration text: --calibration-text, else the training split of the offline default corpus (said
 on stderr). A teacher without a tokenizer (a state-spaces release) needs --tokenizer, e.g.
@@ -85,7 +88,7 @@ Examples:
     student = to_spiking(teacher, levels=cfg.levels, neuron=cfg.neuron, sites=cfg.sites,
                          per_channel=not cfg.per_tensor, calibration_ids=ids)
     atomic_save_dir(out, lambda folder: save_model(student, folder, tokenizer=tokenizer))
-    print(json.dumps({"student": str(out), "levels": cfg.levels, "neuron": cfg.neuron,
+    print(json.dumps({"student": str(out), "levels": cfg.levels, "neuron": cfg.neuron, "sites": list(cfg.sites),
                       "calibration": {"text": str(source), "tokens": int(ids.numel())}}, indent=2))
     return 0
 

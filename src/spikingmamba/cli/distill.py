@@ -16,9 +16,11 @@ def register(subparsers) -> None:
 def distill_command(args: argparse.Namespace) -> int:
     """Single-stage distillation of a dense Mamba teacher into a SpikingMamba student.
 
-The student is the teacher with an SI-LIF neuron before every in_proj and out_proj (thresholds
-calibrated on training text). It is trained with KL(teacher || student) on the logits, per-layer
-hidden-state matching, optional cross-entropy and an optional firing-rate penalty, with the SGC
+The student is the teacher with an SI-LIF neuron before the projections named in --sites (default
+every in_proj and out_proj, the paper's; `--sites all` adds x_proj, dt_proj and the LM head), its
+thresholds calibrated on training text. It is trained with KL(teacher || student) on the logits,
+per-layer hidden-state matching, optional cross-entropy and an optional firing-rate penalty (per
+neuron group; --rate-cost accumulates weighs each group by what its spikes cost), with the SGC
 path annealed from sgc_start to 0 by sgc_until of the run. The teacher stays frozen.
 
 Output (--out): model/ (the student: config.json, model.safetensors, tokenizer, model card),

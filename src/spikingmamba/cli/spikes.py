@@ -40,7 +40,8 @@ def register(subparsers) -> None:
 
 
 def spikes_cli(args: argparse.Namespace) -> int:
-    """Run MODEL on the text and write every spike of every neuron (layer, in_proj / out_proj) as
+    """Run MODEL on the text and write every spike of every neuron (each spiking site of each layer,
+and the LM head's if it spikes) as
     an address event (token, stream, micro-timestep, polarity, neuron) into OUT, a compressed .npz
     with a JSON header; the layout is documented in `spikingmamba.inference.spike_export`, and
     `spikingmamba.inference.read_spikes(OUT)` reads it back. Prints a JSON summary; the event counts

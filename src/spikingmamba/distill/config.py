@@ -9,7 +9,7 @@ from spikingmamba.errors import ConfigError
 from spikingmamba.neurons.config import NEURON_KINDS
 from spikingmamba.neurons.rate import RATE_COSTS
 from spikingmamba.neurons.sgc import SGCSchedule
-from spikingmamba.neurons.sites import SITES
+from spikingmamba.neurons.sites import DEFAULT_SITES, SITES, resolve_sites
 from spikingmamba.training.config import CorpusConfig, TrainConfig, option
 
 
@@ -35,7 +35,8 @@ class DistillConfig(SGCSchedule, CorpusConfig, TrainConfig):
     levels: int = option(4, "D: largest spike magnitude = inference micro-steps", ge=1)
     neuron: str = option("silif", "neuron: silif (signed integer), ilif (unsigned), lif (binary, levels 1)",
                          choices=NEURON_KINDS)
-    sites: tuple[str, ...] = option(SITES, "projections that get a spiking neuron on their input")
+    sites: tuple[str, ...] = option(DEFAULT_SITES, f"projections that get a spiking neuron on their input: any of "
+                                    f"{','.join(SITES)}, or all")
     per_channel: bool = option(True, "one threshold per input channel (else one per tensor)")
     surrogate_alpha: float = option(1.0, "height of the rectangular surrogate gradient", gt=0)
     calibration_tokens: int = option(8192, "training tokens whose teacher activations set the initial "
@@ -76,7 +77,6 @@ class DistillConfig(SGCSchedule, CorpusConfig, TrainConfig):
             raise ConfigError("teacher is required: a Mamba checkpoint folder, a hub id, or \"default\"")
         if self.neuron == "lif" and self.levels != 1:
             raise ConfigError(f"levels must be 1 with neuron lif (binary spikes), got {self.levels}")
-        if not self.sites or any(s not in SITES for s in self.sites) or len(set(self.sites)) != len(self.sites):
-            raise ConfigError(f"sites must be a non-empty subset of {', '.join(SITES)}, got {self.sites!r}")
+        self.sites = resolve_sites(self.sites)
         if self.kl_weight + self.hidden_weight + self.ce_weight == 0:
             raise ConfigError("kl_weight, hidden_weight and ce_weight are all 0: nothing to learn from")

@@ -5,10 +5,10 @@ model's own structure (backbone, blocks, mixers, whose `step` is the one decode 
 modules swapped that decoding does differently:
 
     every spiking site         -> `SparseSpikeLinear` (the neuron and its projection in one module:
-                                  theta folded into a transposed weight copy; only the columns of
-                                  firing neurons are read); the site's neuron is removed
-    dense site projections     -> `ColumnLinear` (a transposed copy; the same column-accumulate
-    and the LM head               kernel over every column), or the model's own `nn.Linear` with
+    (in_proj, x_proj, dt_proj,    theta folded into a transposed weight copy; only the columns of
+    out_proj, lm_head)            firing neurons are read); the site's neuron is removed
+    every dense projection     -> `ColumnLinear` (a transposed copy; the same column-accumulate
+    (a site without a neuron)     kernel over every column), or the model's own `nn.Linear` with
                                   dense_kernel="linear"
     every mixer                -> a `DecodeMixer`: `MambaMixer.step` with A = -exp(A_log) and the
                                   conv taps computed once instead of at every step
@@ -35,7 +35,7 @@ from spikingmamba.inference.sparse_linear import PROJECTION_MODES, ColumnLinear,
 from spikingmamba.model.lm import SpikingMambaForCausalLM, check_token_ids
 from spikingmamba.model.mixer import MambaMixer
 from spikingmamba.model.state import MambaState
-from spikingmamba.neurons.sites import NEURON_ATTR, iter_sites
+from spikingmamba.neurons.sites import NEURON_ATTR, iter_sites, site_owner
 
 DENSE_KERNELS = ("columns", "linear")
 
@@ -89,12 +89,12 @@ class DecodeModel(nn.Module):
 
         def dense(linear: nn.Module) -> nn.Module:
             return ColumnLinear(linear) if dense_kernel == "columns" else linear
-        for ref in iter_sites(model, with_dense=True):
-            mixer = self.backbone.layers[ref.layer].mixer
-            setattr(mixer, ref.site, dense(ref.projection) if ref.neuron is None else
+        self.head_dtype = model.lm_head.weight.dtype
+        for ref in iter_sites(model, with_dense=True):                # every projection of the table
+            owner = site_owner(self, ref.layer, ref.site)             # a mixer, or this model (the head)
+            setattr(owner, ref.site, dense(ref.projection) if ref.neuron is None else
                     SparseSpikeLinear.from_linear(ref.projection, ref.neuron, mode, max_density))
-            setattr(mixer, NEURON_ATTR[ref.site], None)              # folded into SparseSpikeLinear
-        self.lm_head = dense(model.lm_head)
+            setattr(owner, NEURON_ATTR[ref.site], None)               # folded into SparseSpikeLinear
         self._model = (model,)                   # for `prefill`; a tuple keeps it out of the module tree
 
     # --- the decoding interface shared with SpikingMambaForCausalLM ------------------------
@@ -111,7 +111,7 @@ class DecodeModel(nn.Module):
         h = self.backbone.norm_f(h.to(self.backbone.norm_f.weight.dtype))
         if not head:
             return h, state
-        return self.lm_head(h.to(self.lm_head.weight.dtype)).float(), state
+        return self.lm_head(h.to(self.head_dtype)).float(), state
 
     @torch.no_grad()
     def prefill(self, input_ids: torch.LongTensor, recurrent: bool = False) -> tuple[torch.Tensor, MambaState]:

@@ -13,8 +13,9 @@ File layout (`.npz`, a zip of numpy arrays, deflate-compressed; `numpy.load` rea
                sorted by (token, stream, micro, neuron): the order in which the spikes happen
                (token by token, layer by layer in forward order, micro-step by micro-step).
 
-One stream per spiking neuron (layer N, site in_proj / out_proj). The global timestep of an event
-is token * D + micro. An integer activation s of a neuron fires on the first |s| micro-steps of
+One stream per spiking neuron group, in forward order: per block (layer N) its spiking sites among
+in_proj, x_proj, dt_proj, out_proj, then the LM head's (layer null) when it spikes. The global
+timestep of an event is token * D + micro. An integer activation s of a neuron fires on the first |s| micro-steps of
 its token with polarity sign(s) (integrate-and-fire without leak, spikingmamba.neurons.spike_train),
 so the number of events of a stream equals its `firing_stats()["spike_count"]` (sum of |s|) on
 the same text, and decoding the events gives back the integer spikes exactly.

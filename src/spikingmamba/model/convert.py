@@ -8,24 +8,25 @@ import torch
 
 from spikingmamba.model.config import SpikingMambaConfig
 from spikingmamba.model.lm import SpikingMambaForCausalLM
-from spikingmamba.neurons import SITES, SpikingConfig, iter_sites
+from spikingmamba.neurons import DEFAULT_SITES, SpikingConfig, iter_sites
 from spikingmamba.neurons.calibration import mse_optimal_theta
 
 MAX_CALIBRATION_ROWS = 8192
 
 
 def to_spiking(teacher: SpikingMambaForCausalLM, levels: int = 4, neuron: str = "silif",
-               sites: tuple[str, ...] = SITES, per_channel: bool = True,
+               sites: tuple[str, ...] | str = DEFAULT_SITES, per_channel: bool = True,
                surrogate_alpha: float = 1.0,
                calibration_ids: torch.LongTensor | None = None) -> SpikingMambaForCausalLM:
-    """A copy of the dense `teacher` with a spiking neuron before each chosen projection.
+    """A copy of the dense `teacher` with a spiking neuron before each chosen projection (`sites`:
+    names from spikingmamba.neurons.sites, or "all").
 
     With `calibration_ids` (b, l), each neuron's theta is the MSE-optimal scale of the teacher's
     activations at its site; otherwise theta = 1.
     """
     if teacher.is_spiking:
         raise ValueError("to_spiking expects a dense teacher; this model already has spiking neurons")
-    spiking = SpikingConfig(levels=levels, neuron=neuron, sites=tuple(sites), per_channel=per_channel,
+    spiking = SpikingConfig(levels=levels, neuron=neuron, sites=sites, per_channel=per_channel,
                             surrogate_alpha=surrogate_alpha)
     config = SpikingMambaConfig(**{**teacher.config.to_diff_dict(), "spiking": spiking.to_dict()})
     student = SpikingMambaForCausalLM(config).to(device=teacher.lm_head.weight.device, dtype=teacher.lm_head.weight.dtype)
@@ -40,7 +41,8 @@ def to_spiking(teacher: SpikingMambaForCausalLM, levels: int = 4, neuron: str = 
 @torch.no_grad()
 def collect_site_inputs(teacher: SpikingMambaForCausalLM, input_ids: torch.LongTensor,
                         sites: tuple[str, ...]) -> dict[tuple[int, str], torch.Tensor]:
-    """Teacher activations entering each chosen site, keyed (layer, site), as (rows, channels)."""
+    """Teacher activations entering each chosen site, keyed (layer, site) (layer None for the head),
+    as (rows, channels)."""
     captured: dict[tuple[int, str], list[torch.Tensor]] = {}
     handles = []
     for ref in iter_sites(teacher, with_dense=True):

@@ -26,8 +26,9 @@ from spikingmamba.model.config import SpikingMambaConfig
 from spikingmamba.model.mixer import MambaMixer
 from spikingmamba.model.remote_code import auto_map, write_remote_code
 from spikingmamba.model.state import LayerState, MambaState
-from spikingmamba.neurons import SpikingConfig, SpikingNeuron, set_spike_mode
+from spikingmamba.neurons import SpikingConfig, SpikingNeuron, set_spike_mode, spiking_linear
 from spikingmamba.neurons.config import SGC_MODES
+from spikingmamba.neurons.sites import HEAD_SITES
 
 
 class RMSNorm(nn.Module):
@@ -129,7 +130,10 @@ def _refuse_left_padding(attention_mask: torch.Tensor | None) -> None:
 
 
 class SpikingMambaForCausalLM(PreTrainedModel, GenerationMixin):
-    """Dense Mamba LM when `config.spiking` is None; SpikingMamba student otherwise."""
+    """Dense Mamba LM when `config.spiking` is None; SpikingMamba student otherwise.
+
+    With the `lm_head` site chosen, a neuron (`head_neuron`) sits between the final norm and the
+    LM head, so the head accumulates weight columns of spikes too (`head`)."""
 
     config_class = SpikingMambaConfig
     base_model_prefix = "backbone"
@@ -141,6 +145,11 @@ class SpikingMambaForCausalLM(PreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.backbone = MambaBackbone(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        sc = config.spiking_config
+        for site in HEAD_SITES:                     # head_neuron: None (dense) unless its site is chosen
+            setattr(self, site.neuron, None)
+            if sc is not None and site.name in sc.sites:
+                setattr(self, site.neuron, SpikingNeuron.from_config(getattr(self, site.name).in_features, sc))
         self.post_init()
         if self.generation_config is not None:
             self.generation_config.update(**generation_defaults())
@@ -229,7 +238,7 @@ class SpikingMambaForCausalLM(PreTrainedModel, GenerationMixin):
         h = self.backbone.norm_f(h.to(self.backbone.norm_f.weight.dtype))
         if hidden_states is not None:
             hidden_states.append(h)
-        logits = self.lm_head(h.to(self.lm_head.weight.dtype)).float()      # (b, l or k, vocab)
+        logits = self.head(h)                                                # (b, l or k, vocab)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
@@ -272,7 +281,7 @@ class SpikingMambaForCausalLM(PreTrainedModel, GenerationMixin):
         self._check_ids(input_ids)
         h, state = self._backbone(input_ids, return_state=True)
         h = self.backbone.norm_f(h[:, -1].to(self.backbone.norm_f.weight.dtype))     # (b, d_model)
-        return self.lm_head(h.to(self.lm_head.weight.dtype)).float(), state
+        return self.head(h), state
 
     def init_state(self, batch_size: int) -> MambaState:
         return self.backbone.init_state(batch_size)
@@ -283,7 +292,12 @@ class SpikingMambaForCausalLM(PreTrainedModel, GenerationMixin):
         self._check_ids(token_ids)
         h, state = self.backbone.step(token_ids, state)
         h = self.backbone.norm_f(h.to(self.backbone.norm_f.weight.dtype))
-        return self.lm_head(h.to(self.lm_head.weight.dtype)).float(), state
+        return self.head(h), state
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """The LM head on the final norm's output h (..., d_model) -> float32 logits (..., vocab),
+        through the head's neuron when the lm_head site spikes."""
+        return spiking_linear(self.head_neuron, self.lm_head, h.to(self.lm_head.weight.dtype)).float()
 
     # --- spiking controls -------------------------------------------------------------------
     @property

@@ -1,12 +1,13 @@
-"""Mamba-1 mixer with optional spiking neurons before `in_proj` and `out_proj`.
+"""Mamba-1 mixer with optional spiking neurons before its projections.
 
 Glossary (Gu & Dao 2023; SpikingMamba, Huang et al. 2025):
     d_model / d_inner / d_state / dt_rank   hidden size, expand * d_model, N, rank of Delta
     x, z        the two halves of in_proj: SSM branch and gate
     Delta, B, C selective parameters from x_proj (Delta through dt_proj + softplus)
     A = -exp(A_log), D skip
-    in_neuron / out_neuron   SI-LIF neurons whose integer spikes drive in_proj / out_proj
-                             (the neuron sites: spikingmamba.neurons.sites)
+    in_neuron, x_neuron, dt_neuron, out_neuron
+                SI-LIF neurons whose integer spikes drive in_proj, x_proj, dt_proj, out_proj; each is
+                None (a dense projection) unless its site is chosen (spikingmamba.neurons.sites)
 
 Every projection is called as a module (never through `.weight` in a fused kernel), so the
 neurons cannot be skipped, and a site's projection goes through `project`, so deployment can swap
@@ -22,7 +23,7 @@ from torch import nn
 from spikingmamba.model.config import SpikingMambaConfig
 from spikingmamba.model.state import LayerState
 from spikingmamba.neurons import SpikingConfig, SpikingNeuron, spiking_linear
-from spikingmamba.neurons.sites import NEURON_ATTR, SITE_TABLE
+from spikingmamba.neurons.sites import BLOCK_SITES, NEURON_ATTR
 from spikingmamba.ops.selective_scan import selective_scan, selective_state_update
 
 
@@ -42,17 +43,16 @@ class MambaMixer(nn.Module):
         self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(d_inner, 1))
         self.D = nn.Parameter(torch.ones(d_inner))
         self.out_proj = nn.Linear(d_inner, d_model, bias=config.use_bias)
-        for site in SITE_TABLE:                     # in_neuron, out_neuron: None (dense) until add_neurons
+        for site in BLOCK_SITES:                    # in_neuron, x_neuron, ...: None (dense) until add_neurons
             setattr(self, site.neuron, None)
         if config.spiking is not None:
             self.add_neurons(config.spiking_config)
 
     def add_neurons(self, sc: SpikingConfig) -> None:
-        """A neuron on the input of every projection named in `sc.sites`."""
-        for site in SITE_TABLE:
+        """A neuron on the input of every block projection named in `sc.sites`."""
+        for site in BLOCK_SITES:
             channels = getattr(self, site.name).in_features
-            setattr(self, site.neuron, SpikingNeuron(channels, sc.levels, sc.neuron, sc.per_channel,
-                                                     sc.surrogate_alpha) if site.name in sc.sites else None)
+            setattr(self, site.neuron, SpikingNeuron.from_config(channels, sc) if site.name in sc.sites else None)
 
     def project(self, site: str, x: torch.Tensor) -> torch.Tensor:
         """The projection of neuron site `site` applied to x, through the site's neuron if it has one."""
@@ -74,8 +74,9 @@ class MambaMixer(nn.Module):
 
     def _ssm_params(self, xc: torch.Tensor):
         """Delta, B, C from the conv output xc (..., d_inner)."""
-        dt, B, C = torch.split(self.x_proj(xc), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        return F.softplus(self.dt_proj(dt).float()), B, C                 # Delta in float32, as under CUDA autocast
+        dbc = self.project("x_proj", xc)                                      # (..., dt_rank + 2n)
+        dt, B, C = torch.split(dbc, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        return F.softplus(self.project("dt_proj", dt).float()), B, C      # Delta in float32, as under CUDA autocast
 
     def forward(self, hidden: torch.Tensor, return_state: bool = False):
         """hidden (b, l, d_model) -> (b, l, d_model) [, LayerState after the last position]."""

@@ -15,9 +15,11 @@ activation x and the threshold theta; neurons that are already silent feel nothi
 
 Cost weights: with `cost="accumulates"` the probe also gives each group's weight for the penalty,
 channels x fan-out of the projection the group drives, i.e. the accumulates one spike per neuron of
-that group costs. A spike into in_proj (fan-out 2 d_inner) then costs 4 x what a spike into
-out_proj (fan-out d_model) does, as it does in the energy report and in the bytes a sparse decoder
-reads; with `cost="group"` every group weighs the same.
+that group costs. One spike costs the fan-out of the projection it drives: 2 d_inner into in_proj,
+dt_rank + 2 d_state into x_proj, d_inner into dt_proj, d_model into out_proj, vocab_size into the
+LM head; so a spike into in_proj costs 4 x what a spike into out_proj does (expand 2), as it does
+in the energy report and in the bytes a sparse decoder reads; with `cost="group"` every group
+weighs the same.
 
 The rate hinge (`rate_excess`) is relu(r - floor) per position, averaged over the groups: the floor
 is a target rate (distillation) or the frozen reference's rate at the same position (RL). Only

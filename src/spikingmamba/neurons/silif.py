@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spikingmamba.neurons.config import SGC_MODES, SPIKE_MODES
+from spikingmamba.neurons.config import SGC_MODES, SPIKE_MODES, SpikingConfig
 from spikingmamba.neurons.spike_train import integrate_and_fire
 from spikingmamba.neurons.surrogate import multi_level_spike
 
@@ -50,6 +50,11 @@ class SpikingNeuron(nn.Module):
         self.spike_mode = "integer"
         self.recording = False
         self.reset_stats()
+
+    @classmethod
+    def from_config(cls, channels: int, sc: SpikingConfig) -> SpikingNeuron:
+        """The neuron a `SpikingConfig` asks for, on an input `channels` wide."""
+        return cls(channels, sc.levels, sc.neuron, sc.per_channel, sc.surrogate_alpha)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, kind={self.kind}, range=[{self.lo}, {self.hi}], theta={tuple(self.theta.shape)}"
