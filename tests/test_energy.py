@@ -12,8 +12,8 @@ import torch
 import spikingmamba
 from spikingmamba.cli.main import main
 from spikingmamba.energy import (TABLES, LayerSpikes, MambaShape, SiteSpikes, analytic_report, block_ops,
-                                 build_report, format_report, head_ops, layer_spikes_from_stats, load_table,
-                                 measure_report, named_shape, solve_mean_spike)
+                                 build_report, format_report, head_ops, load_table,
+                                 measure_report, named_shape, solve_mean_spike, spikes_from_stats)
 from spikingmamba.errors import ConfigError, UserError
 
 FP32 = TABLES["45nm-fp32"]
@@ -93,42 +93,112 @@ def test_zero_spikes_leave_only_dense_non_projection_ops(tiny_shape):
 def test_stats_to_layer_spikes():
     stats = {"backbone.layers.1.mixer.out_neuron": {"numel": 80, "firing_rate": 0.1, "mean_abs_spike": 0.2,
                                                      "spike_count": 16.0}}
-    layers = layer_spikes_from_stats(stats, 2)
-    assert layers[0] is None and layers[1] == {"out_proj": SiteSpikes(0.1, 0.2)}
+    layers, head = spikes_from_stats(stats, 2)
+    assert layers[0] is None and layers[1] == {"out_proj": SiteSpikes(0.1, 0.2)} and head is None
+    stats["head_neuron"] = {"numel": 40, "firing_rate": 0.3, "mean_abs_spike": 0.5, "spike_count": 20.0}
+    stats["backbone.layers.0.mixer.dt_neuron"] = {"numel": 4, "firing_rate": 0.25, "mean_abs_spike": 0.25,
+                                                   "spike_count": 1.0}
+    layers, head = spikes_from_stats(stats, 2)
+    assert layers[0] == {"dt_proj": SiteSpikes(0.25, 0.25)} and head == {"lm_head": SiteSpikes(0.3, 0.5)}
+    with pytest.raises(ValueError, match="not at a neuron site"):
+        spikes_from_stats({"backbone.layers.5.mixer.in_neuron": stats["head_neuron"]}, 2)
 
 
-def test_measured_accumulates_equal_counted_spikes():
+def test_every_site_counts_match_hand(tiny_shape):
+    """Every site spiking (mean |s| 0.5, D = 2): each projection's MACs become mean|s| * in * out ACs
+    (its bias / softplus stay dense), its neuron costs D * in ACs; the head likewise."""
+    half = SiteSpikes(0.25, 0.5)
+    block = LayerSpikes(in_proj=half, x_proj=half, dt_proj=half, out_proj=half)
+    ops = block_ops(tiny_shape, block, levels=2)
+    assert (ops["x_proj"].acs, ops["x_proj"].macs) == (0.5 * 8 * 5, 0)            # E * (R + 2N)
+    assert (ops["dt_proj"].acs, ops["dt_proj"].macs) == (0.5 * 1 * 8, 16)         # R * E; bias + softplus stay
+    assert (ops["x_neuron"].acs, ops["dt_neuron"].acs) == (2 * 8, 2 * 1)
+    head = head_ops(tiny_shape, LayerSpikes(lm_head=half), levels=2)
+    assert (head["lm_head"].acs, head["lm_head"].macs, head["head_neuron"].acs) == (0.5 * 4 * 10, 0, 2 * 4)
+    with pytest.raises(ValueError, match="not in the head scope"):
+        head_ops(tiny_shape, block)
+    report = build_report(tiny_shape, FP32, [block], head_spikes=LayerSpikes(lm_head=half), levels=2,
+                          mode="analytic", model="tiny")
+    # dense left: 337 - 64 - 40 - 8 - 32 = 193 in the block; the head's norm_f 13
+    assert report.blocks.student_macs == 193 and report.with_head.student_macs == 193 + 13
+    acs_block = 0.5 * (64 + 40 + 8 + 32) + 2 * (4 + 8 + 1 + 8)
+    assert report.blocks.student_acs == acs_block and report.with_head.student_acs == acs_block + 20 + 8
+    assert report.with_head.ratio == pytest.approx((337 + 53) * 4.6 / (206 * 4.6 + (acs_block + 28) * 0.9))
+    assert report.sites == ["in_proj", "x_proj", "dt_proj", "out_proj", "lm_head"]
+    assert report.head == {"lm_head": half} and report.to_dict()["head"]["lm_head"]["mean_abs_spike"] == 0.5
+    # firing over all neurons, weighted by channels: 4 + 8 + 1 + 8 in the block, 4 at the head
+    assert report.mean_abs_spike == pytest.approx(0.5) and report.firing_rate == pytest.approx(0.25)
+    assert report.spike_driven.fully and report.spike_driven.dense_matrices == []
+    assert report.spike_driven.dense_share == pytest.approx(206 * 4.6 / report.with_head.student_pj)
+    text = format_report(report)
+    assert "fully spike-driven" in text and "not fully" not in text and "Head: lm_head neuron" in text
+
+
+def test_fully_spike_driven_only_when_every_weight_matrix_spikes():
+    shape = MambaShape(d_model=4, n_layer=2, vocab_size=10)
+    s = SiteSpikes(0.1, 0.1)
+    every = dict(in_proj=s, x_proj=s, dt_proj=s, out_proj=s)
+    head = LayerSpikes(lm_head=s)
+
+    def report(layers, head_spikes):
+        return build_report(shape, FP32, layers, head_spikes=head_spikes, levels=1, mode="analytic", model="m")
+
+    assert report([LayerSpikes(**every)] * 2, head).spike_driven.fully
+    paper = report([LayerSpikes(in_proj=s, out_proj=s)] * 2, None).spike_driven
+    assert not paper.fully and paper.dense_matrices == ["x_proj", "dt_proj", "lm_head"]
+    no_head = report([LayerSpikes(**every)] * 2, None).spike_driven
+    assert not no_head.fully and no_head.dense_matrices == ["lm_head"]
+    one_layer_short = report([LayerSpikes(**every), LayerSpikes(in_proj=s, dt_proj=s, out_proj=s)], head)
+    assert not one_layer_short.spike_driven.fully and one_layer_short.spike_driven.dense_matrices == ["x_proj"]
+    assert "not fully spike-driven: dense weight matrices (real-valued inputs): x_proj" in format_report(one_layer_short)
+    dense = report([None, None], None).spike_driven
+    assert dense.dense_matrices == ["in_proj", "x_proj", "dt_proj", "out_proj", "lm_head"]
+    assert dense.dense_share == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("sites", [("in_proj", "out_proj"), "all"])
+def test_measured_accumulates_equal_counted_spikes(sites):
     """End to end on a real tiny student: ACs equal the binary spikes of the D-step trains times
-    out_features, counted independently here from the neurons' spike trains."""
+    out_features, counted independently here from the neurons' spike trains, at every site."""
+    from spikingmamba.neurons.sites import iter_sites
+
     torch.manual_seed(0)
     teacher = spikingmamba.SpikingMambaForCausalLM(spikingmamba.SpikingMambaConfig(
         vocab_size=50, hidden_size=8, num_hidden_layers=2, state_size=4)).eval()
-    student = spikingmamba.to_spiking(teacher, levels=3).eval()
-    for _, n in student.neurons():            # thresholds that make both sites fire
-        n.theta.data.fill_(0.3 if n.channels == 8 else 0.002)
+    calib = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(1))
+    student = spikingmamba.to_spiking(teacher, levels=3, sites=sites, calibration_ids=calib).eval()
+    for _, n in student.neurons():            # thresholds low enough that every site fires
+        n.theta.data.mul_(0.5)
     ids = torch.randint(0, 50, (1, 23))
     binary_spikes = {}
 
-    def hook(name, out_features):
+    def hook(ref):
         def fn(module, inputs, output):
             train, _ = module.spike_train(inputs[0])            # (D, ..., channels) in {0, 1}
-            binary_spikes[name] = binary_spikes.get(name, 0.0) + float(train.sum()) * out_features
+            binary_spikes[ref.layer, ref.site] = (binary_spikes.get((ref.layer, ref.site), 0.0)
+                                                  + float(train.sum()) * ref.projection.out_features)
         return fn
 
-    handles = []
-    for i, layer in enumerate(student.backbone.layers):
-        m = layer.mixer
-        handles.append(m.in_neuron.register_forward_hook(hook(f"{i}.in", m.in_proj.out_features)))
-        handles.append(m.out_neuron.register_forward_hook(hook(f"{i}.out", m.out_proj.out_features)))
+    refs = list(iter_sites(student))
+    handles = [ref.neuron.register_forward_hook(hook(ref)) for ref in refs]
     report = measure_report(student, ids, FP32, teacher=teacher, context=10, model_name="s", teacher_name="t")
     for h in handles:
         h.remove()
     assert report.tokens == 23 and report.mode == "measured"
+    assert all(binary_spikes[ref.layer, ref.site] > 0 for ref in refs)          # every site really fired
+    shape = MambaShape.from_config(teacher.config)
     for i, layer in enumerate(report.layers):
-        expected = (binary_spikes[f"{i}.in"] + binary_spikes[f"{i}.out"]) / 23 + 3 * (8 + 16)
-        assert expected > 3 * (8 + 16)                           # both sites really fired
+        neurons = sum(3 * ref.neuron.channels for ref in refs if ref.layer == i)
+        expected = sum(binary_spikes[i, ref.site] for ref in refs if ref.layer == i) / 23 + neurons
         assert layer.student_acs == pytest.approx(expected)
-        assert layer.teacher_macs == sum(v.macs for v in block_ops(MambaShape.from_config(teacher.config)).values())
+        assert layer.teacher_macs == sum(v.macs for v in block_ops(shape).values())
+    head = next(c for c in report.components if c.name == "lm_head")
+    if sites == "all":
+        assert head.student_macs == 0 and head.student_acs == pytest.approx(binary_spikes[None, "lm_head"] / 23)
+        assert report.spike_driven.fully and set(report.head) == {"lm_head"}
+    else:
+        assert head.student_acs == 0 and head.student_macs == head.teacher_macs == 8 * 50
+        assert not report.spike_driven.fully and report.head == {}
     assert 0 <= report.quality["top1_agreement"] <= 1 and report.quality["teacher_loss"] > 0
 
 
@@ -212,6 +282,23 @@ def test_cli_measured_writes_table_json_png(saved_models, tmp_path, capsys):
     assert "Per layer:" in (out / "energy.txt").read_text()
 
 
+def test_cli_analytic_sites(capsys):
+    """The default stays the paper's sites; --sites all prices every weight matrix as spike-driven."""
+    assert main(["energy", "--shape", "130m", "--firing-rate", "0.1"]) == 0
+    paper = capsys.readouterr().out
+    assert "neurons on: in_proj, out_proj," in paper
+    assert "not fully spike-driven: dense weight matrices (real-valued inputs): x_proj, dt_proj, lm_head" in paper
+    assert main(["energy", "--shape", "130m", "--firing-rate", "0.1", "--sites", "all"]) == 0
+    every = capsys.readouterr().out
+    assert "neurons on: in_proj, x_proj, dt_proj, out_proj, lm_head," in every
+    assert "fully spike-driven: every weight matrix" in every and "Head: " not in every   # no per-layer table
+    ratio = {name: float(text.split("with_head")[1].split("x\n")[0].split()[-1])
+             for name, text in (("paper", paper), ("every", every))}
+    assert ratio["every"] > ratio["paper"]
+    assert main(["energy", "--shape", "130m", "--firing-rate", "0.1", "--sites", "conv1d"]) == 2
+    assert "sites must be 'all' or a non-empty subset" in capsys.readouterr().err
+
+
 def test_cli_analytic(tmp_path, capsys):
     out = tmp_path / "a"
     rc = main(["energy", "--shape", "1.4b", "--firing-rate", "0.1", "--mean-spike", "0.15", "--levels", "4",
@@ -270,8 +357,12 @@ def test_components_follow_the_site_table(tiny_shape):
     from spikingmamba.energy.counting import BLOCK_COMPONENTS
     from spikingmamba.neurons.sites import NEURON_ATTR, SITES
 
+    from spikingmamba.energy.counting import HEAD_COMPONENTS
+    from spikingmamba.neurons.sites import BLOCK, SCOPE
+
     for site in SITES:
-        assert BLOCK_COMPONENTS.index(NEURON_ATTR[site]) == BLOCK_COMPONENTS.index(site) - 1
+        components = BLOCK_COMPONENTS if SCOPE[site] == BLOCK else HEAD_COMPONENTS
+        assert components.index(NEURON_ATTR[site]) == components.index(site) - 1
     report = build_report(tiny_shape, FP32, [LayerSpikes(out_proj=SiteSpikes(0.25, 0.5))], levels=2,
                           mode="analytic", model="tiny")
     assert report.sites == ["out_proj"] and report.layers[0].sites == {"out_proj": SiteSpikes(0.25, 0.5)}

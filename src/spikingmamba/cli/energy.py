@@ -11,7 +11,7 @@ from spikingmamba.config import add_config_parser, config_from_args, option
 from spikingmamba.energy.analytic import NAMED_SHAPES, PAPER_RATIO
 from spikingmamba.energy.tables import DEFAULT_TABLE
 from spikingmamba.errors import ConfigError, UserError
-from spikingmamba.neurons.sites import SITES
+from spikingmamba.neurons.sites import DEFAULT_SITES, SITES, resolve_sites
 from spikingmamba.runtime import ModelRuntimeConfig
 
 _ANALYTIC = "analytic mode (no weights)"
@@ -38,8 +38,8 @@ class EnergyConfig(ModelRuntimeConfig):
     mean_spike: float | None = option(None, "mean |s| per neuron per token (none: the firing rate)", ge=0,
                                       group=_ANALYTIC)
     levels: int | None = option(None, "D, largest spike magnitude / micro-steps (none: 4)", ge=1, group=_ANALYTIC)
-    sites: tuple[str, ...] | None = option(None, f"neuron sites, comma-separated (none: {','.join(SITES)})",
-                                           group=_ANALYTIC)
+    sites: tuple[str, ...] | None = option(None, f"neuron sites, comma-separated, any of {','.join(SITES)} or all "
+                                           f"(none: {','.join(DEFAULT_SITES)})", group=_ANALYTIC)
     target_ratio: float = option(PAPER_RATIO, "solve for the mean |s| that gives this ratio (default: the "
                                  "paper's)", gt=0, group=_ANALYTIC)
 
@@ -56,6 +56,8 @@ class EnergyConfig(ModelRuntimeConfig):
             if self.text is None:
                 raise ConfigError("measured mode needs --text FILE: held-out text to count the spikes on "
                                   "(or use --shape for the analytic mode)")
+        if self.sites is not None:
+            self.sites = resolve_sites(self.sites)
 
 
 def register(subparsers) -> None:
@@ -97,7 +99,7 @@ def _analytic(cfg: EnergyConfig, table) -> int:
 
     shape = named_shape(cfg.shape)
     levels = 4 if cfg.levels is None else cfg.levels
-    sites = SITES if cfg.sites is None else cfg.sites
+    sites = DEFAULT_SITES if cfg.sites is None else cfg.sites
     solutions = solve_mean_spike(shape, table, cfg.target_ratio, levels=levels, sites=sites)
     out = _prepare_out(cfg)
     name = f"mamba-{cfg.shape} (analytic)"

@@ -206,8 +206,9 @@ class DistillTask:
         numel, nonzero, count = spikes[:, 0].clamp(min=1), spikes[:, 1], spikes[:, 2]
         per_layer: dict[str, dict[str, float]] = {}
         for ref, rate, per_neuron in zip(self.sites, (nonzero / numel).tolist(), (count / numel).tolist(), strict=True):
-            per_layer.setdefault("head" if ref.layer is None else str(ref.layer), {})[ref.site] = {"firing_rate": round(rate, 5),
-                                                                  "spikes_per_neuron": round(per_neuron, 5)}
+            group = "head" if ref.layer is None else str(ref.layer)
+            per_layer.setdefault(group, {})[ref.site] = {"firing_rate": round(rate, 5),
+                                                         "spikes_per_neuron": round(per_neuron, 5)}
         return {
             "student_ppl": math.exp(totals["student_nll"] / tokens),
             "teacher_ppl": math.exp(totals["teacher_nll"] / tokens),

@@ -17,7 +17,7 @@ from spikingmamba.energy.counting import LayerSpikes, MambaShape, SiteSpikes
 from spikingmamba.energy.report import EnergyReport, build_report
 from spikingmamba.energy.tables import EnergyTable
 from spikingmamba.errors import UserError
-from spikingmamba.neurons.sites import SITES
+from spikingmamba.neurons.sites import BLOCK, DEFAULT_SITES, SCOPE, resolve_sites
 
 PAPER_RATIO = 4.76          # SpikingMamba-1.3B vs Mamba-1.4B, the paper's headline energy benefit
 NAMED_SHAPES = {
@@ -54,20 +54,23 @@ def profile_spikes(firing_rate: float | None, mean_abs_spike: float | None, leve
     return SiteSpikes(firing_rate=firing_rate, mean_abs_spike=mean_abs_spike)
 
 
-def _layer(spikes: SiteSpikes, sites: tuple[str, ...]) -> LayerSpikes:
-    bad = [s for s in sites if s not in SITES]
-    if bad or not sites:
-        raise UserError(f"sites must be a non-empty subset of {SITES}, got {list(sites)}")
-    return LayerSpikes(**{s: spikes for s in sites})
+def _profile(spikes: SiteSpikes, sites: tuple[str, ...] | str) -> tuple[LayerSpikes, LayerSpikes | None]:
+    """The same firing at every chosen site: (every block's spikes, the head's or None)."""
+    sites = resolve_sites(sites)                         # a ConfigError (a UserError) names a bad site
+    block = LayerSpikes(**{s: spikes for s in sites if SCOPE[s] == BLOCK})
+    head = LayerSpikes(**{s: spikes for s in sites if SCOPE[s] != BLOCK})
+    return block, (head or None)
 
 
 def analytic_report(shape: MambaShape, table: EnergyTable, *, levels: int, firing_rate: float | None = None,
-                    mean_abs_spike: float | None = None, sites: tuple[str, ...] = SITES,
+                    mean_abs_spike: float | None = None, sites: tuple[str, ...] | str = DEFAULT_SITES,
                     name: str = "analytic") -> EnergyReport:
-    """Teacher vs student energy for `shape` when every neuron fires with the given profile."""
-    layer = _layer(profile_spikes(firing_rate, mean_abs_spike, levels), sites)
-    return build_report(shape, table, [layer] * shape.n_layer, levels=levels, mode="analytic", model=name,
-                        notes=["analytic: the same firing profile at every neuron of every layer; no weights"])
+    """Teacher vs student energy for `shape` when every neuron at `sites` (names, or "all") fires with
+    the given profile."""
+    block, head = _profile(profile_spikes(firing_rate, mean_abs_spike, levels), sites)
+    return build_report(shape, table, [block] * shape.n_layer, head_spikes=head, levels=levels, mode="analytic",
+                        model=name, notes=["analytic: the same firing profile at every neuron of every layer; "
+                                           "no weights"])
 
 
 @dataclass
@@ -91,7 +94,7 @@ class Solution:
 
 
 def solve_mean_spike(shape: MambaShape, table: EnergyTable, target_ratio: float = PAPER_RATIO, *,
-                     levels: int = 4, sites: tuple[str, ...] = SITES) -> dict[str, Solution]:
+                     levels: int = 4, sites: tuple[str, ...] | str = DEFAULT_SITES) -> dict[str, Solution]:
     """Closed-form mean |s| for `target_ratio`, for both scopes ("blocks", "with_head")."""
     if not target_ratio > 0:
         raise UserError(f"target ratio must be > 0, got {target_ratio:g}")

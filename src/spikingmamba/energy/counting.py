@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from spikingmamba.energy.rules import NEURON_ACS, PROJECTION_ACS, RULES, components, neuron_component
 from spikingmamba.errors import ConfigError
-from spikingmamba.neurons.sites import SITES
+from spikingmamba.neurons.sites import SCOPE, SITES
 
 BLOCK_COMPONENTS = components("block")
 HEAD_COMPONENTS = components("head")
@@ -67,7 +67,7 @@ class SiteSpikes:
 
 
 class LayerSpikes(dict):
-    """The neurons of one block, by site name: `LayerSpikes(in_proj=SiteSpikes(...))`.
+    """The neurons of one block (or of the head), by site name: `LayerSpikes(in_proj=SiteSpikes(...))`.
     A site that is not in it has no neuron (dense MACs)."""
 
     def __init__(self, **sites: SiteSpikes):
@@ -100,6 +100,9 @@ def scope_ops(shape: MambaShape, scope: str, spikes: LayerSpikes | None = None, 
     None is the dense teacher; a site with a SiteSpikes is spike-driven and its neuron costs
     `levels` ACs per channel per token."""
     spikes = spikes or LayerSpikes()
+    foreign = [site for site in spikes if SCOPE[site] != scope]
+    if foreign:
+        raise ValueError(f"site(s) {foreign} are not in the {scope} scope")
     out = {}
     for rule in RULES:
         if rule.scope != scope:
@@ -121,9 +124,10 @@ def block_ops(shape: MambaShape, spikes: LayerSpikes | None = None, levels: int 
     return scope_ops(shape, "block", spikes, levels)
 
 
-def head_ops(shape: MambaShape) -> dict[str, Ops]:
-    """Per-token ops outside the blocks (HEAD_COMPONENTS order); the same in both models."""
-    return scope_ops(shape, "head")
+def head_ops(shape: MambaShape, spikes: LayerSpikes | None = None, levels: int = 1) -> dict[str, Ops]:
+    """Per-token ops outside the blocks (HEAD_COMPONENTS order); `spikes` holds the head's neuron
+    sites (lm_head) when the student spikes there, else the head is dense as in the teacher."""
+    return scope_ops(shape, "head", spikes, levels)
 
 
 def total(ops: dict[str, Ops]) -> Ops:

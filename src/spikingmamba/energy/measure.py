@@ -19,18 +19,19 @@ from spikingmamba.energy.tables import EnergyTable
 from spikingmamba.errors import UserError
 from spikingmamba.neurons.sites import sites_by_name
 
-def layer_spikes_from_stats(stats: dict[str, dict], n_layer: int) -> list[LayerSpikes | None]:
-    """Per-block LayerSpikes from `firing_stats()` (keys are the neurons' module names,
-    `spikingmamba.neurons.sites.neuron_name`)."""
+def spikes_from_stats(stats: dict[str, dict], n_layer: int) -> tuple[list[LayerSpikes | None], LayerSpikes | None]:
+    """Per-block LayerSpikes and the head's (None where no neuron fires there) from `firing_stats()`
+    (keys are the neurons' module names, `spikingmamba.neurons.sites.neuron_name`)."""
     per_layer: list[dict] = [{} for _ in range(n_layer)]
+    head: dict = {}
     known = sites_by_name(n_layer)
     for name, st in stats.items():
         if name not in known:
             raise ValueError(f"neuron {name!r} is not at a neuron site of a {n_layer}-block model; cannot price it")
         layer, site = known[name]
-        per_layer[layer][site] = SiteSpikes(firing_rate=float(st["firing_rate"]),
-                                            mean_abs_spike=float(st["mean_abs_spike"]))
-    return [LayerSpikes(**sites) if sites else None for sites in per_layer]
+        spikes = SiteSpikes(firing_rate=float(st["firing_rate"]), mean_abs_spike=float(st["mean_abs_spike"]))
+        (head if layer is None else per_layer[layer])[site] = spikes
+    return [LayerSpikes(**sites) if sites else None for sites in per_layer], (LayerSpikes(**head) if head else None)
 
 
 @torch.no_grad()
@@ -63,7 +64,7 @@ def measure_report(student, ids: torch.Tensor, table: EnergyTable, *, teacher=No
     with student.record_spikes():
         nll, count, student_preds = _score(student, ids, context)
         stats = student.firing_stats()
-    layer_spikes = layer_spikes_from_stats(stats, shape.n_layer)
+    layer_spikes, head_spikes = spikes_from_stats(stats, shape.n_layer)
     levels = student.spiking_config.levels if student.is_spiking else 1
     if not student.is_spiking:
         notes.append("the model has no spiking neurons: it is priced as dense, ratio 1")
@@ -76,5 +77,6 @@ def measure_report(student, ids: torch.Tensor, table: EnergyTable, *, teacher=No
                        top1_agreement=agree / ids.shape[1])
     notes.append(f"spikes counted in windows of {context} tokens (state reset per window), integer spike mode "
                  "(the binary micro-step train has exactly |s| spikes per neuron, so the counts are the same)")
-    return build_report(shape, table, layer_spikes, levels=levels, mode="measured", model=model_name,
-                        teacher=teacher_name, tokens=int(ids.shape[1]), notes=notes, quality=quality)
+    return build_report(shape, table, layer_spikes, head_spikes=head_spikes, levels=levels, mode="measured",
+                        model=model_name, teacher=teacher_name, tokens=int(ids.shape[1]), notes=notes,
+                        quality=quality)

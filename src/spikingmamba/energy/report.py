@@ -17,9 +17,9 @@ from pathlib import Path
 
 from spikingmamba.energy.counting import (BLOCK_COMPONENTS, HEAD_COMPONENTS, LayerSpikes, MambaShape, Ops,
                                           SiteSpikes, block_ops, head_ops, total)
-from spikingmamba.energy.rules import accounting_lines, site_channels
+from spikingmamba.energy.rules import WEIGHT_MATRICES, accounting_lines, site_channels
 from spikingmamba.energy.tables import EnergyTable
-from spikingmamba.neurons.sites import SITES
+from spikingmamba.neurons.sites import BLOCK, SCOPE, SITES
 
 SCOPES = {
     "blocks": f"the Mamba blocks: {', '.join(BLOCK_COMPONENTS)}",
@@ -68,6 +68,29 @@ class ScopeTotal:
 
 
 @dataclass
+class SpikeDriven:
+    """Which weight matrices the student drives with spikes, and what it still computes densely
+    (per token, with head; `spikingmamba.energy.rules.SPIKE_DRIVEN`)."""
+
+    fully: bool                        # every weight matrix takes spikes, in every block and the head
+    dense_matrices: list[str]          # weight matrices that multiply real values (in at least one block)
+    dense_ops: dict[str, float]        # the student's dense ops left, by component
+    dense_share: float                 # their share of the student's energy with head
+
+    def describe(self) -> list[str]:
+        left = ", ".join(f"{name} {_count(ops)}" for name, ops in self.dense_ops.items())
+        if self.fully:
+            head = (f"fully spike-driven: every weight matrix ({', '.join(WEIGHT_MATRICES)}) takes integer "
+                    "spikes, in every block and the head")
+        else:
+            head = ("not fully spike-driven: dense weight matrices (real-valued inputs): "
+                    + ", ".join(self.dense_matrices))
+        return [head, f"dense ops left in the student (MAC-equivalents per token, with head; at a spike-driven "
+                      f"projection its bias adds and nonlinearity): {left}; {100 * self.dense_share:.1f}% of its "
+                      "energy with head"]
+
+
+@dataclass
 class EnergyReport:
     mode: str                          # "measured" (spikes counted on text) or "analytic" (given profile)
     model: str
@@ -80,9 +103,11 @@ class EnergyReport:
     firing_rate: float | None          # over all neurons: fraction non-zero
     mean_abs_spike: float | None       # over all neurons: mean |s| per neuron per token
     layers: list[LayerEnergy]
+    head: dict[str, SiteSpikes]        # firing at the head's neuron sites (lm_head) when it spikes
     components: list[ComponentEnergy]
     blocks: ScopeTotal
     with_head: ScopeTotal
+    spike_driven: SpikeDriven
     accounting: list[str]
     notes: list[str] = field(default_factory=list)
     quality: dict = field(default_factory=dict)
@@ -101,13 +126,16 @@ def _weighted(pairs: list[tuple[float, int]]) -> float | None:
 
 
 def build_report(shape: MambaShape, table: EnergyTable, layer_spikes: list[LayerSpikes | None], *,
-                 levels: int, mode: str, model: str, teacher: str | None = None, tokens: int | None = None,
-                 notes: list[str] | None = None, quality: dict | None = None) -> EnergyReport:
-    """Price the teacher (all dense) and the student (`layer_spikes`, one entry per block)."""
+                 levels: int, mode: str, model: str, head_spikes: LayerSpikes | None = None,
+                 teacher: str | None = None, tokens: int | None = None, notes: list[str] | None = None,
+                 quality: dict | None = None) -> EnergyReport:
+    """Price the teacher (all dense) and the student (`layer_spikes`, one entry per block;
+    `head_spikes`, the head's neuron sites, None for a dense head)."""
     if len(layer_spikes) != shape.n_layer:
         raise ValueError(f"need spikes for {shape.n_layer} layers, got {len(layer_spikes)}")
     e_mac, e_ac = table.e_mac, table.e_ac
-    sites = [s for s in SITES if any(ls is not None and s in ls for ls in layer_spikes)]
+    head_spikes = head_spikes or LayerSpikes()
+    sites = [s for s in SITES if s in head_spikes or any(ls is not None and s in ls for ls in layer_spikes)]
     teacher_block = block_ops(shape)
     layers, comp_teacher, comp_student = [], {c: Ops() for c in BLOCK_COMPONENTS}, {c: Ops() for c in BLOCK_COMPONENTS}
     firing, mean_abs = [], []
@@ -132,10 +160,14 @@ def build_report(shape: MambaShape, table: EnergyTable, layer_spikes: list[Layer
         t, s = comp_teacher[c], comp_student[c]
         components.append(ComponentEnergy(c, "block", t.macs, s.macs, s.acs, t.energy_pj(e_mac, e_ac),
                                           s.energy_pj(e_mac, e_ac)))
-    head = head_ops(shape)
+    teacher_head, student_head = head_ops(shape), head_ops(shape, head_spikes, levels)
     for c in HEAD_COMPONENTS:
-        components.append(ComponentEnergy(c, "head", head[c].macs, head[c].macs, head[c].acs,
-                                          head[c].energy_pj(e_mac, e_ac), head[c].energy_pj(e_mac, e_ac)))
+        t, s = teacher_head[c], student_head[c]
+        components.append(ComponentEnergy(c, "head", t.macs, s.macs, s.acs, t.energy_pj(e_mac, e_ac),
+                                          s.energy_pj(e_mac, e_ac)))
+    for site, firing_at in head_spikes.items():
+        firing.append((firing_at.firing_rate, site_channels(shape, site)))
+        mean_abs.append((firing_at.mean_abs_spike, site_channels(shape, site)))
 
     def scope_total(scope: str, wanted: tuple[str, ...]) -> ScopeTotal:
         chosen = [c for c in components if c.scope in wanted]
@@ -144,11 +176,18 @@ def build_report(shape: MambaShape, table: EnergyTable, layer_spikes: list[Layer
                           sum(c.student_macs for c in chosen), sum(c.student_acs for c in chosen),
                           t_pj, s_pj, _ratio(t_pj, s_pj))
 
+    with_head = scope_total("with_head", ("block", "head"))
+    dense_matrices = [m for m in WEIGHT_MATRICES if m not in head_spikes and
+                      any(ls is None or m not in ls for ls in layer_spikes)]
+    dense_ops = {c.name: c.student_macs for c in components if c.student_macs}
+    spike_driven = SpikeDriven(fully=not dense_matrices, dense_matrices=dense_matrices, dense_ops=dense_ops,
+                               dense_share=sum(dense_ops.values()) * e_mac / with_head.student_pj
+                               if with_head.student_pj else 1.0)
     return EnergyReport(
         mode=mode, model=model, teacher=teacher, shape=shape, table=table, levels=levels, sites=sites,
         tokens=tokens, firing_rate=_weighted(firing), mean_abs_spike=_weighted(mean_abs),
-        layers=layers, components=components,
-        blocks=scope_total("blocks", ("block",)), with_head=scope_total("with_head", ("block", "head")),
+        layers=layers, head=dict(head_spikes), components=components,
+        blocks=scope_total("blocks", ("block",)), with_head=with_head, spike_driven=spike_driven,
         accounting=accounting_lines(shape, levels, sites), notes=list(notes or []), quality=dict(quality or {}))
 
 
@@ -195,9 +234,10 @@ def format_report(report: EnergyReport, max_layers: int = 64, show_layers: bool 
         at = layer.sites.get(site)
         return ["-", "-"] if at is None else [_rate(at.firing_rate), _rate(at.mean_abs_spike)]
 
-    header = ["layer", *(f"{site} {what}" for site in r.sites for what in ("rate", "|s|")), "teacher MACs",
+    block_sites = [site for site in r.sites if SCOPE[site] == BLOCK]
+    header = ["layer", *(f"{site} {what}" for site in block_sites for what in ("rate", "|s|")), "teacher MACs",
               "student MACs", "student ACs", "teacher E", "student E", "ratio"]
-    rows = [[str(l.index), *(cell for site in r.sites for cell in firing(l, site)), _count(l.teacher_macs),
+    rows = [[str(l.index), *(cell for site in block_sites for cell in firing(l, site)), _count(l.teacher_macs),
              _count(l.student_macs), _count(l.student_acs), _energy(l.teacher_pj), _energy(l.student_pj),
              f"{l.ratio:.2f}x"] for l in r.layers]
     if len(rows) > max_layers:
@@ -205,6 +245,8 @@ def format_report(report: EnergyReport, max_layers: int = 64, show_layers: bool 
     if show_layers:
         out += ["Per layer:"]
         out += _rows(header, rows)
+        out += [f"Head: {site} neuron firing rate {at.firing_rate:.4f}, mean |s| {at.mean_abs_spike:.4f}"
+                for site, at in r.head.items()]
         out += [""]
     out += ["Per component (blocks summed over layers):"]
     out += _rows(["component", "scope", "teacher MACs", "student MACs", "student ACs", "teacher E", "student E"],
@@ -216,6 +258,7 @@ def format_report(report: EnergyReport, max_layers: int = 64, show_layers: bool 
                  [[s.scope, _count(s.teacher_macs), _count(s.student_macs), _count(s.student_acs),
                    _energy(s.teacher_pj), _energy(s.student_pj), f"{s.ratio:.2f}x"] for s in (r.blocks, r.with_head)])
     out += [f"  {s.scope}: {s.includes}" for s in (r.blocks, r.with_head)]
+    out += ["", "Spike-driven:"] + [f"  {line}" for line in r.spike_driven.describe()]
     if r.quality:
         out += ["", "Quality on the same text: " + ", ".join(
             f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.quality.items())]
@@ -244,7 +287,7 @@ def write_figure(report: EnergyReport, path: str | Path) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     fig, (ax_rate, ax_energy) = plt.subplots(2, 1, figsize=(min(14.0, max(8.0, 0.12 * len(idx) + 6)), 7), sharex=True)
-    for number, site in enumerate(report.sites):
+    for number, site in enumerate(s for s in report.sites if SCOPE[s] == BLOCK):
         color = f"C{number}"
         at = [l.sites.get(site) for l in report.layers]
         ax_rate.plot(idx, [float("nan") if a is None else a.firing_rate for a in at], "o-", color=color,

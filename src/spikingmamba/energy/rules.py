@@ -89,6 +89,13 @@ RULES: tuple[Rule, ...] = (
     Rule("lm_head", "head", "d * V weight MACs", lambda s: 0, lambda s: (s.d_model, s.vocab_size)),
 )
 RULE_BY_NAME: dict[str, Rule] = {rule.operation: rule for rule in RULES}
+WEIGHT_MATRICES: tuple[str, ...] = tuple(rule.operation for rule in RULES if rule.fan)
+SPIKE_DRIVEN = (
+    f"A student is fully spike-driven when every weight matrix ({', '.join(WEIGHT_MATRICES)}) takes integer "
+    "spikes on its input, in every block: then no weight matrix multiplies a real-valued activation. Even then "
+    "conv1d (a depthwise filter, K taps per channel and no mixing across channels, applied to in_proj's output, "
+    "which is a real-valued sum of weight columns), the selective scan, the gate, the norms, the residual adds "
+    "and the nonlinearities stay dense elementwise ops, and the embedding is a lookup.")
 
 
 @dataclass(frozen=True)
@@ -196,6 +203,8 @@ def render_markdown() -> str:
     for rule in SPIKE_RULES:
         energy = f"E_AC = {default.e_ac:g} pJ" if rule.unit == "AC" else f"E_MAC = {default.e_mac:g} pJ"
         out.append(f"| {rule.operation} | {_cell(rule.counted)} | {rule.unit} | {energy} | {_cell(rule.why)} |")
+    out += ["", SPIKE_DRIVEN + " The energy report says which weight matrices stay dense and how much of the "
+            "student's energy the dense ops left take."]
     out += ["", "## Energy per op tables", "",
             "| table | E_MAC (pJ) | E_AC (pJ) | source |",
             "|---|---|---|---|"]
