@@ -370,3 +370,19 @@ def test_components_follow_the_site_table(tiny_shape):
     assert "out_proj rate" in format_report(report) and "in_proj rate" not in format_report(report)
     with pytest.raises(ConfigError, match="unknown neuron site"):
         LayerSpikes(conv1d=SiteSpikes(0.1, 0.1))
+
+
+def test_recorded_site_energies_are_what_the_script_computes():
+    """docs/results/energy_sites.json (README's table of the neuron sites) is
+    `python scripts/energy_sites.py --out docs/results/energy_sites.json`; recompute it."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("energy_sites", root / "scripts" / "energy_sites.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    recorded = json.loads((root / "docs" / "results" / "energy_sites.json").read_text())
+    assert script.rows(["130m", "1.4b"], [0, 0.05, 0.1, 0.2], 4, "45nm-fp32") == recorded
+    paper_ceiling = next(r for r in recorded if (r["shape"], r["sites"], r["firing_rate"]) == ("130m", "paper", 0))
+    assert round(paper_ceiling["ratio_with_head"], 2) == 2.81 and not paper_ceiling["fully_spike_driven"]
