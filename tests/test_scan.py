@@ -178,6 +178,39 @@ def test_state_update_continues_a_scan():
         torch.testing.assert_close(y, y_full[:, t])
 
 
+def test_reference_from_initial_state_continues_the_scan():
+    """The oracle started from the state after a prefix equals the oracle over prefix + rest."""
+    x, dt, A, B, C, D = [t.detach() for t in scan_inputs(2, 9, 4, 3)]
+    y_full, h_full = selective_scan(x, dt, A, B, C, D, backend="reference")
+    _, h = selective_scan(x[:, :4], dt[:, :4], A, B[:, :4], C[:, :4], D, backend="reference")
+    y, h_last = selective_scan(x[:, 4:], dt[:, 4:], A, B[:, 4:], C[:, 4:], D, backend="reference", h0=h)
+    torch.testing.assert_close(y, y_full[:, 4:])
+    torch.testing.assert_close(h_last, h_full)
+
+
+@pytest.mark.parametrize("backend", ["loop", "cpu"])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_initial_state_matches_reference(backend, dtype, tol):
+    """Every backend from a non-zero h0 (the zero-state scan plus `initial_state_response`) agrees
+    with the oracle's loop from h0: y, h_last and every gradient, h0's included."""
+    ref_args = scan_inputs(3, 7, 5, 4, dtype=dtype, dt_scale=2.0)
+    h0_ref = torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(2), dtype=dtype).requires_grad_()
+    args = [t.detach().clone().requires_grad_() for t in ref_args]
+    h0 = h0_ref.detach().clone().requires_grad_()
+    y_ref, h_ref = selective_scan(*ref_args, backend="reference", h0=h0_ref)
+    y, h = selective_scan(*args, backend=backend, h0=h0)
+    zero_y, _ = selective_scan(*[t.detach() for t in args], backend=backend)
+    assert (y_ref - zero_y).abs().max() > 0.1                  # h0 matters at this shape
+    torch.testing.assert_close(y, y_ref, rtol=tol, atol=tol)
+    torch.testing.assert_close(h, h_ref, rtol=tol, atol=tol)
+    g = torch.Generator().manual_seed(3)
+    grad_y, grad_h = torch.randn(y.shape, generator=g, dtype=dtype), torch.randn(h.shape, generator=g, dtype=dtype)
+    ((y_ref * grad_y).sum() + (h_ref * grad_h).sum()).backward()
+    ((y * grad_y).sum() + (h * grad_h).sum()).backward()
+    for name, r, f in zip(("x", "dt", "A", "B", "C", "D", "h0"), [*ref_args, h0_ref], [*args, h0]):
+        torch.testing.assert_close(f.grad, r.grad, rtol=10 * tol, atol=10 * tol, msg=lambda m: f"d{name}: {m}")
+
+
 def test_unknown_backend_is_named():
     with pytest.raises(ValueError, match="unknown selective-scan backend 'nope'"):
         selective_scan(*[t.detach() for t in scan_inputs(1, 2, 2, 2)], backend="nope")

@@ -49,10 +49,16 @@ def test_triton_matches_reference(dtype):
 
 
 def test_triton_backend_through_dispatch_and_auto():
-    """backend="triton" runs the kernel with the D skip added; auto picks it on CUDA without mamba-ssm."""
+    """backend="triton" runs the kernel with the D skip added (and from an initial state); auto picks it
+    on CUDA without mamba-ssm."""
     args = [t.detach().float().to(DEVICE) for t in scan_inputs(1, 3, 4, 2)]
     y, h = selective_scan(*args, backend="triton")
     y_ref, h_ref = selective_scan(*args, backend="reference")
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(h, h_ref, rtol=1e-5, atol=1e-5)
+    h0 = torch.randn(1, 4, 2, device=DEVICE)                     # from an initial state too
+    y, h = selective_scan(*args, backend="triton", h0=h0)
+    y_ref, h_ref = selective_scan(*args, backend="reference", h0=h0)
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(h, h_ref, rtol=1e-5, atol=1e-5)
     on_cuda = "cuda" if _mamba_ssm_available() else "triton"

@@ -10,9 +10,11 @@ positions before scoring, so no attention mask is needed. It is the fallback her
 
 The default path is faster for a recurrent model: multiple-choice requests repeat one context
 with 2-4 continuations, and a Mamba can read the context once (`model.prefill`, which returns
-its constant-size state) and then score each continuation from that state token by token
-(`model.step`), so HellaSwag, ARC and OpenBookQA read each context once, not once per choice. Contexts are
-batched by exact length, since a state read after padding tokens would not be the context's.
+its constant-size state) and then score all continuations from their context's state in one
+sequence pass (`model.extend`: the scan starts from that state, the conv window carries over),
+so HellaSwag, ARC and OpenBookQA read each context once, not once per choice, and no
+continuation is stepped token by token. Contexts are batched by exact length, since a state read
+after padding tokens would not be the context's; continuations are right-padded.
 
 Use it from Python::
 
@@ -49,6 +51,9 @@ from spikingmamba.errors import CheckpointError
 DEFAULT_BATCH_SIZE = 32
 # Mamba has no position limit; this only bounds the longest scored sequence (LAMBADA is < 300).
 DEFAULT_MAX_LENGTH = 2048
+# Scoring holds at most this many logits per pass over continuations (float32: 128 MiB), however
+# large the vocabulary; a longer continuation than that still runs, alone.
+LOGITS_PER_PASS = 2**25
 
 
 def load_model(path: str | os.PathLike) -> transformers.PreTrainedModel:
@@ -82,7 +87,7 @@ class SpikingMambaLM(HFLM):
     `pretrained` is a checkpoint folder (loaded with `load_model`, tokenizer from the same folder)
     or an already built `PreTrainedModel`; `tokenizer` is a folder or a tokenizer object and is
     required with a model object whose `name_or_path` has no tokenizer. `prefix_sharing=False`
-    scores with HFLM's own batching (also used for models without `prefill`/`step`).
+    scores with HFLM's own batching (also used for models without `prefill`/`extend`).
     """
 
     def __init__(
@@ -162,7 +167,7 @@ class SpikingMambaLM(HFLM):
         return (
             self.prefix_sharing
             and callable(getattr(model, "prefill", None))
-            and callable(getattr(model, "step", None))
+            and callable(getattr(model, "extend", None))
             # rolling-window perplexity requests carry no key, and over-long ones need truncation:
             # both keep HFLM's handling
             and all(key is not None and len(context) + len(cont) <= self.max_length + 1
@@ -174,35 +179,38 @@ class SpikingMambaLM(HFLM):
         """Read equal-length `contexts` once; score each continuation from its context's state.
 
         Row r scores `continuations[r]` after `contexts[row_context[r]]`: the logits after the
-        context predict the first continuation token, each `step` predicts the next one.
+        context predict the first continuation token, one `extend` pass over the continuation
+        (all but its last token, right-padded) from the context's state predicts the others.
         """
         model = self.model
-        ids = torch.tensor(contexts, dtype=torch.long, device=self.device)  # (b, l)
-        logits, state = self.model.prefill(ids)  # (b, vocab) at the last position, state after it
+        ids = torch.tensor(contexts, dtype=torch.long, device=self.device)  # (c, l)
+        first, state = model.prefill(ids)  # (c, vocab) at the last position, state after it
         lengths = [len(c) for c in continuations]
-        # Longest continuations first, so the rows still running at step t are a prefix.
+        # Longest continuations first: a batch's rows have similar lengths, so little padding.
         order = sorted(range(len(continuations)), key=lambda r: -lengths[r])
-        width = lengths[order[0]]
-        targets = torch.zeros(len(order), width, dtype=torch.long, device=self.device)
-        for i, r in enumerate(order):
-            targets[i, : lengths[r]] = torch.tensor(continuations[r], dtype=torch.long)
-        pick = torch.tensor([row_context[r] for r in order], device=self.device)
-        logits, state = logits[pick], _index_state(state, pick)
-        total = torch.zeros(len(order), dtype=torch.float64, device=self.device)
-        greedy = torch.ones(len(order), dtype=torch.bool, device=self.device)
-        sorted_lengths = torch.tensor([lengths[r] for r in order], device=self.device)
-        for t in range(width):
-            active = int((sorted_lengths > t).sum())  # rows whose continuation has a token t
-            logprobs = F.log_softmax(logits[:active].float(), dim=-1, dtype=self.softmax_dtype)
-            target = targets[:active, t]
-            total[:active] += logprobs.gather(1, target[:, None]).squeeze(1).double()
-            greedy[:active] &= logprobs.argmax(-1) == target
-            still = int((sorted_lengths > t + 1).sum())
-            if still:
-                logits, state = model.step(target[:still], _index_state(state, slice(0, still)))
         answers: list[tuple[float, bool] | None] = [None] * len(order)
-        for i, r in enumerate(order):
-            answers[r] = (float(total[i]), bool(greedy[i]))
+        vocab = first.shape[-1]
+        start = 0
+        while start < len(order):
+            width = lengths[order[start]]
+            rows = order[start : start + max(1, LOGITS_PER_PASS // (width * vocab))]
+            start += len(rows)
+            pick = torch.tensor([row_context[r] for r in rows], device=self.device)
+            targets = torch.zeros(len(rows), width, dtype=torch.long, device=self.device)  # (rows, width)
+            for i, r in enumerate(rows):
+                targets[i, : lengths[r]] = torch.tensor(continuations[r], dtype=torch.long)
+            logits = first[pick].unsqueeze(1)  # (rows, 1, vocab)
+            if width > 1:
+                later, _ = model.extend(targets[:, :-1], _index_state(state, pick))  # (rows, width - 1, vocab)
+                logits = torch.cat([logits, later], dim=1)  # (rows, width, vocab)
+            logprobs = F.log_softmax(logits.float(), dim=-1, dtype=self.softmax_dtype)
+            real = torch.arange(width, device=self.device) < torch.tensor([lengths[r] for r in rows],
+                                                                          device=self.device)[:, None]
+            token = logprobs.gather(2, targets[..., None]).squeeze(2).double()  # (rows, width)
+            total = torch.where(real, token, 0.0).sum(1)
+            greedy = ((logprobs.argmax(-1) == targets) | ~real).all(1)
+            for i, r in enumerate(rows):
+                answers[r] = (float(total[i]), bool(greedy[i]))
         return answers
 
 

@@ -104,6 +104,19 @@ def _load_arrow(benchmark: str):
     return datasets.DatasetDict({"validation": split})
 
 
+def offline_requests(docs: int | None = None) -> list:
+    """lm-eval's request Instances for the first `docs` documents (None: all) of every offline task:
+    what `spikingmamba eval MODEL --tasks offline --limit DOCS` scores (benchmarks and tests)."""
+    from lm_eval.tasks import TaskManager
+
+    tasks = TaskManager(include_path=str(OFFLINE_TASK_DIR), include_defaults=False).load(list(OFFLINE_TASKS))
+    requests = []
+    for task in tasks["tasks"].values():
+        task.build_all_requests(limit=docs, rank=0, world_size=1)
+        requests.extend(task.instances)
+    return requests
+
+
 # ---- loaders named by `custom_dataset` in the YAMLs (lm-eval passes task metadata as kwargs) ----
 
 

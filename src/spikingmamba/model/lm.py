@@ -58,8 +58,8 @@ class MambaBlock(GradientCheckpointingLayer):
     def _residual(self, h):
         return h.float() if self.residual_in_fp32 else h
 
-    def forward(self, h: torch.Tensor, return_state: bool = False):
-        out = self.mixer(self.norm(h.to(self.norm.weight.dtype)), return_state=return_state)
+    def forward(self, h: torch.Tensor, return_state: bool = False, state: LayerState | None = None):
+        out = self.mixer(self.norm(h.to(self.norm.weight.dtype)), return_state=return_state, state=state)
         if return_state:
             return self._residual(h) + out[0], out[1]
         return self._residual(h) + out
@@ -246,17 +246,20 @@ class SpikingMambaForCausalLM(PreTrainedModel, GenerationMixin):
                                  hidden_states=tuple(hidden_states) if hidden_states is not None else None)
         return out if return_dict is not False else out.to_tuple()
 
-    def _backbone(self, input_ids: torch.LongTensor, hidden_states: list | None = None, return_state: bool = False):
+    def _backbone(self, input_ids: torch.LongTensor, hidden_states: list | None = None, return_state: bool = False,
+                  state: MambaState | None = None):
         """Full-sequence pass: ids (b, l) -> residual stream after the last block (b, l, d_model)
-        [and the state after the last position]; appends every block's output to `hidden_states`."""
+        [and the state after the last position]; appends every block's output to `hidden_states`.
+        `state` continues a sequence from that state (`MambaMixer.forward`)."""
         h = self.backbone.embeddings(input_ids)                              # (b, l, d_model)
         states = []
-        for layer in self.backbone.layers:
+        for i, layer in enumerate(self.backbone.layers):
+            layer_state = None if state is None else state.layers[i]
             if return_state:
-                h, s = layer(h, return_state=True)
+                h, s = layer(h, return_state=True, state=layer_state)
                 states.append(s)
             else:
-                h = layer(h)
+                h = layer(h, state=layer_state)
             if hidden_states is not None:
                 hidden_states.append(h)
         return h, (MambaState(states) if return_state else None)
@@ -285,6 +288,17 @@ class SpikingMambaForCausalLM(PreTrainedModel, GenerationMixin):
 
     def init_state(self, batch_size: int) -> MambaState:
         return self.backbone.init_state(batch_size)
+
+    @torch.no_grad()
+    def extend(self, input_ids: torch.LongTensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
+        """Full-sequence pass over tokens (b, l) that follow `state` (from `prefill`, `step` or
+        `extend`): logits at every position (b, l, vocab) and the state after the last one. Equals
+        `step` over the tokens one by one, in one pass. Right padding leaves the logits of the real
+        tokens exact (it comes after them), but the returned state is then the one after the padding."""
+        self._check_ids(input_ids)
+        h, state = self._backbone(input_ids, return_state=True, state=state)
+        h = self.backbone.norm_f(h.to(self.backbone.norm_f.weight.dtype))    # (b, l, d_model)
+        return self.lm_head(h.to(self.lm_head.weight.dtype)).float(), state
 
     @torch.no_grad()
     def step(self, token_ids: torch.LongTensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:

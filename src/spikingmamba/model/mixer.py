@@ -78,21 +78,30 @@ class MambaMixer(nn.Module):
         dt, B, C = torch.split(dbc, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         return F.softplus(self.project("dt_proj", dt).float()), B, C      # Delta in float32, as under CUDA autocast
 
-    def forward(self, hidden: torch.Tensor, return_state: bool = False):
-        """hidden (b, l, d_model) -> (b, l, d_model) [, LayerState after the last position]."""
+    def forward(self, hidden: torch.Tensor, return_state: bool = False, state: LayerState | None = None):
+        """hidden (b, l, d_model) -> (b, l, d_model) [, LayerState after the last position].
+
+        `state` (from `step`, `init_state` or a forward with `return_state`) continues a sequence:
+        its conv window is put before the conv input and its SSM state starts the scan, so the
+        result equals `step` over the l tokens one by one."""
         length = hidden.shape[1]
         xz = self.project("in_proj", hidden)                                  # (b, l, 2 d_inner)
         x, z = xz.chunk(2, dim=-1)                                            # (b, l, d_inner) x2
-        xc = F.silu(self.conv1d(x.transpose(1, 2))[..., :length].transpose(1, 2))  # (b, l, d_inner)
+        conv_in = x.transpose(1, 2)                                           # (b, d_inner, l)
+        if state is not None:
+            conv_in = torch.cat([state.conv.to(conv_in.dtype), conv_in], dim=-1)  # (b, d_inner, k + l)
+        start = conv_in.shape[-1] - length                                    # outputs of the l new positions
+        xc = F.silu(self.conv1d(conv_in)[..., start : start + length].transpose(1, 2))  # (b, l, d_inner)
         dt, B, C = self._ssm_params(xc)                                       # (b,l,d_inner), (b,l,n) x2
         A = self.ssm_A()                                                      # (d_inner, n)
-        y, h_last = selective_scan(xc, dt, A, B, C, self.D, backend=self.scan_backend)
+        y, h_last = selective_scan(xc, dt, A, B, C, self.D, backend=self.scan_backend,
+                                   h0=None if state is None else state.ssm)
         y = y * F.silu(z)                                                     # (b, l, d_inner)
         out = self.project("out_proj", y)                                     # (b, l, d_model)
         if not return_state:
             return out
         k = self.conv_kernel - 1
-        conv = F.pad(x.transpose(1, 2), (max(k - length, 0), 0))[..., -k:] if k else x.new_zeros(x.shape[0], self.d_inner, 0)
+        conv = F.pad(conv_in, (max(k - conv_in.shape[-1], 0), 0))[..., -k:] if k else x.new_zeros(x.shape[0], self.d_inner, 0)
         return out, LayerState(conv=conv.detach(), ssm=h_last.detach())
 
     def step(self, hidden: torch.Tensor, state: LayerState) -> tuple[torch.Tensor, LayerState]:

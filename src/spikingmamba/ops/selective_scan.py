@@ -19,6 +19,11 @@ Backends (docs/SCAN.md):
     "auto"       on CUDA tensors "cuda" when mamba-ssm is installed, else "triton", else "loop";
                  "cpu" on CPU tensors
 
+Initial state: `h0` (b, d, n) starts the recurrence from a given state instead of zero (scoring
+tokens that follow a context read earlier). "reference" runs it in its loop; for every other backend
+the scan from zero is corrected by h0's contribution, which the linear recurrence adds on top:
+h0 decayed by exp(A * cumsum(dt)) (`initial_state_response`).
+
 Precision: x, dt, B, C may be bfloat16 (under autocast dt arrives in float32 while x is bfloat16).
 Every backend keeps the state in float32 (float64 inputs stay float64): "cuda" and "triton" read
 bfloat16 and accumulate in float32 themselves, the CPU backends get float32 copies. y comes back in
@@ -36,10 +41,10 @@ BACKENDS = ("auto", "reference", "loop", "cpu", "cuda", "triton")
 _READ_LOW_PRECISION = ("cuda", "triton")     # backends that take bf16 inputs and accumulate in fp32
 
 
-def selective_scan_reference(x, dt, A, B, C, D):
-    """Sequential oracle. Returns (y (b, l, d), h_last (b, d, n))."""
+def selective_scan_reference(x, dt, A, B, C, D, h0=None):
+    """Sequential oracle, from state h0 (b, d, n) or zero. Returns (y (b, l, d), h_last (b, d, n))."""
     batch, length, d_inner = x.shape
-    h = x.new_zeros(batch, d_inner, A.shape[1])
+    h = x.new_zeros(batch, d_inner, A.shape[1]) if h0 is None else h0
     ys = []
     for t in range(length):
         dA = torch.exp(dt[:, t, :, None] * A)                              # (b, d, n)
@@ -60,6 +65,17 @@ def selective_scan_cpu(x, dt, A, B, C, D):
     """Compiled CPU kernel (`cpu_scan.py`). Returns (y, h_last)."""
     y, h_last = cpu_scan.cpu_selective_scan(x, dt, A, B, C)
     return y + x * D, h_last
+
+
+def initial_state_response(h0, dt, A, C):
+    """What starting from h0 (b, d, n) instead of zero adds to a scan's outputs.
+
+    The recurrence is linear in h, so the scan from h0 is the scan from zero plus h0 carried by
+    the decays alone: h0 * prod_{s<=t} exp(dt[s] A) = h0 * exp(A * cumsum(dt)[t]).
+    Returns (its part of y (b, l, d), its part of h_last (b, d, n)); holds one (b, l, d, n) tensor.
+    """
+    h = torch.exp(torch.cumsum(dt, dim=1).unsqueeze(-1) * A) * h0.unsqueeze(1)   # (b, l, d, n)
+    return torch.einsum("bldn,bln->bld", h, C), h[:, -1]
 
 
 def _mamba_ssm_available() -> bool:
@@ -122,8 +138,8 @@ _IMPLS = {"reference": selective_scan_reference, "loop": selective_scan_loop, "c
           "cuda": selective_scan_cuda, "triton": selective_scan_triton}
 
 
-def selective_scan(x, dt, A, B, C, D, backend: str = "auto"):
-    """y[t] = C[t] h[t] + D x[t], h[t] = exp(dt[t] A) h[t-1] + dt[t] B[t] x[t].
+def selective_scan(x, dt, A, B, C, D, backend: str = "auto", h0=None):
+    """y[t] = C[t] h[t] + D x[t], h[t] = exp(dt[t] A) h[t-1] + dt[t] B[t] x[t], h[-1] = h0 (or 0).
 
     Returns (y (b, l, d) in x's dtype, last state h (b, d, n) in float32, or float64 for float64
     inputs). See the module docstring for shapes and precision.
@@ -132,7 +148,15 @@ def selective_scan(x, dt, A, B, C, D, backend: str = "auto"):
     state = torch.promote_types(x.dtype, torch.float32)
     work = x.dtype if name in _READ_LOW_PRECISION else state
     with torch.autocast(x.device.type, enabled=False):       # the kernels choose their own precision
-        y, h = _IMPLS[name](x.to(work), dt.to(work), A.to(state), B.to(work), C.to(work), D.to(state))
+        args = (x.to(work), dt.to(work), A.to(state), B.to(work), C.to(work), D.to(state))
+        h0 = None if h0 is None else h0.to(state)
+        if name == "reference":                                # the oracle runs h0 through its loop
+            y, h = selective_scan_reference(*args, h0=h0)
+        else:
+            y, h = _IMPLS[name](*args)
+            if h0 is not None:
+                y0, h0_last = initial_state_response(h0, dt.to(state), A.to(state), C.to(state))
+                y, h = y.to(state) + y0, h.to(state) + h0_last
     return y.to(x.dtype), h.to(state)
 
 
