@@ -65,11 +65,12 @@ def test_extend_continues_like_step(hf_mamba, spiking):
     """`extend` from a state (conv window carried, scan from the SSM state) = the full forward =
     `step` token by token, for the dense model and a spiking student (its neurons are per token)."""
     from spikingmamba.model.convert import to_spiking
+    from spikingmamba.neurons.sites import SITES                  # every neuron site, the head's too
 
     model = spikingmamba.from_pretrained(hf_mamba[0]).eval()
     ids = torch.randint(0, 101, (3, 14), generator=torch.Generator().manual_seed(0))
     if spiking:
-        model = to_spiking(model, levels=4, calibration_ids=ids).eval()
+        model = to_spiking(model, levels=4, sites=SITES, calibration_ids=ids).eval()
     with torch.no_grad():
         full = model(ids).logits
     _, state = model.prefill(ids[:, :2])                          # shorter than the conv window

@@ -298,7 +298,7 @@ class SpikingMambaForCausalLM(PreTrainedModel, GenerationMixin):
         self._check_ids(input_ids)
         h, state = self._backbone(input_ids, return_state=True, state=state)
         h = self.backbone.norm_f(h.to(self.backbone.norm_f.weight.dtype))    # (b, l, d_model)
-        return self.lm_head(h.to(self.lm_head.weight.dtype)).float(), state
+        return self.head(h), state
 
     @torch.no_grad()
     def step(self, token_ids: torch.LongTensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
