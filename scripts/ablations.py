@@ -56,14 +56,16 @@ def run_variant(name: str, out: Path, steps: int, seq_len: int, batch_size: int,
 
     configure(1)
     from spikingmamba.assets import resolve_teacher
-    from spikingmamba.recipes.quickstart import QuickstartPlan, distill_stage, energy_stage, energy_summary
+    from spikingmamba.distill.trainer import distill
     from spikingmamba.evaluation import evaluate
+    from spikingmamba.recipes.quickstart import QUICK, distill_config, energy_stage, energy_summary
 
     teacher = Path(resolve_teacher("default"))
-    plan = QuickstartPlan(distill_steps=steps, batch_size=batch_size, seq_len=seq_len, levels=4,
-                          indomain_items=items, offline_limit=None)
     student = out / name
-    result = distill_stage(student, plan, str(teacher), progress=False, **VARIANTS[name])
+    # the quickstart's distillation recipe at this script's length and batch, then the variant's change
+    config = distill_config(student, QUICK, str(teacher), max_steps=steps, batch_size=batch_size, seq_len=seq_len,
+                            save_every=max(steps // 4, 25), progress=False, **VARIANTS[name])
+    result = distill(config)
     evals = evaluate(student, "indomain", teacher=teacher, heldout_text=out / "heldout.txt",
                      indomain_items=items, out_dir=out / "eval" / name)
     energy = energy_summary(energy_stage(student, teacher, out / "heldout.txt", out / "energy" / name))

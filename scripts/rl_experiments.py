@@ -27,7 +27,7 @@ from pathlib import Path
 
 # name -> (preference kind, DPO overrides); "control" is the equal-step distillation
 VARIANTS = {
-    "dpo-student-1e-4": ("student", {"lr": 1e-4}),            # the --full recipe's DPO
+    "dpo-student-1e-4": ("student", {"lr": 1e-4}),            # the first session's --full DPO
     "dpo-student-1e-5": ("student", {"lr": 1e-5}),
     "dpo-teacher-1e-5": ("teacher", {"lr": 1e-5}),
     "dpo-teacher-3e-5": ("teacher", {"lr": 3e-5}),
@@ -45,22 +45,23 @@ def one_thread() -> None:
 
 def make_pairs(kind: str, student: Path, out: Path, prompts: int) -> Path:
     one_thread()
-    from spikingmamba.data import fetch_default_corpus, load_tokenizer
-    from spikingmamba.rl.make_preferences import MakePreferencesConfig, make_preferences, prompts_from_corpus
+    from spikingmamba.recipes.quickstart import PREFERENCES
+    from spikingmamba.rl.make_preferences import MakePreferencesConfig, make_preferences
 
     path = out / f"preferences-{kind}.jsonl"
-    if not path.exists():
-        texts = prompts_from_corpus(fetch_default_corpus(), load_tokenizer(student), prompts, prompt_tokens=32)
-        make_preferences(MakePreferencesConfig(student=str(student), teacher="default", out=str(path),
-                                               samples_per_prompt=4, max_new_tokens=32, chosen_from=kind,
-                                               progress=False), texts)
+    if not path.exists():     # the quickstart's pairs recipe with this many prompts and this kind of chosen
+        make_preferences(MakePreferencesConfig.load(PREFERENCES, dict(student=str(student), out=str(path),
+                                                                      num_prompts=prompts, chosen_from=kind,
+                                                                      progress=False)))
     return path
 
 
 def train(name: str, student: Path, out: Path, steps: int) -> Path:
     one_thread()
     from spikingmamba.assets import resolve_teacher
-    from spikingmamba.recipes.quickstart import FULL, distill_stage
+    from spikingmamba.distill.trainer import distill
+    from spikingmamba.recipes.quickstart import DPO, FULL, distill_config
+    from spikingmamba.rl.config import RLConfig
     from spikingmamba.rl.trainer import run_dpo
 
     model_dir = out / name
@@ -68,12 +69,11 @@ def train(name: str, student: Path, out: Path, steps: int) -> Path:
     if (model_dir / "result.json").is_file():          # trained by an earlier call: score it again
         return model_dir
     if kind is None:
-        distill_stage(model_dir, FULL, resolve_teacher("default"), init_student=str(student), max_steps=steps,
-                      sgc=False, calibration_tokens=0, progress=False)
-    else:
-        run_dpo({"model": str(student), "preferences": str(out / f"preferences-{kind}.jsonl"), "out": str(model_dir),
-                 "max_steps": steps, "seq_len": FULL.seq_len, "batch_size": FULL.batch_size, "nll_weight": 1.0,
-                 "rate_weight": 1.0, "progress": False, **overrides})
+        distill(distill_config(model_dir, FULL, str(resolve_teacher("default")), init_student=str(student),
+                               max_steps=steps, sgc=False, calibration_tokens=0, progress=False))
+    else:           # the quickstart's DPO recipe with this variant's learning rate (and beta)
+        run_dpo(RLConfig.load(DPO, dict(model=str(student), preferences=str(out / f"preferences-{kind}.jsonl"),
+                                        out=str(model_dir), max_steps=steps, progress=False, **overrides)))
     return model_dir
 
 

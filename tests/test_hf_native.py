@@ -241,7 +241,7 @@ def test_quickstart_card_has_the_energy_and_evaluation_tables_of_its_run(folders
     from dataclasses import asdict
 
     from spikingmamba.energy import load_table, measure_report
-    from spikingmamba.recipes.quickstart import QUICK, write_card
+    from spikingmamba.recipes.quickstart import QUICK, distill_config, write_card
     from test_evaluation import _report
 
     model_dir = tmp_path / "student"
@@ -249,11 +249,13 @@ def test_quickstart_card_has_the_energy_and_evaluation_tables_of_its_run(folders
     ids = torch.randint(0, 300, (1, 64), generator=torch.Generator().manual_seed(5))
     energy = measure_report(spikingmamba.from_pretrained(model_dir), ids, load_table("45nm-fp32"),
                             teacher=spikingmamba.from_pretrained(folders / "dense"))
-    summary = {"teacher": "teacher-dir", "plan": asdict(QUICK), "distill": {"final_eval": {"kl": 0.031, "eval_tokens": 64}}}
+    recipe = {"student": distill_config(tmp_path / "run", QUICK, "teacher-dir").to_plain(), "student_rl": {"lr": 3e-5}}
+    summary = {"teacher": "teacher-dir", "plan": asdict(QUICK), "recipe": recipe,
+               "distill": {"final_eval": {"kl": 0.031, "eval_tokens": 64}}}
     write_card(model_dir, "student", summary, energy, {"indomain": _report(True), "offline": _report(True)},
                "spikingmamba quickstart --sparse")
     card = (model_dir / "README.md").read_text()
-    for text in ("spikingmamba quickstart --sparse", "stage: student", f"distill_steps: {QUICK.distill_steps}",
+    for text in ("spikingmamba quickstart --sparse", "stage: student", f"distill: {QUICK.distill}", "max_steps: 300",
                  "| KL(teacher || student) per token | 0.0310 |", "## Energy", f"{energy.blocks.ratio:.2f}x",
                  "## Evaluation", "over 4 headline metrics: -4.00 points"):
         assert text in card

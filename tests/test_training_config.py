@@ -125,31 +125,86 @@ def test_help_lists_every_field():
         assert flag in text
 
 
-@pytest.mark.parametrize("name", ["pretrain_default_teacher", "distill_default", "distill_quick", "distill_sparse",
-                                  "distill_sparse_long"])
-def test_shipped_recipes_are_valid(name):
-    from pathlib import Path
+# --- the shipped recipes -----------------------------------------------------------------------------
+# The flags a verb needs besides its recipe (paths of this run), as a user would pass them.
+_RUN_FLAGS = {"pretrain": ["--out", "o"], "distill": ["--out", "o"], "rl": ["--out", "o", "--model", "m",
+              "--preferences", "p.jsonl"], "make-preferences": ["--student", "s", "--out", "p.jsonl"]}
 
-    path = Path(__file__).parents[1] / "configs" / f"{name}.yaml"
-    cls = PretrainConfig if name.startswith("pretrain") else DistillConfig
-    cfg = cls.load(path, {"out": "somewhere"})
-    assert cfg.data == "default" and cfg.heldout_fraction == 0.05 and cfg.split_seed == 0  # the teacher's split
+
+def _config_through_cli(verb: str, config: str):
+    """The typed config `spikingmamba VERB --config CONFIG` would run with (the verb's own parser and loader)."""
+    from spikingmamba.cli.main import build_parser
+    from spikingmamba.config import config_from_args
+    from spikingmamba.rl.make_preferences import MakePreferencesConfig
+
+    args = build_parser().parse_args([verb, "--config", config, *_RUN_FLAGS[verb]])
+    if verb == "make-preferences":
+        return config_from_args(MakePreferencesConfig, args)
+    return config_from_cli({"pretrain": PretrainConfig, "distill": DistillConfig, "rl": RLConfig}[verb], args)
+
+
+def test_every_shipped_yaml_is_registered():
+    from spikingmamba.configs import FOLDER, SHIPPED
+
+    assert sorted(p.stem for p in FOLDER.glob("*.y*ml")) == sorted(SHIPPED)
+
+
+@pytest.mark.parametrize("name", ["pretrain_default_teacher", "distill_default", "distill_quick", "distill_sparse",
+                                  "distill_sparse_long", "rl_preferences", "rl_dpo"])
+def test_shipped_recipes_load_through_the_cli(name):
+    """Each shipped YAML, by name, through its verb's parser and typed config (unknown or mistyped keys
+    would raise); every key of the file is a field and keeps its value."""
+    from spikingmamba.configs import SHIPPED, config_path
+    from spikingmamba.utils.io import read_yaml
+
+    cfg = _config_through_cli(SHIPPED[name], name)
+    values = read_yaml(config_path(name))
+    assert values and all(getattr(cfg, k) == (tuple(v) if isinstance(v, list) else v) for k, v in values.items())
+    if SHIPPED[name] in ("pretrain", "distill"):
+        assert cfg.data == "default" and cfg.heldout_fraction == 0.05 and cfg.split_seed == 0  # the teacher's split
+
+
+@pytest.mark.parametrize("line,message", [("warmup_stepz: 20", "unknown key"), ("warmup_steps: twenty", "warmup_steps"),
+                                          ("levels: 2.5", "levels")])
+def test_a_bad_recipe_file_fails_the_same_route(tmp_path, line, message):
+    from spikingmamba.configs import config_path
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(config_path("distill_quick").read_text() + line + "\n")
+    with pytest.raises(ConfigError, match=message):
+        _config_through_cli("distill", str(bad))
+
+
+def test_an_unknown_recipe_name_is_a_clear_error(capsys):
+    from spikingmamba.cli.main import main
+
+    assert main(["distill", "--config", "distill_quik", "--out", "o"]) == 2
+    err = capsys.readouterr().err
+    assert "not a .yaml file and not a shipped recipe" in err and "distill_quick" in err and "Traceback" not in err
+
+
+def test_configs_verb_lists_and_prints_the_recipes(capsys):
+    from spikingmamba.cli.main import main
+    from spikingmamba.configs import SHIPPED, config_path
+
+    assert main(["configs"]) == 0
+    listed = capsys.readouterr().out
+    assert all(f"spikingmamba {verb} --config {name}" in listed for name, verb in SHIPPED.items())
+    assert main(["configs", "rl_dpo"]) == 0
+    assert capsys.readouterr().out == config_path("rl_dpo").read_text()
 
 
 @pytest.mark.parametrize("energy_first", [False, True])
-def test_quickstart_plans_make_valid_distillation_configs(monkeypatch, tmp_path, energy_first):
-    from pathlib import Path
+def test_quickstart_runs_the_shipped_recipes(tmp_path, energy_first):
+    """The quickstart's distillation is the shipped recipe with only this run's teacher, folder and
+    overwrite flag set; the energy-first one differs from it only by the firing-rate penalty."""
+    from spikingmamba.recipes.quickstart import QUICK, distill_config, sparse
 
-    import spikingmamba.distill.trainer as trainer
-    from spikingmamba.recipes.quickstart import QUICK, distill_stage, sparse
-
-    seen = {}
-    monkeypatch.setattr(trainer, "distill", lambda config: seen.update(config) or {})
-    distill_stage(tmp_path / "student", sparse(QUICK) if energy_first else QUICK, "default")
-    cfg = DistillConfig.from_dict(seen)
-    assert (cfg.max_steps, cfg.levels, cfg.seq_len) == (QUICK.distill_steps, QUICK.levels, QUICK.seq_len)
-    assert (cfg.rate_weight > 0, cfg.theta_lr_scale > 1) == (energy_first, energy_first)
-    if energy_first:            # the same recipe as the shipped configs/distill_sparse.yaml
-        shipped = DistillConfig.load(Path(__file__).parents[1] / "configs" / "distill_sparse.yaml", {"out": "x"})
-        assert (cfg.rate_weight, cfg.rate_target, cfg.theta_lr_scale) == (
-            shipped.rate_weight, shipped.rate_target, shipped.theta_lr_scale)
+    plan = sparse(QUICK) if energy_first else QUICK
+    cfg = distill_config(tmp_path / "student", plan, "teacher-dir")
+    shipped = _config_through_cli("distill", plan.distill)
+    assert {k for k, v in cfg.to_dict().items() if shipped.to_dict()[k] != v} == {"teacher", "out"}
+    quick = _config_through_cli("distill", "distill_quick")
+    changed = {k for k, v in shipped.to_dict().items() if quick.to_dict()[k] != v}
+    assert changed == ({"rate_weight", "rate_target", "theta_lr_scale"} if energy_first else set())
+    assert (shipped.rate_weight > 0, shipped.theta_lr_scale > 1) == (energy_first, energy_first)

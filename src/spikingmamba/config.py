@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from spikingmamba.configs import config_path
 from spikingmamba.errors import ConfigError
 from spikingmamba.utils.io import read_yaml
 
@@ -69,6 +70,7 @@ class Config:
         """Defaults < `base` < the YAML file < `overrides` (e.g. CLI flags)."""
         values: dict[str, Any] = dict(base or {})
         if yaml_path is not None:
+            yaml_path = config_path(yaml_path)
             values.update(read_yaml(yaml_path))
         values.update(overrides or {})
         return cls.from_dict(values, source=f"config ({yaml_path})" if yaml_path else "config")
@@ -76,9 +78,12 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def to_plain(self) -> dict[str, Any]:
+        """The fields as plain YAML / JSON values (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.to_dict().items()}
+
     def save_yaml(self, path: str | Path) -> None:
-        values = {k: list(v) if isinstance(v, tuple) else v for k, v in self.to_dict().items()}
-        Path(path).write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
+        Path(path).write_text(yaml.safe_dump(self.to_plain(), sort_keys=False), encoding="utf-8")
 
     def replace(self: C, **changes) -> C:
         return type(self).from_dict({**self.to_dict(), **changes})
@@ -176,8 +181,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type[Config], yam
     """One `--flag` (or positional argument) per field. Arguments default to "not given", so YAML
     values are only overridden by what is actually passed. Booleans get `--x / --no-x`."""
     if yaml_file:
-        parser.add_argument("--config", type=Path, metavar="YAML",
-                            help="YAML file of options (arguments given on the command line win)")
+        parser.add_argument("--config", metavar="YAML",
+                            help="YAML file of options, or the name of a shipped recipe (`spikingmamba configs` "
+                            "lists them); arguments given on the command line win")
     hints = typing.get_type_hints(cls)
     groups: dict[str, Any] = {}
     for f in fields(cls):

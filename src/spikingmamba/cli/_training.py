@@ -8,6 +8,7 @@ import json
 import os
 
 from spikingmamba.config import add_config_parser, given_values, read_yaml
+from spikingmamba.configs import config_path
 from spikingmamba.training.config import TrainConfig
 from spikingmamba.training.run import config_for_resume
 
@@ -16,7 +17,7 @@ add_parser = add_config_parser
 
 def config_from_cli(cls: type[TrainConfig], args: argparse.Namespace) -> TrainConfig:
     """Defaults < the saved recipe (with --resume) < --config YAML < flags given."""
-    values = read_yaml(args.config) if getattr(args, "config", None) else {}
+    values = read_yaml(config_path(args.config)) if getattr(args, "config", None) else {}
     values.update(given_values(cls, args))
     if values.get("resume") and values.get("out"):
         values = config_for_resume(cls, values["out"], values)

@@ -29,7 +29,7 @@ take the --out folder itself for its model/.
 
 Options come from the defaults, then --config YAML, then flags. Examples:
   spikingmamba distill --teacher default --out runs/student
-  spikingmamba distill --config configs/distill_default.yaml --out runs/d2 --levels 2
+  spikingmamba distill --config distill_default --out runs/d2 --levels 2     (a shipped recipe)
   spikingmamba distill --out runs/student --resume
   torchrun --nproc_per_node 2 -m spikingmamba.cli.main distill --out runs/ddp --batch-size 4
   torchrun --nproc_per_node 2 -m spikingmamba.cli.main distill --out runs/fsdp --batch-size 4 \

@@ -15,7 +15,7 @@ from spikingmamba.errors import UserError
 
 # Verb modules, in the order `--help` lists them.
 VERBS = ("convert", "eval", "energy", "tokenize", "pretrain", "distill", "make_preferences", "rl", "generate",
-         "spikes", "bench_decode", "quickstart")
+         "spikes", "bench_decode", "quickstart", "configs")
 
 
 def build_parser() -> argparse.ArgumentParser:

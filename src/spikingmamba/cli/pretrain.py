@@ -23,7 +23,7 @@ Output (--out): model/ (config.json, model.safetensors, tokenizer), checkpoint/ 
 state), the tokenizer, metrics.jsonl, train_config.yaml, result.json.
 
 Options come from the defaults, then --config YAML, then flags. Examples:
-  spikingmamba pretrain --config configs/pretrain_default_teacher.yaml --out runs/teacher
+  spikingmamba pretrain --config pretrain_default_teacher --out runs/teacher
   spikingmamba pretrain --out runs/teacher --resume
 """
     from spikingmamba.pretrain.trainer import pretrain

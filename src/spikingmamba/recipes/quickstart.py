@@ -1,12 +1,14 @@
 """The main job: distill the bundled default teacher into a spiking student and prove what it costs.
 
-    quick (default)  a few minutes of distillation on 2 CPU cores, limited evaluations
-    full (--full)    the longer recipe whose numbers the README reports, then the RL stage (DPO)
-                     against a control that continues plain distillation for the same steps
-    sparse (--sparse) the energy-first student: a firing-rate penalty (weight 4 above 0.05 spikes per
-                     neuron) with thresholds at 30x the learning rate, so they can follow it
+    quick (default)  the distillation of the shipped recipe `distill_quick`, limited evaluations
+    full (--full)    the same distillation, then the RL stage (`rl_preferences`, `rl_dpo`) against a
+                     control that continues plain distillation for the same steps; larger evaluations
+    sparse (--sparse) the energy-first student: `distill_sparse` instead of `distill_quick`
 
-Every stage writes into one run folder; `summary.json` and the printed table collect the numbers.
+The training recipes are the shipped YAML configs (`spikingmamba.configs`, `spikingmamba configs`),
+loaded like `--config NAME`; a plan adds only what is the quickstart's own: which recipes, and how
+much to evaluate. Every stage writes into one run folder; `summary.json` (with every resolved
+config) and the printed table collect the numbers.
 """
 
 from __future__ import annotations
@@ -24,29 +26,22 @@ ENERGY_TOKENS = 4096
 
 @dataclass(frozen=True)
 class QuickstartPlan:
-    """How much of each stage to run."""
+    """Which shipped recipes to run and how much to evaluate."""
 
-    distill_steps: int
-    batch_size: int
-    seq_len: int
-    levels: int
+    distill: str                       # shipped distillation recipe
     indomain_items: int
     offline_limit: int | None
-    rl_steps: int = 0                  # 0: no RL stage
-    rl_prompts: int = 0
-    rate_weight: float = 0.0           # firing-rate penalty (0: off), see DistillConfig
-    rate_target: float = 0.0
-    theta_lr_scale: float = 1.0
+    rl: bool = False                   # the RL stage (rl_preferences, rl_dpo) and its control
 
 
-QUICK = QuickstartPlan(distill_steps=300, batch_size=8, seq_len=128, levels=4, indomain_items=300, offline_limit=100)
-FULL = QuickstartPlan(distill_steps=300, batch_size=8, seq_len=128, levels=4, indomain_items=500, offline_limit=200,
-                      rl_steps=60, rl_prompts=160)
+QUICK = QuickstartPlan(distill="distill_quick", indomain_items=300, offline_limit=100)
+FULL = QuickstartPlan(distill="distill_quick", indomain_items=500, offline_limit=200, rl=True)
+PREFERENCES, DPO = "rl_preferences", "rl_dpo"
 
 
 def sparse(plan: QuickstartPlan) -> QuickstartPlan:
     """The energy-first variant of a plan (its measured firing rate and energy: README, Results)."""
-    return replace(plan, rate_weight=4.0, rate_target=0.05, theta_lr_scale=30.0)
+    return replace(plan, distill="distill_sparse")
 
 
 def heldout_text(out: Path, seed: int = 0, heldout_fraction: float = 0.05) -> Path:
@@ -59,15 +54,12 @@ def heldout_text(out: Path, seed: int = 0, heldout_fraction: float = 0.05) -> Pa
     return path
 
 
-def distill_stage(out: Path, plan: QuickstartPlan, teacher: str, overwrite: bool = False, **overrides) -> dict[str, Any]:
-    from spikingmamba.distill.trainer import distill
+def distill_config(out: Path, plan: QuickstartPlan, teacher: str, overwrite: bool = False, **overrides):
+    """The plan's distillation recipe with this run's teacher, folder and machine (as `spikingmamba distill
+    --config RECIPE` with those flags would load it)."""
+    from spikingmamba.distill.config import DistillConfig
 
-    config = dict(teacher=teacher, data="default", out=str(out), max_steps=plan.distill_steps,
-                  batch_size=plan.batch_size, seq_len=plan.seq_len, levels=plan.levels,
-                  rate_weight=plan.rate_weight, rate_target=plan.rate_target, theta_lr_scale=plan.theta_lr_scale,
-                  eval_every=0, save_every=max(plan.distill_steps // 4, 25), overwrite=overwrite)
-    config.update(overrides)
-    return distill(config)
+    return DistillConfig.load(plan.distill, dict(teacher=teacher, out=str(out), overwrite=overwrite, **overrides))
 
 
 def evaluation_stage(student: Path, teacher: Path, heldout: Path, out: Path, plan: QuickstartPlan,
@@ -102,6 +94,7 @@ def run(out: Path, full: bool = False, overwrite: bool = False, teacher: str = "
     `energy_first`, the sparse student. Returns the summary. Threads are the caller's
     (`spikingmamba.runtime.configure`)."""
     from spikingmamba.assets import resolve_teacher
+    from spikingmamba.distill.trainer import distill
     from spikingmamba.model.loading import model_folder
     from spikingmamba.utils.io import prepare_output_dir
 
@@ -114,16 +107,18 @@ def run(out: Path, full: bool = False, overwrite: bool = False, teacher: str = "
     out = prepare_output_dir(out, overwrite)
     teacher_dir = Path(resolve_teacher(teacher))
     started = time.perf_counter()
-    summary: dict[str, Any] = {"plan": asdict(plan), "teacher": str(teacher_dir), "out": str(out)}
+    summary: dict[str, Any] = {"plan": asdict(plan), "recipe": {}, "teacher": str(teacher_dir), "out": str(out)}
     heldout = heldout_text(out)
 
     student_dir = out / "student"
-    summary["distill"] = distill_stage(student_dir, plan, str(teacher_dir), overwrite=overwrite, device=device,
-                                       num_threads=torch.get_num_threads())
+    distilled = distill_config(student_dir, plan, str(teacher_dir), overwrite, device=device,
+                               num_threads=torch.get_num_threads())
+    summary["recipe"]["student"] = distilled.to_plain()
+    summary["distill"] = distill(distilled)
     stages = {"student": student_dir}
 
-    if plan.rl_steps:
-        stages.update(rl_stage(out, student_dir, teacher_dir, plan, overwrite, device))
+    if plan.rl:
+        stages.update(rl_stage(out, student_dir, teacher_dir, distilled, overwrite, device, summary["recipe"]))
 
     summary["models"] = {}
     command = ("spikingmamba quickstart" + (" --full" if full else "") + (" --sparse" if energy_first else "")
@@ -139,27 +134,27 @@ def run(out: Path, full: bool = False, overwrite: bool = False, teacher: str = "
     return summary
 
 
-def rl_stage(out: Path, student_dir: Path, teacher_dir: Path, plan: QuickstartPlan,
-             overwrite: bool, device: str = "cpu") -> dict[str, Path]:
-    """DPO on teacher-scored preferences, and the equal-compute control: more plain distillation."""
-    from spikingmamba.data import fetch_default_corpus, load_tokenizer
-    from spikingmamba.rl.make_preferences import MakePreferencesConfig, make_preferences, prompts_from_corpus
+def rl_stage(out: Path, student_dir: Path, teacher_dir: Path, distilled, overwrite: bool, device: str,
+             recipes: dict[str, Any]) -> dict[str, Path]:
+    """DPO on teacher-scored preferences, and the equal-compute control: the student's distillation
+    (`distilled`) continued for the DPO stage's steps, without SGC or calibration. Adds the three
+    resolved configs to `recipes`."""
+    from spikingmamba.distill.trainer import distill
+    from spikingmamba.rl.config import RLConfig
+    from spikingmamba.rl.make_preferences import MakePreferencesConfig, make_preferences
     from spikingmamba.rl.trainer import run_dpo
 
-    tokenizer = load_tokenizer(student_dir)
-    prompts = prompts_from_corpus(fetch_default_corpus(), tokenizer, plan.rl_prompts, prompt_tokens=32)
-    prefs = out / "preferences.jsonl"
-    # the best recipe of the README's "RL stage": chosen = the teacher's best sample, lr 3e-5
-    make_preferences(MakePreferencesConfig(student=str(student_dir), teacher=str(teacher_dir), out=str(prefs),
-                                           samples_per_prompt=4, max_new_tokens=32, overwrite=overwrite,
-                                           chosen_from="teacher", device=device), prompts)
-    run_dpo(dict(model=str(student_dir), preferences=str(prefs), out=str(out / "student_rl"),
-                 max_steps=plan.rl_steps, seq_len=plan.seq_len, batch_size=plan.batch_size,
-                 lr=3e-5, nll_weight=1.0, rate_weight=1.0, overwrite=overwrite, device=device,
-                 num_threads=torch.get_num_threads()))
-    distill_stage(out / "student_control", plan, str(teacher_dir), overwrite, init_student=str(student_dir),
-                  max_steps=plan.rl_steps, sgc=False, calibration_tokens=0, device=device,
-                  num_threads=torch.get_num_threads())
+    pairs = MakePreferencesConfig.load(PREFERENCES, dict(student=str(student_dir), teacher=str(teacher_dir),
+                                                         out=str(out / "preferences.jsonl"), overwrite=overwrite,
+                                                         device=device))
+    dpo = RLConfig.load(DPO, dict(model=str(student_dir), preferences=pairs.out, out=str(out / "student_rl"),
+                                  overwrite=overwrite, device=device, num_threads=torch.get_num_threads()))
+    control = distilled.replace(out=str(out / "student_control"), init_student=str(student_dir),
+                                max_steps=dpo.max_steps, sgc=False, calibration_tokens=0)
+    recipes.update(preferences=pairs.to_plain(), student_rl=dpo.to_plain(), student_control=control.to_plain())
+    make_preferences(pairs)
+    run_dpo(dpo)
+    distill(control)
     return {"student_rl": out / "student_rl", "student_control": out / "student_control"}
 
 
@@ -172,7 +167,8 @@ def write_card(model_dir: Path, name: str, summary: dict[str, Any], energy, eval
 
     final = (summary.get("distill") or {}).get("final_eval") if name == "student" else None
     write_model_card(model_dir, SpikingMambaConfig.from_pretrained(model_dir), command=command,
-                     recipe={"stage": name, "teacher": summary["teacher"], **summary["plan"]}, distillation=final,
+                     recipe={"stage": name, "teacher": summary["teacher"], **summary["plan"],
+                             "config": summary["recipe"][name]}, distillation=final,
                      energy=format_report(energy, show_layers=False),
                      evaluation="\n\n".join(format_table(evals[suite]) for suite in ("indomain", "offline")))
 
@@ -244,11 +240,12 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
              for r in [headers, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    plan = summary["plan"]
-    penalty = (f" (firing-rate penalty weight {plan['rate_weight']:g} above {plan['rate_target']:g}, thresholds "
-               f"at {plan['theta_lr_scale']:g}x lr)" if plan.get("rate_weight") else "")
-    lines += ["", f"D = {plan['levels']} levels, {plan['distill_steps']} distillation steps of "
-                  f"{plan['batch_size']} x {plan['seq_len']} tokens{penalty}; in-domain tasks: {plan['indomain_items']} items "
+    plan, distilled = summary["plan"], summary["recipe"]["student"]
+    penalty = (f" (firing-rate penalty weight {distilled['rate_weight']:g} above {distilled['rate_target']:g}, "
+               f"thresholds at {distilled['theta_lr_scale']:g}x lr)" if distilled["rate_weight"] else "")
+    lines += ["", f"D = {distilled['levels']} levels, {distilled['max_steps']} distillation steps of "
+                  f"{distilled['batch_size']} x {distilled['seq_len']} tokens{penalty}; in-domain tasks: "
+                  f"{plan['indomain_items']} items "
                   f"each; offline standard suite: {plan['offline_limit'] or 'all'} docs per task (ARC: validation "
                   "split); energy: 45 nm FP32, blocks only and with embedding + head.",
               f"artifacts: {summary['out']} (student/, eval/, energy/, summary.json); "
