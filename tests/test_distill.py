@@ -10,6 +10,7 @@ import torch
 import spikingmamba
 from spikingmamba.cli.main import main
 from spikingmamba.distill import distill
+from spikingmamba.distill.trainer import rate_ramp_scale
 from spikingmamba.errors import CheckpointError, UserError
 from spikingmamba.training.metrics import read_metrics
 from training_helpers import VOCAB, distill_settings, make_teacher, train_losses, weights
@@ -166,3 +167,33 @@ def test_the_default_teacher_is_bundled():
     assert not model.is_spiking and 5e6 < sum(p.numel() for p in model.parameters()) < 20e6
     check_vocab(load_tokenizer(folder), model.config.vocab_size)
     assert "held-out perplexity" in (folder / "TRAINING.md").read_text()
+
+
+def test_site_levels_reach_the_student_and_bad_ones_exit_2(tmp_path, teacher, capsys):
+    distill(distill_settings(tmp_path / "s", teacher, levels=4, site_levels=("in_proj=2",), max_steps=2, eval_every=0))
+    student = spikingmamba.from_pretrained(tmp_path / "s")
+    assert student.spiking_config.site_levels == {"in_proj": 2}
+    assert [(m.in_neuron.hi, m.out_neuron.hi) for m in (layer.mixer for layer in student.backbone.layers)] == [(2, 4)] * 2
+    assert main(["distill", "--teacher", str(teacher), "--out", str(tmp_path / "o"), "--site-levels", "in_proj=9"]) == 2
+    assert "site_levels['in_proj'] must be an integer in [1, levels=4]" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_rate_ramp_scale():
+    assert [rate_ramp_scale(s, 8, 0.5) for s in range(8)] == [0, 0.25, 0.5, 0.75, 1, 1, 1, 1]
+    assert rate_ramp_scale(0, 8, 0.0) == 1.0
+
+
+def test_rate_ramp_and_site_targets_shape_the_penalty(tmp_path, teacher, capsys):
+    common = dict(max_steps=4, eval_every=0, rate_weight=1.0, rate_target=0.0)
+    distill(distill_settings(tmp_path / "ramp", teacher, rate_ramp=0.5, **common))
+    train = read_metrics(tmp_path / "ramp", "train")
+    assert [r["rate_scale"] for r in train] == [0, 0.5, 1, 1] and all(r["rate_penalty"] > 0 for r in train)
+    # a target above any possible rate at both sites: nothing pays; at one site only: the other pays
+    distill(distill_settings(tmp_path / "none", teacher, rate_site_targets=("in_proj=9", "out_proj=9"), **common))
+    assert all(r["rate_penalty"] == 0 for r in read_metrics(tmp_path / "none", "train"))
+    distill(distill_settings(tmp_path / "out", teacher, rate_site_targets=("in_proj=9",), **common))
+    assert all(r["rate_penalty"] > 0 for r in read_metrics(tmp_path / "out", "train"))
+    assert main(["distill", "--teacher", str(teacher), "--out", str(tmp_path / "o"),
+                 "--rate-site-targets", "x_proj=0.1", "--sites", "in_proj"]) == 2
+    assert "rate_site_targets names ['x_proj'], not among the sites" in capsys.readouterr().err

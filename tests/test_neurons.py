@@ -6,6 +6,7 @@ from torch import nn
 
 from spikingmamba.errors import ConfigError
 from spikingmamba.neurons import SpikingConfig, SpikingNeuron, spiking_linear
+from spikingmamba.neurons.config import parse_site_values
 from spikingmamba.neurons.calibration import mse_optimal_theta
 from spikingmamba.neurons.spike_train import decode_spike_train, integrate_and_fire
 from spikingmamba.neurons.surrogate import multi_level_spike
@@ -150,3 +151,24 @@ def test_bad_spiking_config_names_the_field(bad):
 def test_unknown_spiking_key():
     with pytest.raises(ConfigError, match="unknown spiking config key"):
         SpikingConfig.from_dict({"levels": 2, "leak": 0.5})
+
+
+@pytest.mark.parametrize("bad, match", [(dict(site_levels={"in_proj": 5}), r"site_levels\['in_proj'\] must be an integer in \[1, levels=4\]"),
+                                        (dict(site_levels={"in_proj": 0}), "must be an integer"),
+                                        (dict(sites=("out_proj",), site_levels={"in_proj": 2}), "not one of the sites")])
+def test_bad_site_levels_are_named(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        SpikingConfig(**{"levels": 4, **bad})
+
+
+def test_site_levels_parse_and_round_trip():
+    assert parse_site_values(("in_proj=2", " out_proj=3"), "site_levels") == {"in_proj": 2, "out_proj": 3}
+    assert parse_site_values(("in_proj=0.1",), "rate_site_targets", float) == {"in_proj": 0.1}
+    for bad in (("in_proj",), ("in_proj=two",), ("=2",), ("in_proj=2", "in_proj=3"), ("in_proj=1.5",)):
+        with pytest.raises(ConfigError, match="site_levels"):
+            parse_site_values(bad, "site_levels")
+    with pytest.raises(ConfigError, match="rate_site_targets items must be SITE=X"):
+        parse_site_values(("in_proj=nan",), "rate_site_targets", float)
+    sc = SpikingConfig(levels=4, site_levels={"in_proj": 2})
+    assert SpikingConfig.from_dict(sc.to_dict()) == sc and sc.levels_at("in_proj") == 2 and sc.levels_at("out_proj") == 4
+    assert hash(sc) == hash(SpikingConfig.from_dict(sc.to_dict()))

@@ -186,3 +186,25 @@ def test_gradients_reach_weights_and_thresholds(teacher, calib_ids, sites):
     for name, p in student.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
     assert all(n.theta.grad.abs().sum() > 0 for _, n in student.neurons())
+
+
+def test_site_levels_give_each_site_its_own_range(teacher, calib_ids, tmp_path):
+    student = spikingmamba.to_spiking(teacher, levels=4, site_levels={"in_proj": 2}, calibration_ids=calib_ids).eval()
+    mixer = student.backbone.layers[0].mixer
+    assert (mixer.in_neuron.lo, mixer.in_neuron.hi) == (-2, 2) and (mixer.out_neuron.lo, mixer.out_neuron.hi) == (-4, 4)
+    ids = torch.randint(0, 101, (2, 9))
+    with student.record_spikes(), torch.no_grad():
+        integer = student(ids).logits
+        stats = student.firing_stats()
+    assert all(max(map(abs, s["levels"])) == (2 if "in_neuron" in name else 4) for name, s in stats.items())
+    student.spike_mode = "binary"
+    with torch.no_grad():
+        torch.testing.assert_close(student(ids).logits, integer, rtol=1e-4, atol=1e-4)
+    student.spike_mode = "integer"
+    student.save_pretrained(tmp_path / "student")
+    again = spikingmamba.from_pretrained(tmp_path / "student")
+    assert again.spiking_config.site_levels == {"in_proj": 2} and again.spiking_config == student.spiking_config
+    assert again.backbone.layers[1].mixer.in_neuron.hi == 2
+    # without site levels the saved spiking config has no such key (older folders read the same)
+    plain = spikingmamba.to_spiking(teacher, levels=4)
+    assert "site_levels" not in plain.spiking_config.to_dict()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from spikingmamba.config import add_config_parser, config_from_args, option
 from spikingmamba.errors import ConfigError, UserError
-from spikingmamba.neurons.config import NEURON_KINDS, SpikingConfig
+from spikingmamba.neurons.config import NEURON_KINDS, SpikingConfig, parse_site_values
 from spikingmamba.neurons.sites import DEFAULT_SITES, SITES, resolve_sites
 from spikingmamba.runtime import ModelRuntimeConfig
 
@@ -30,6 +30,8 @@ class ConvertConfig(ModelRuntimeConfig):
     neuron: str = option("silif", "neuron type", choices=NEURON_KINDS)
     sites: tuple[str, ...] = option(DEFAULT_SITES, f"projections that get neurons, comma-separated: any of "
                                     f"{','.join(SITES)}, or all")
+    site_levels: tuple[str, ...] = option((), "smaller largest spikes at some sites, SITE=D items (e.g. in_proj=2)",
+                                          metavar="SITE=D,...")
     per_tensor: bool = option(False, "one threshold per tensor instead of per channel")
     calibration_text: str | None = option(None, "text file whose teacher activations set the thresholds (none: "
                                           "the training split of the offline default corpus)", metavar="FILE")
@@ -42,7 +44,8 @@ class ConvertConfig(ModelRuntimeConfig):
         if not self.teacher or not self.out:
             raise ConfigError("give the TEACHER checkpoint and the OUT folder")
         self.sites = resolve_sites(self.sites)
-        SpikingConfig(levels=self.levels, neuron=self.neuron, sites=self.sites)   # its rules, before any work
+        SpikingConfig(levels=self.levels, neuron=self.neuron, sites=self.sites,
+                      site_levels=parse_site_values(self.site_levels, "site_levels"))       # its rules, before any work
 
 
 def register(subparsers) -> None:
@@ -86,7 +89,8 @@ Examples:
               file=sys.stderr)
     ids = calibration_ids(texts, tokenizer, cfg.calibration_tokens).to(device)
     student = to_spiking(teacher, levels=cfg.levels, neuron=cfg.neuron, sites=cfg.sites,
-                         per_channel=not cfg.per_tensor, calibration_ids=ids)
+                         per_channel=not cfg.per_tensor, site_levels=parse_site_values(cfg.site_levels, "site_levels"),
+                         calibration_ids=ids)
     atomic_save_dir(out, lambda folder: save_model(student, folder, tokenizer=tokenizer))
     print(json.dumps({"student": str(out), "levels": cfg.levels, "neuron": cfg.neuron, "sites": list(cfg.sites),
                       "calibration": {"text": str(source), "tokens": int(ids.numel())}}, indent=2))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from spikingmamba.errors import ConfigError
-from spikingmamba.neurons.config import NEURON_KINDS
+from spikingmamba.neurons.config import NEURON_KINDS, SpikingConfig, parse_site_values
 from spikingmamba.neurons.rate import RATE_COSTS
 from spikingmamba.neurons.sgc import SGCSchedule
 from spikingmamba.neurons.sites import DEFAULT_SITES, SITES, resolve_sites
@@ -37,6 +37,9 @@ class DistillConfig(SGCSchedule, CorpusConfig, TrainConfig):
                          choices=NEURON_KINDS)
     sites: tuple[str, ...] = option(DEFAULT_SITES, f"projections that get a spiking neuron on their input: any of "
                                     f"{','.join(SITES)}, or all")
+    site_levels: tuple[str, ...] = option((), "a smaller largest spike at some sites, SITE=D items (e.g. "
+                                          "in_proj=2,out_proj=4); the rest use --levels, which stays the "
+                                          "number of micro-steps", metavar="SITE=D,...")
     per_channel: bool = option(True, "one threshold per input channel (else one per tensor)")
     surrogate_alpha: float = option(1.0, "height of the rectangular surrogate gradient", gt=0)
     calibration_tokens: int = option(8192, "training tokens whose teacher activations set the initial "
@@ -57,6 +60,11 @@ class DistillConfig(SGCSchedule, CorpusConfig, TrainConfig):
     rate_target: float = option(0.0, "target spikes per neuron per token (mean |s|); only tokens above it "
                                 "are penalised", ge=0)
 
+    rate_site_targets: tuple[str, ...] = option((), "a target per site, SITE=X items (e.g. in_proj=0.1,"
+                                                "out_proj=0.02); sites not named use --rate-target",
+                                                metavar="SITE=X,...")
+    rate_ramp: float = option(0.0, "fraction of the run over which the penalty weight rises linearly from 0 to "
+                              "--rate-weight (0: the full weight from the first step)", ge=0, le=1)
     rate_cost: str = option("group", "weights of the neuron groups in the penalty: group (equal) or accumulates "
                             "(channels x fan-out of the projection: what a spike costs in energy and in "
                             "weight bytes read)", choices=RATE_COSTS)
@@ -78,5 +86,10 @@ class DistillConfig(SGCSchedule, CorpusConfig, TrainConfig):
         if self.neuron == "lif" and self.levels != 1:
             raise ConfigError(f"levels must be 1 with neuron lif (binary spikes), got {self.levels}")
         self.sites = resolve_sites(self.sites)
+        SpikingConfig(levels=self.levels, neuron=self.neuron, sites=self.sites,
+                      site_levels=parse_site_values(self.site_levels, "site_levels"))       # its rules, before any work
+        unknown = set(parse_site_values(self.rate_site_targets, "rate_site_targets", float)) - set(self.sites)
+        if unknown:
+            raise ConfigError(f"rate_site_targets names {sorted(unknown)}, not among the sites {self.sites}")
         if self.kl_weight + self.hidden_weight + self.ce_weight == 0:
             raise ConfigError("kl_weight, hidden_weight and ce_weight are all 0: nothing to learn from")

@@ -24,6 +24,7 @@ from spikingmamba.data.dataset import TokenBatch
 from spikingmamba.distill.losses import hidden_state_loss, kl_divergence
 from spikingmamba.errors import ConfigError, UserError
 from spikingmamba.model.lm import SpikingMambaForCausalLM
+from spikingmamba.neurons.config import parse_site_values
 from spikingmamba.neurons.rate import SpikeRateProbe, rate_excess, spike_summary, spike_totals
 from spikingmamba.neurons.sgc import apply_sgc
 from spikingmamba.neurons.sites import iter_sites
@@ -78,7 +79,7 @@ def build_student(teacher: SpikingMambaForCausalLM, cfg: DistillConfig,
     else:
         student = to_spiking(teacher, levels=cfg.levels, neuron=cfg.neuron, sites=cfg.sites,
                              per_channel=cfg.per_channel, surrogate_alpha=cfg.surrogate_alpha,
-                             calibration_ids=calibration_ids)
+                             site_levels=parse_site_values(cfg.site_levels, "site_levels"), calibration_ids=calibration_ids)
     return _trainable(student, cfg)
 
 
@@ -118,6 +119,14 @@ def prepare_teacher(teacher: SpikingMambaForCausalLM, cfg: DistillConfig, env: D
     return shard_frozen(teacher, env) if cfg.shard_teacher else teacher
 
 
+def rate_ramp_scale(step: int, total_steps: int, ramp: float) -> float:
+    """Factor of the rate penalty's weight at optimiser step `step` (0-based): linear from 0 at the first
+    step to 1 at `ramp * total_steps`, then 1; always 1 without a ramp."""
+    if ramp == 0:
+        return 1.0
+    return min(1.0, step / (ramp * total_steps))
+
+
 def calibration_batch(train_rows: torch.Tensor | MemmapRows, n_tokens: int) -> torch.Tensor | None:
     """About `n_tokens` input tokens of the train split (whole rows, spread evenly over it so that
     every part of the corpus is represented), (rows, seq_len); None for no calibration."""
@@ -146,13 +155,18 @@ class DistillTask:
             self.probe = SpikeRateProbe(self.model, self.cfg.rate_cost)
         self.sites = list(iter_sites(self.model))
         self.neuron_names = [ref.name for ref in self.sites]
+        targets = parse_site_values(self.cfg.rate_site_targets, "rate_site_targets", float)
+        self.rate_targets = {ref.name: targets.get(ref.site, self.cfg.rate_target) for ref in self.sites}
+        self.rate_scale = 1.0           # the penalty's ramp (rate_weight_at), set before every step
 
     @property
     def needs_hidden(self) -> bool:
         return self.cfg.hidden_weight > 0
 
     def before_step(self, step: int, total_steps: int) -> dict[str, float]:
-        return apply_sgc(self.model, self.cfg, step, total_steps)
+        self.rate_scale = rate_ramp_scale(step, total_steps, self.cfg.rate_ramp)
+        logged = apply_sgc(self.model, self.cfg, step, total_steps)
+        return {**logged, "rate_scale": self.rate_scale} if self.cfg.rate_ramp and self.probe is not None else logged
 
     def loss(self, model: nn.Module, batch: TokenBatch):
         cfg, (input_ids, target_ids) = self.cfg, batch
@@ -178,10 +192,11 @@ class DistillTask:
             parts["ce"] = cross_entropy(s.logits, target_ids)
             total = total + cfg.ce_weight * parts["ce"]
         if self.probe is not None:
-            parts["rate_penalty"] = masked_mean(rate_excess(self.probe.rates, cfg.rate_target, self.probe.weights),
-                                                mask)
+            floors = torch.tensor([self.rate_targets[name] for name in self.probe.names],
+                                  device=mask.device).view(-1, 1, 1)                  # (groups, 1, 1)
+            parts["rate_penalty"] = masked_mean(rate_excess(self.probe.rates, floors, self.probe.weights), mask)
             parts["rate"] = torch.stack(self.probe.rates).mean().detach()
-            total = total + cfg.rate_weight * parts["rate_penalty"]
+            total = total + self.rate_scale * cfg.rate_weight * parts["rate_penalty"]
         return total, {k: v.detach() for k, v in parts.items()}
 
     @torch.no_grad()

@@ -16,18 +16,19 @@ MAX_CALIBRATION_ROWS = 8192
 
 def to_spiking(teacher: SpikingMambaForCausalLM, levels: int = 4, neuron: str = "silif",
                sites: tuple[str, ...] | str = DEFAULT_SITES, per_channel: bool = True,
-               surrogate_alpha: float = 1.0,
+               surrogate_alpha: float = 1.0, site_levels: dict[str, int] | None = None,
                calibration_ids: torch.LongTensor | None = None) -> SpikingMambaForCausalLM:
     """A copy of the dense `teacher` with a spiking neuron before each chosen projection (`sites`:
     names from spikingmamba.neurons.sites, or "all").
 
+    `site_levels` ({site: D_site}, each <= `levels`) gives some sites a smaller largest spike.
     With `calibration_ids` (b, l), each neuron's theta is the MSE-optimal scale of the teacher's
     activations at its site; otherwise theta = 1.
     """
     if teacher.is_spiking:
         raise ValueError("to_spiking expects a dense teacher; this model already has spiking neurons")
     spiking = SpikingConfig(levels=levels, neuron=neuron, sites=sites, per_channel=per_channel,
-                            surrogate_alpha=surrogate_alpha)
+                            surrogate_alpha=surrogate_alpha, site_levels=dict(site_levels or {}))
     config = SpikingMambaConfig(**{**teacher.config.to_diff_dict(), "spiking": spiking.to_dict()})
     student = SpikingMambaForCausalLM(config).to(device=teacher.lm_head.weight.device, dtype=teacher.lm_head.weight.dtype)
     student.load_state_dict(copy.deepcopy(teacher.state_dict()), strict=False)

@@ -149,7 +149,8 @@ class SpikingMambaForCausalLM(PreTrainedModel, GenerationMixin):
         for site in HEAD_SITES:                     # head_neuron: None (dense) unless its site is chosen
             setattr(self, site.neuron, None)
             if sc is not None and site.name in sc.sites:
-                setattr(self, site.neuron, SpikingNeuron.from_config(getattr(self, site.name).in_features, sc))
+                channels = getattr(self, site.name).in_features
+                setattr(self, site.neuron, SpikingNeuron.from_config(channels, sc, site.name))
         self.post_init()
         if self.generation_config is not None:
             self.generation_config.update(**generation_defaults())

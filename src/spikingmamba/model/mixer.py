@@ -52,7 +52,8 @@ class MambaMixer(nn.Module):
         """A neuron on the input of every block projection named in `sc.sites`."""
         for site in BLOCK_SITES:
             channels = getattr(self, site.name).in_features
-            setattr(self, site.neuron, SpikingNeuron.from_config(channels, sc) if site.name in sc.sites else None)
+            neuron = SpikingNeuron.from_config(channels, sc, site.name) if site.name in sc.sites else None
+            setattr(self, site.neuron, neuron)
 
     def project(self, site: str, x: torch.Tensor) -> torch.Tensor:
         """The projection of neuron site `site` applied to x, through the site's neuron if it has one."""

@@ -60,7 +60,7 @@ def accumulate_costs(model: nn.Module) -> dict[int, float]:
 
 class SpikeRateProbe:
     """Collects `spike_rate` of every neuron of `model` during the forward passes inside `watch()`,
-    and each one's penalty weight in `weights` (all 1 with cost "group").
+    each one's penalty weight in `weights` (all 1 with cost "group") and its module name in `names`.
 
     The hooks stay registered for the probe's lifetime: with gradient checkpointing the backward
     re-runs each block's forward, and that re-run must save the same tensors as the first one did,
@@ -71,15 +71,17 @@ class SpikeRateProbe:
             raise ValueError(f"rate cost must be one of {RATE_COSTS}, got {cost!r}")
         self.neurons = [(name, m) for name, m in model.named_modules() if isinstance(m, SpikingNeuron)]
         self._cost = accumulate_costs(model) if cost == "accumulates" else {}
+        self._name = {id(m): name for name, m in self.neurons}
         self.rates: list[torch.Tensor] = []
         self.weights: list[float] = []
+        self.names: list[str] = []
         self.watching = False
         for _, neuron in self.neurons:
             neuron.register_forward_pre_hook(self._hook)
 
     @contextlib.contextmanager
     def watch(self):
-        self.rates, self.weights = [], []
+        self.rates, self.weights, self.names = [], [], []
         self.watching = True
         try:
             yield self
@@ -93,6 +95,7 @@ class SpikeRateProbe:
         if self.watching:
             self.rates.append(rate)
             self.weights.append(self._cost.get(id(neuron), 1.0))
+            self.names.append(self._name[id(neuron)])
 
 
 def rate_excess(rates: Sequence[torch.Tensor] | torch.Tensor, floor: float | Sequence[torch.Tensor] | torch.Tensor,
@@ -100,7 +103,8 @@ def rate_excess(rates: Sequence[torch.Tensor] | torch.Tensor, floor: float | Seq
     """The rate hinge per position: relu(r - floor), averaged over the neuron groups -> (b, l).
 
     `rates` holds one (b, l) tensor per neuron group, differentiable (`spike_rate`). `floor` is a
-    target rate, or one (b, l) tensor per group (a reference model's rates there, not differentiated).
+    target rate, one (b, l) tensor per group (a reference model's rates there, not differentiated),
+    or a (groups, 1, 1) tensor of one target per group.
     `weights` (one per group, any positive scale) make it a weighted mean over the groups. A hinge
     rather than a squared distance, so positions already below the floor are left alone and the push
     above it does not fade as the rate nears it.

@@ -52,9 +52,9 @@ class SpikingNeuron(nn.Module):
         self.reset_stats()
 
     @classmethod
-    def from_config(cls, channels: int, sc: SpikingConfig) -> SpikingNeuron:
-        """The neuron a `SpikingConfig` asks for, on an input `channels` wide."""
-        return cls(channels, sc.levels, sc.neuron, sc.per_channel, sc.surrogate_alpha)
+    def from_config(cls, channels: int, sc: SpikingConfig, site: str) -> SpikingNeuron:
+        """The neuron a `SpikingConfig` asks for at `site`, on an input `channels` wide."""
+        return cls(channels, sc.levels_at(site), sc.neuron, sc.per_channel, sc.surrogate_alpha)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, kind={self.kind}, range=[{self.lo}, {self.hi}], theta={tuple(self.theta.shape)}"
