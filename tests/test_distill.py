@@ -197,3 +197,19 @@ def test_rate_ramp_and_site_targets_shape_the_penalty(tmp_path, teacher, capsys)
     assert main(["distill", "--teacher", str(teacher), "--out", str(tmp_path / "o"),
                  "--rate-site-targets", "x_proj=0.1", "--sites", "in_proj"]) == 2
     assert "rate_site_targets names ['x_proj'], not among the sites" in capsys.readouterr().err
+
+
+def test_rate_aware_calibration_starts_the_student_at_the_rate(tmp_path, teacher, capsys):
+    common = dict(max_steps=2, eval_every=1, lr=1e-9, sgc=False)
+    plain = distill(distill_settings(tmp_path / "mse", teacher, **common))["first_eval"]["per_layer"]
+    aware = distill(distill_settings(tmp_path / "aware", teacher, calibration_rates=("in_proj=0.05",),
+                                     **common))["first_eval"]["per_layer"]
+    for layer in plain:
+        assert aware[layer]["in_proj"]["spikes_per_neuron"] < 0.5 * plain[layer]["in_proj"]["spikes_per_neuron"]
+    a, b = weights(tmp_path / "mse"), weights(tmp_path / "aware")
+    theta = "backbone.layers.0.mixer.{}.theta"
+    assert torch.allclose(a[theta.format("out_neuron")], b[theta.format("out_neuron")], atol=1e-6)   # MSE-optimal
+    assert (b[theta.format("in_neuron")] >= a[theta.format("in_neuron")] - 1e-6).all()
+    assert main(["distill", "--teacher", str(teacher), "--out", str(tmp_path / "o"),
+                 "--calibration-rates", "in_proj=-1"]) == 2
+    assert "calibration_rates must be >= 0" in capsys.readouterr().err

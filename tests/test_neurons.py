@@ -7,7 +7,7 @@ from torch import nn
 from spikingmamba.errors import ConfigError
 from spikingmamba.neurons import SpikingConfig, SpikingNeuron, spiking_linear
 from spikingmamba.neurons.config import parse_site_values
-from spikingmamba.neurons.calibration import mse_optimal_theta
+from spikingmamba.neurons.calibration import mse_optimal_theta, rate_aware_theta
 from spikingmamba.neurons.spike_train import decode_spike_train, integrate_and_fire
 from spikingmamba.neurons.surrogate import multi_level_spike
 
@@ -172,3 +172,27 @@ def test_site_levels_parse_and_round_trip():
     sc = SpikingConfig(levels=4, site_levels={"in_proj": 2})
     assert SpikingConfig.from_dict(sc.to_dict()) == sc and sc.levels_at("in_proj") == 2 and sc.levels_at("out_proj") == 4
     assert hash(sc) == hash(SpikingConfig.from_dict(sc.to_dict()))
+
+
+def test_rate_aware_calibration_hits_the_rate_and_spends_spikes_where_they_count():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4000, 8, generator=g) * torch.tensor([0.1, 0.5, 1, 2, 4, 1, 1, 1])
+    w = torch.tensor([1.0, 1, 1, 1, 1, 0.01, 10, 1])                 # squared column norms of the projection
+
+    def rate_and_err(theta):
+        s = torch.round(x / theta).clamp(-4, 4)
+        return float(s.abs().mean()), float((w * ((s * theta - x) ** 2).mean(0)).sum())
+
+    mse = mse_optimal_theta(x, -4, 4)
+    assert torch.equal(rate_aware_theta(x, -4, 4, 10.0, w), mse)      # already below the target: unchanged
+    theta = rate_aware_theta(x, -4, 4, 0.2, w)
+    rate, err = rate_and_err(theta)
+    assert 0.17 <= rate <= 0.2
+    # against scaling every MSE-optimal threshold by one factor to the same rate: less output error
+    lo, hi = 1.0, 1000.0
+    for _ in range(50):
+        mid = (lo * hi) ** 0.5
+        lo, hi = (mid, hi) if rate_and_err(mse * mid)[0] > rate else (lo, mid)
+    assert err < rate_and_err(mse * hi)[1]
+    assert theta[6] < theta[5]                                       # the heavier column keeps more spikes
+    assert rate_and_err(rate_aware_theta(x, -4, 4, 0.0, w))[0] == 0                   # rate 0: all silent

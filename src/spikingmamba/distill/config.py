@@ -44,6 +44,10 @@ class DistillConfig(SGCSchedule, CorpusConfig, TrainConfig):
     surrogate_alpha: float = option(1.0, "height of the rectangular surrogate gradient", gt=0)
     calibration_tokens: int = option(8192, "training tokens whose teacher activations set the initial "
                                      "thresholds (0: theta = 1)", ge=0)
+    calibration_rates: tuple[str, ...] = option((), "rate-aware calibration at some sites, SITE=X items (e.g. "
+                                                "in_proj=0.2): thresholds that start each layer's neurons there "
+                                                "at X spikes per neuron per token (default: MSE-optimal)",
+                                                metavar="SITE=X,...")
     freeze_embeddings: bool = option(True, "keep the (tied) embedding / LM head at the teacher's values, "
                                      "as the authors did")
 
@@ -88,8 +92,12 @@ class DistillConfig(SGCSchedule, CorpusConfig, TrainConfig):
         self.sites = resolve_sites(self.sites)
         SpikingConfig(levels=self.levels, neuron=self.neuron, sites=self.sites,
                       site_levels=parse_site_values(self.site_levels, "site_levels"))       # its rules, before any work
-        unknown = set(parse_site_values(self.rate_site_targets, "rate_site_targets", float)) - set(self.sites)
-        if unknown:
-            raise ConfigError(f"rate_site_targets names {sorted(unknown)}, not among the sites {self.sites}")
+        for name in ("rate_site_targets", "calibration_rates"):
+            values = parse_site_values(getattr(self, name), name, float)
+            if any(v < 0 for v in values.values()):
+                raise ConfigError(f"{name} must be >= 0 (spikes per neuron per token), got {getattr(self, name)!r}")
+            unknown = set(values) - set(self.sites)
+            if unknown:
+                raise ConfigError(f"{name} names {sorted(unknown)}, not among the sites {self.sites}")
         if self.kl_weight + self.hidden_weight + self.ce_weight == 0:
             raise ConfigError("kl_weight, hidden_weight and ce_weight are all 0: nothing to learn from")

@@ -79,7 +79,8 @@ def build_student(teacher: SpikingMambaForCausalLM, cfg: DistillConfig,
     else:
         student = to_spiking(teacher, levels=cfg.levels, neuron=cfg.neuron, sites=cfg.sites,
                              per_channel=cfg.per_channel, surrogate_alpha=cfg.surrogate_alpha,
-                             site_levels=parse_site_values(cfg.site_levels, "site_levels"), calibration_ids=calibration_ids)
+                             site_levels=parse_site_values(cfg.site_levels, "site_levels"), calibration_ids=calibration_ids,
+                             calibration_rates=parse_site_values(cfg.calibration_rates, "calibration_rates", float))
     return _trainable(student, cfg)
 
 
