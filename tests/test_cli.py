@@ -182,6 +182,24 @@ def test_convert_sites(teacher, tmp_path, capsys, sites, expected):
     assert torch.allclose(thresholds(student), thresholds(twin)) and not torch.all(thresholds(student) == 1)
 
 
+def test_convert_site_levels_and_rate_aware_calibration(teacher, tmp_path, capsys):
+    code, _, _ = run(capsys, "convert", teacher, tmp_path / "s", "--calibration-text", CORPUS, "--calibration-tokens",
+                     512, "--site-levels", "in_proj=2", "--calibration-rates", "in_proj=0.05")
+    assert code == 0
+    student = spikingmamba.from_pretrained(tmp_path / "s")
+    tokenizer = load_tokenizer(teacher)
+    ids = calibration_ids(load_texts(CORPUS), tokenizer, 512)
+    expected = spikingmamba.to_spiking(spikingmamba.from_pretrained(teacher), site_levels={"in_proj": 2},
+                                       calibration_ids=ids, calibration_rates={"in_proj": 0.05})
+    assert student.spiking_config.site_levels == {"in_proj": 2}
+    assert torch.allclose(thresholds(student), thresholds(expected))
+    with student.record_spikes(), torch.no_grad():
+        student(ids)
+        stats = student.firing_stats()
+    rates = [s["mean_abs_spike"] for name, s in stats.items() if "in_neuron" in name]
+    assert max(rates) <= 0.06                      # the calibration text itself: each layer at the rate
+
+
 def test_convert_without_text_calibrates_on_the_default_corpus_and_says_so(teacher, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(spikingmamba.data, "fetch_default_corpus", lambda: CORPUS)     # the offline default
     code, _, err = run(capsys, "convert", teacher, tmp_path / "s", "--calibration-tokens", 256)
@@ -244,6 +262,8 @@ def test_convert_leaves_nothing_behind_when_it_fails(teacher, tmp_path, capsys, 
     (["--sites", "conv1d"], "sites must be 'all' or a non-empty subset"),
     (["--sites", "all,in_proj"], "sites must be 'all' or a non-empty subset"),
     (["--neuron", "lif"], "levels must be 1"),
+    (["--site-levels", "in_proj=5"], "site_levels['in_proj'] must be an integer in [1, levels=4]"),
+    (["--calibration-rates", "x_proj=0.1"], "calibration_rates must name sites"),
 ])
 def test_convert_bad_options_exit_2_before_any_work(teacher, tmp_path, capsys, args, message):
     code, _, err = run(capsys, "convert", teacher, tmp_path / "s", *args)

@@ -33,6 +33,9 @@ class ConvertConfig(ModelRuntimeConfig):
     site_levels: tuple[str, ...] = option((), "smaller largest spikes at some sites, SITE=D items (e.g. in_proj=2)",
                                           metavar="SITE=D,...")
     per_tensor: bool = option(False, "one threshold per tensor instead of per channel")
+    calibration_rates: tuple[str, ...] = option((), "rate-aware calibration at some sites, SITE=X items (e.g. "
+                                                "in_proj=0.2): start there at X spikes per neuron per token",
+                                                metavar="SITE=X,...")
     calibration_text: str | None = option(None, "text file whose teacher activations set the thresholds (none: "
                                           "the training split of the offline default corpus)", metavar="FILE")
     calibration_tokens: int = option(4096, "tokens of calibration text to use", ge=MIN_CALIBRATION_TOKENS)
@@ -46,6 +49,10 @@ class ConvertConfig(ModelRuntimeConfig):
         self.sites = resolve_sites(self.sites)
         SpikingConfig(levels=self.levels, neuron=self.neuron, sites=self.sites,
                       site_levels=parse_site_values(self.site_levels, "site_levels"))       # its rules, before any work
+        rates = parse_site_values(self.calibration_rates, "calibration_rates", float)
+        if any(v < 0 for v in rates.values()) or not set(rates) <= set(self.sites):
+            raise ConfigError(f"calibration_rates must name sites among {self.sites} with rates >= 0, "
+                              f"got {self.calibration_rates!r}")
 
 
 def register(subparsers) -> None:
@@ -90,7 +97,8 @@ Examples:
     ids = calibration_ids(texts, tokenizer, cfg.calibration_tokens).to(device)
     student = to_spiking(teacher, levels=cfg.levels, neuron=cfg.neuron, sites=cfg.sites,
                          per_channel=not cfg.per_tensor, site_levels=parse_site_values(cfg.site_levels, "site_levels"),
-                         calibration_ids=ids)
+                         calibration_ids=ids,
+                         calibration_rates=parse_site_values(cfg.calibration_rates, "calibration_rates", float))
     atomic_save_dir(out, lambda folder: save_model(student, folder, tokenizer=tokenizer))
     print(json.dumps({"student": str(out), "levels": cfg.levels, "neuron": cfg.neuron, "sites": list(cfg.sites),
                       "calibration": {"text": str(source), "tokens": int(ids.numel())}}, indent=2))
