@@ -2,6 +2,11 @@
 
     python scripts/ablations.py --out runs/ablations [--steps 200 --seq-len 128 --batch-size 8]
                                 [--variants d1,d2,d4,d8,d4-nosgc,ilif4,lif1,d4-rate,d2-rate] [--workers 2]
+    python scripts/ablations.py --frontier docs/results/frontier.json --figure docs/pareto.png
+
+The second form trains nothing: it draws the accuracy-energy frontier (energy ratio in the blocks
+and with the head against the held-out perplexity gap) of the rows in a frontier file and prints
+its README table (docs/results/README.md describes the file).
 
 Each variant: `distill` from the bundled teacher, then the in-domain zero-shot tasks (lm-eval, vs
 the teacher, with teacher agreement) and the energy report on held-out text. Writes
@@ -127,6 +132,96 @@ def pareto_figure(rows: list[dict], out: Path) -> None:
     fig.savefig(out / "pareto.png", dpi=120)
 
 
+def gap_pct(row: dict) -> float:
+    """Held-out perplexity gap to the teacher, percent."""
+    return 100.0 * (row["student_ppl"] / row["teacher_ppl"] - 1.0)
+
+
+def pareto_rows(rows: list[dict], key: str) -> list[dict]:
+    """The rows no other row beats on both the gap and the energy ratio `key`, by increasing gap."""
+    ordered = sorted(rows, key=lambda r: (gap_pct(r), -r[key]))
+    front, best = [], float("-inf")
+    for r in ordered:
+        if r[key] > best:
+            front.append(r)
+            best = r[key]
+    return front
+
+
+def frontier_table(frontier: dict) -> str:
+    """The README table of a frontier file: one row per student, best-first on the blocks frontier."""
+    front = {id(r) for r in pareto_rows(frontier["rows"], "ratio_blocks")}
+    lines = ["| student | steps | held-out ppl (teacher) | gap | energy blocks | with head | spikes/neuron "
+             "| training time (load) | command |", "|" + "---|" * 9]
+    for r in sorted(frontier["rows"], key=gap_pct):
+        name = f"**{r['name']}**" if id(r) in front else r["name"]
+        minutes = "-" if r.get("train_minutes") is None else f"{r['train_minutes']:.1f} min"
+        load = f" ({r['load']})" if r.get("load") else ""
+        lines.append(f"| {name} | {r['steps']} | {r['student_ppl']:.2f} ({r['teacher_ppl']:.2f}) | {gap_pct(r):+.1f}% "
+                     f"| {r['ratio_blocks']:.2f}x | {r['ratio_with_head']:.2f}x | {r['mean_abs_spike']:.3f} "
+                     f"| {minutes}{load} | `{r['command']}` |")
+    return "\n".join(lines)
+
+
+def energy_ceilings() -> tuple[float, float]:
+    """The bundled teacher's energy ratio (blocks, with head) for a student whose in_proj / out_proj
+    neurons never fire: what the dense rest of the network (conv1d, x_proj, dt_proj, scan, norms,
+    gating; embedding + head) leaves, the most any firing rate at these two sites can reach."""
+    from spikingmamba import from_pretrained
+    from spikingmamba.assets import resolve_teacher
+    from spikingmamba.energy import load_table
+    from spikingmamba.energy.analytic import analytic_report
+    from spikingmamba.energy.counting import MambaShape
+
+    shape = MambaShape.from_config(from_pretrained(resolve_teacher("default")).config)
+    report = analytic_report(shape, load_table("45nm-fp32"), levels=4, firing_rate=0.0, mean_abs_spike=0.0)
+    return report.blocks.ratio, report.with_head.ratio
+
+
+def frontier_figure(frontier: dict, path: Path) -> None:
+    """Energy ratio (blocks: filled, with head: open) against the held-out perplexity gap; the
+    frontier of each scope as a step line; the target box; the paper's ratio as a reference line;
+    the ceilings of `energy_ceilings` as grey lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, target = frontier["rows"], frontier["target"]
+    fig, ax = plt.subplots(figsize=(8, 5.2))
+    for key, style, label in (("ratio_blocks", dict(color="tab:blue"), "blocks"),
+                              ("ratio_with_head", dict(color="tab:orange", facecolors="none"), "with embedding + head")):
+        ax.scatter([gap_pct(r) for r in rows], [r[key] for r in rows], label=f"energy ratio, {label}", zorder=3,
+                   **style)
+        front = pareto_rows(rows, key)
+        ax.step([gap_pct(r) for r in front], [r[key] for r in front], where="post", color=style["color"], alpha=0.5)
+    for r in rows:
+        ax.annotate(r["name"], (gap_pct(r), r["ratio_blocks"]), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        ax.plot([gap_pct(r)] * 2, [r["ratio_with_head"], r["ratio_blocks"]], color="grey", lw=0.5, alpha=0.5)
+    ax.axvline(target["max_gap_pct"], color="tab:green", ls="--", lw=1)
+    ax.axhline(target["min_ratio_blocks"], color="tab:green", ls="--", lw=1)
+    ax.fill_between([0, target["max_gap_pct"]], target["min_ratio_blocks"], ax.get_ylim()[1] + 1, color="tab:green",
+                    alpha=0.08, label=f"target: >= {target['min_ratio_blocks']:g}x (blocks) at <= "
+                                      f"+{target['max_gap_pct']:g}% perplexity")
+    paper = frontier["paper"]
+    ax.axhline(paper["ratio"], color="tab:red", ls=":", lw=1.2,
+               label=f"paper: {paper['ratio']:g}x ({paper['note']}; not the same scale or accounting)")
+    blocks_max, head_max = energy_ceilings()
+    for value, scope in ((blocks_max, "blocks"), (head_max, "with head")):
+        ax.axhline(value, color="grey", lw=1, alpha=0.7)
+        ax.annotate(f"ceiling, {scope}: no spike at in_proj / out_proj ({value:.2f}x)", (ax.get_xlim()[1], value),
+                    xytext=(-4, 3), textcoords="offset points", ha="right", fontsize=7, color="grey")
+    ax.set_xlim(left=0)
+    ax.set_ylim(1, max(blocks_max, max(r["ratio_blocks"] for r in rows)) + 0.6)
+    ax.set_xlabel(f"held-out perplexity gap to the teacher (%; teacher {rows[0]['teacher_ppl']:.2f})")
+    ax.set_ylabel("energy benefit (teacher pJ / student pJ per token)")
+    ax.set_title("Accuracy-energy frontier on the bundled teacher (45 nm FP32)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/ablations"))
@@ -136,7 +231,15 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--items", type=int, default=300, help="items per in-domain task")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--frontier", type=Path, help="draw this frontier file instead of training (with --figure)")
+    p.add_argument("--figure", type=Path, default=Path("docs/pareto.png"), help="where --frontier draws")
     args = p.parse_args()
+    if args.frontier is not None:
+        frontier = json.loads(args.frontier.read_text(encoding="utf-8"))
+        frontier_figure(frontier, args.figure)
+        print(frontier_table(frontier))
+        print(f"\nwritten: {args.figure}")
+        return
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
