@@ -7,7 +7,7 @@ Builds lm-eval's requests for the first `--docs` documents of every offline task
 the backend's `loglikelihood` over all of them with:
 
   extend   the default: context read once (`prefill`), every continuation scored in one sequence
-           pass from the context's state (`model.extend`)
+           pass from the context's state (`model.extend`), rows sorted by length across many contexts
   step     the previous default: context read once, continuations stepped token by token from its
            state (`model.step`), all continuations of a batch together; kept here as the baseline
   hflm     lm-eval's own HFLM batching (`prefix_sharing=False`): context + continuation in one
@@ -26,16 +26,30 @@ import torch
 import torch.nn.functional as F
 
 from common import interleaved_median, print_table
-from spikingmamba.evaluation.lm_backend import DEFAULT_BATCH_SIZE, SpikingMambaLM, _index_state
+from spikingmamba.evaluation.lm_backend import DEFAULT_BATCH_SIZE, SpikingMambaLM, _index_state, _same_length_batches
 from spikingmamba.evaluation.offline import offline_requests
 from spikingmamba.runtime import configure
 
 
 class StepScoringLM(SpikingMambaLM):
-    """The previous scoring path: continuations stepped token by token from the context's state."""
+    """The previous scoring path: per batch of equal-length contexts, the context read once, then all
+    its continuations stepped token by token from its state (`model.step`)."""
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+        by_context: dict[tuple[int, ...], list[int]] = {}
+        for index, (_, context, _) in enumerate(requests):
+            by_context.setdefault(tuple(context), []).append(index)
+        results = [None] * len(requests)
+        for contexts in _same_length_batches(list(by_context), self.batch_size):
+            rows = [(b, index) for b, context in enumerate(contexts) for index in by_context[context]]
+            scores = self._step_from_contexts(contexts, [requests[index][2] for _, index in rows],
+                                              [b for b, _ in rows])
+            for (_, index), answer in zip(rows, scores, strict=True):
+                results[index] = answer
+        return results
 
     @torch.no_grad()
-    def _score_from_contexts(self, contexts, continuations, row_context):
+    def _step_from_contexts(self, contexts, continuations, row_context):
         model = self.model
         logits, state = model.prefill(torch.tensor(contexts, dtype=torch.long))  # (c, vocab), state
         lengths = [len(c) for c in continuations]

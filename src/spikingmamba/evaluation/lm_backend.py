@@ -14,7 +14,8 @@ its constant-size state) and then score all continuations from their context's s
 sequence pass (`model.extend`: the scan starts from that state, the conv window carries over),
 so HellaSwag, ARC and OpenBookQA read each context once, not once per choice, and no
 continuation is stepped token by token. Contexts are batched by exact length, since a state read
-after padding tokens would not be the context's; continuations are right-padded.
+after padding tokens would not be the context's; continuations are sorted by length over many
+context batches and right-padded.
 
 Use it from Python::
 
@@ -54,6 +55,10 @@ DEFAULT_MAX_LENGTH = 2048
 # Scoring holds at most this many logits per pass over continuations (float32: 128 MiB), however
 # large the vocabulary; a longer continuation than that still runs, alone.
 LOGITS_PER_PASS = 2**25
+# Context states held at once: contexts are read (in batches of one length) until their states fill
+# this, then all their continuations are sorted by length and scored, so that each `extend` pass
+# gets rows of similar lengths (little padding) however the lengths mix within one context batch.
+STATE_BYTES_PER_WINDOW = 256 * 2**20
 
 
 def load_model(path: str | os.PathLike) -> transformers.PreTrainedModel:
@@ -151,14 +156,30 @@ class SpikingMambaLM(HFLM):
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         progress = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0,
                         desc="Running loglikelihood requests")
-        for contexts in _same_length_batches(list(by_context), batch_size):
-            rows = [(b, index) for b, context in enumerate(contexts) for index in by_context[context]]
-            scores = self._score_from_contexts(contexts, [requests[index][2] for _, index in rows],
-                                               [b for b, _ in rows])
-            for (_, index), answer in zip(rows, scores, strict=True):
+
+        def score(window: list[tuple[int, ...]], first: list[torch.Tensor], states: list) -> None:
+            rows = [(c, index) for c, context in enumerate(window) for index in by_context[context]]
+            answers = self._score_continuations(torch.cat(first), _cat_states(states),
+                                                [requests[index][2] for _, index in rows], [c for c, _ in rows],
+                                                batch_size)
+            for (_, index), answer in zip(rows, answers, strict=True):
                 results[index] = answer
                 self.cache_hook.add_partial("loglikelihood", requests[index][0], answer)
             progress.update(len(rows))
+
+        window, first, states, held = [], [], [], 0
+        for contexts in _same_length_batches(list(by_context), batch_size):
+            with torch.no_grad():
+                logits, state = self.model.prefill(torch.tensor(contexts, dtype=torch.long, device=self.device))
+            window += contexts
+            first.append(logits)  # (c, vocab) at each context's last position
+            states.append(state)  # after it
+            held += _state_bytes(state)
+            if held >= STATE_BYTES_PER_WINDOW:
+                score(window, first, states)
+                window, first, states, held = [], [], [], 0
+        if window:
+            score(window, first, states)
         progress.close()
         return results
 
@@ -175,25 +196,23 @@ class SpikingMambaLM(HFLM):
         )
 
     @torch.no_grad()
-    def _score_from_contexts(self, contexts, continuations, row_context) -> list[tuple[float, bool]]:
-        """Read equal-length `contexts` once; score each continuation from its context's state.
+    def _score_continuations(self, first, state, continuations, row_context, batch_size) -> list[tuple[float, bool]]:
+        """Score each continuation from its context's state, `batch_size` rows per `extend` pass.
 
-        Row r scores `continuations[r]` after `contexts[row_context[r]]`: the logits after the
-        context predict the first continuation token, one `extend` pass over the continuation
-        (all but its last token, right-padded) from the context's state predicts the others.
+        Row r scores `continuations[r]` after context `row_context[r]`, whose last-position logits
+        are `first[row_context[r]]` (they predict the first continuation token) and whose state is
+        row `row_context[r]` of `state`; one `extend` pass over the continuation (all but its last
+        token, right-padded) from that state predicts the others. Rows are sorted by length, so
+        a pass's rows have similar lengths and little padding.
         """
-        model = self.model
-        ids = torch.tensor(contexts, dtype=torch.long, device=self.device)  # (c, l)
-        first, state = model.prefill(ids)  # (c, vocab) at the last position, state after it
         lengths = [len(c) for c in continuations]
-        # Longest continuations first: a batch's rows have similar lengths, so little padding.
         order = sorted(range(len(continuations)), key=lambda r: -lengths[r])
         answers: list[tuple[float, bool] | None] = [None] * len(order)
         vocab = first.shape[-1]
         start = 0
         while start < len(order):
             width = lengths[order[start]]
-            rows = order[start : start + max(1, LOGITS_PER_PASS // (width * vocab))]
+            rows = order[start : start + max(1, min(batch_size, LOGITS_PER_PASS // (width * vocab)))]
             start += len(rows)
             pick = torch.tensor([row_context[r] for r in rows], device=self.device)
             targets = torch.zeros(len(rows), width, dtype=torch.long, device=self.device)  # (rows, width)
@@ -201,7 +220,7 @@ class SpikingMambaLM(HFLM):
                 targets[i, : lengths[r]] = torch.tensor(continuations[r], dtype=torch.long)
             logits = first[pick].unsqueeze(1)  # (rows, 1, vocab)
             if width > 1:
-                later, _ = model.extend(targets[:, :-1], _index_state(state, pick))  # (rows, width - 1, vocab)
+                later, _ = self.model.extend(targets[:, :-1], _index_state(state, pick))  # (rows, width - 1, vocab)
                 logits = torch.cat([logits, later], dim=1)  # (rows, width, vocab)
             logprobs = F.log_softmax(logits.float(), dim=-1, dtype=self.softmax_dtype)
             real = torch.arange(width, device=self.device) < torch.tensor([lengths[r] for r in rows],
@@ -225,13 +244,30 @@ def _same_length_batches(contexts: list[tuple[int, ...]], batch_size: int):
             yield group[start : start + batch_size]
 
 
+def _map_state(fn, *states):
+    """fn applied to the matching tensors of recurrent states (tensors in lists and dataclasses)."""
+    head = states[0]
+    if isinstance(head, torch.Tensor):
+        return fn(*states)
+    if isinstance(head, (list, tuple)):
+        return type(head)(_map_state(fn, *items) for items in zip(*states, strict=True))
+    if dataclasses.is_dataclass(head):
+        return dataclasses.replace(head, **{f.name: _map_state(fn, *(getattr(s, f.name) for s in states))
+                                            for f in dataclasses.fields(head) if f.init})
+    return head
+
+
 def _index_state(state, index):
-    """Select batch rows of a recurrent state: tensors (batch first) in lists and dataclasses."""
-    if isinstance(state, torch.Tensor):
-        return state[index]
-    if isinstance(state, (list, tuple)):
-        return type(state)(_index_state(item, index) for item in state)
-    if dataclasses.is_dataclass(state):
-        return dataclasses.replace(state, **{f.name: _index_state(getattr(state, f.name), index)
-                                             for f in dataclasses.fields(state) if f.init})
-    return state
+    """Select batch rows of a recurrent state (batch first)."""
+    return _map_state(lambda t: t[index], state)
+
+
+def _cat_states(states: list):
+    """Recurrent states of several batches as one (concatenated along the batch)."""
+    return _map_state(lambda *ts: torch.cat(ts), *states)
+
+
+def _state_bytes(state) -> int:
+    sizes = []
+    _map_state(lambda t: sizes.append(t.numel() * t.element_size()), state)
+    return sum(sizes)
