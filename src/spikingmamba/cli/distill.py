@@ -32,8 +32,8 @@ Options come from the defaults, then --config YAML, then flags. Examples:
   spikingmamba distill --config distill_default --out runs/d2 --levels 2     (a shipped recipe)
   spikingmamba distill --out runs/student --resume
   torchrun --nproc_per_node 2 -m spikingmamba.cli.main distill --out runs/ddp --batch-size 4
-  torchrun --nproc_per_node 2 -m spikingmamba.cli.main distill --out runs/fsdp --batch-size 4 \
-      --distributed fsdp --sharded-checkpoint --shard-teacher --teacher-dtype bfloat16
+  torchrun --nproc_per_node 2 -m spikingmamba.cli.main distill --out runs/fsdp --batch-size 4 --distributed fsdp
+      --sharded-checkpoint --shard-teacher --teacher-dtype bfloat16   (one command)
   torchrun --nproc_per_node 4 -m spikingmamba.cli.main distill --out runs/fsdp --resume --batch-size 2
     (a sharded checkpoint resumes on another number of processes with the same global batch)
 """
