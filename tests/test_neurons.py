@@ -1,5 +1,7 @@
 """SI-LIF neuron: quantiser, surrogate gradient, binary spike trains, SGC, statistics, calibration."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -8,8 +10,11 @@ from spikingmamba.errors import ConfigError
 from spikingmamba.neurons import SpikingConfig, SpikingNeuron, spiking_linear
 from spikingmamba.neurons.config import parse_site_values
 from spikingmamba.neurons.calibration import mse_optimal_theta, rate_aware_theta
+from spikingmamba.neurons.silif import THETA_MIN, silif_ref
 from spikingmamba.neurons.spike_train import decode_spike_train, integrate_and_fire
 from spikingmamba.neurons.surrogate import multi_level_spike
+from spikingmamba.ops import cpu_neuron
+from spikingmamba.ops.cpu_neuron import cpu_silif
 
 
 def test_quantiser_values():
@@ -196,3 +201,91 @@ def test_rate_aware_calibration_hits_the_rate_and_spends_spikes_where_they_count
     assert err < rate_and_err(mse * hi)[1]
     assert theta[6] < theta[5]                                       # the heavier column keeps more spikes
     assert rate_and_err(rate_aware_theta(x, -4, 4, 0.0, w))[0] == 0                   # rate 0: all silent
+
+
+def neuron_case(channels: int, per_channel: bool, kind: str, dtype: torch.dtype, rows: int = 150):
+    """A neuron with thresholds spread over [0.05, 0.5] (one clamped at THETA_MIN) and inputs that
+    include the rounding ties (u = +-0.5, +-1.5) and the range ends (u = lo, hi) exactly."""
+    gen = torch.Generator().manual_seed(channels)
+    neuron = SpikingNeuron(channels, levels=3, kind=kind, per_channel=per_channel, surrogate_alpha=0.5).to(dtype)
+    with torch.no_grad():
+        neuron.theta.copy_(torch.rand(neuron.theta.shape, generator=gen, dtype=dtype) * 0.45 + 0.05)
+        if per_channel:
+            neuron.theta[1] = -1.0
+    x = torch.randn(rows, channels, generator=gen, dtype=dtype) * 0.8
+    ties = torch.tensor([0.5, -0.5, 1.5, -1.5, 2.5, float(neuron.lo), float(neuron.hi), 3.2], dtype=dtype)
+    theta = neuron.theta.detach().clamp(min=THETA_MIN).expand(channels)
+    x[0, :8] = ties * theta[:8]
+    return neuron, x.reshape(3, rows // 3, channels), torch.randn(3, rows // 3, channels, generator=gen, dtype=dtype)
+
+
+def run_neuron(neuron, x, grad, fn):
+    x = x.clone().requires_grad_()
+    neuron.theta.grad = None
+    out = fn(x)
+    out.backward(grad)
+    return out.detach(), x.grad, neuron.theta.grad.clone()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode,lam", [(None, 0.0), ("residual", 0.3), ("gradient", 0.3)])
+@pytest.mark.parametrize("kind,per_channel", [("silif", True), ("ilif", True), ("silif", False)])
+def test_compiled_neuron_equals_silif_ref(dtype, mode, lam, kind, per_channel):
+    """x_out and dx exactly as the torch ops; dtheta (a sum over rows, in double in the kernel) to
+    rounding, and within a few float32 ulps as close to the float64 reference as the torch ops are.
+    (No finite differences here: the gradient is the surrogate's, not the step function's.)"""
+    neuron, x, grad = neuron_case(40, per_channel, kind, dtype)
+    assert cpu_neuron.usable(x, neuron.theta)
+    ref = run_neuron(neuron, x, grad, lambda v: silif_ref(neuron, v, lam, mode))
+    fast = run_neuron(neuron, x, grad, lambda v: cpu_silif(v, neuron.theta, lam, mode, neuron.lo, neuron.hi,
+                                                           neuron.surrogate_alpha, THETA_MIN)[0])
+    assert torch.equal(fast[0], ref[0]) and torch.equal(fast[1], ref[1])
+    assert (ref[1] != 0).any() and (fast[2] != 0).any()
+    if per_channel:
+        assert fast[2][1] == 0                                         # theta clamped at THETA_MIN: no gradient
+    if dtype == torch.float64:
+        torch.testing.assert_close(fast[2], ref[2], rtol=1e-12, atol=1e-12)
+    else:
+        exact = run_neuron(neuron.double(), x.double(), grad.double(),
+                           lambda v: silif_ref(neuron, v, lam, mode))[2]
+        torch.testing.assert_close(fast[2], ref[2], rtol=1e-5, atol=1e-5)
+        ulp = torch.finfo(torch.float32).eps * exact.abs().max()
+        assert (fast[2].double() - exact).abs().max() <= (ref[2].double() - exact).abs().max() + 4 * ulp
+
+
+def test_neuron_forward_runs_the_kernel_and_falls_back_with_one_warning(monkeypatch, tmp_path):
+    """On CPU the neuron's forward is the compiled kernel (recording the same spikes); without a
+    compiler it warns once and runs silif_ref, with the same numbers."""
+    neuron, x, grad = neuron_case(24, True, "silif", torch.float32)
+    neuron.train().sgc_lambda.fill_(0.2)
+    neuron.recording = True
+    fast = run_neuron(neuron, x, grad, neuron)
+    assert neuron.firing_stats()["histogram"] == torch.bincount(
+        (neuron.spikes(x).flatten() - neuron.lo).long(), minlength=7).tolist()
+    monkeypatch.setattr(cpu_neuron.LIBRARY, "loaded", {})
+    monkeypatch.setenv("SPIKINGMAMBA_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        slow = run_neuron(neuron, x, grad, neuron)
+        run_neuron(neuron, x, grad, neuron)
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1 and "compiled CPU neuron unavailable, using the torch ops" in messages[0]
+    assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
+    torch.testing.assert_close(fast[2], slow[2])
+
+
+def test_compiled_neuron_splits_rows_over_threads(monkeypatch):
+    """3 threads over 7 rows (uneven parts, each with its own dtheta partial sum): the same numbers."""
+    monkeypatch.setattr(cpu_neuron, "MIN_WORK_PER_THREAD", 1)
+    neuron, x, grad = neuron_case(16, True, "silif", torch.float64, rows=21)
+    fn = lambda v: cpu_silif(v, neuron.theta, 0.3, "residual", neuron.lo, neuron.hi, 0.5, THETA_MIN)[0]  # noqa: E731
+    one = run_neuron(neuron, x, grad, fn)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        three = run_neuron(neuron, x, grad, fn)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one[0], three[0]) and torch.equal(one[1], three[1])
+    torch.testing.assert_close(one[2], three[2], rtol=1e-12, atol=1e-12)

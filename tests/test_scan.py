@@ -135,7 +135,7 @@ def test_cpu_decay_exp_accuracy():
 
 def test_cpu_scan_falls_back_with_one_warning(monkeypatch, tmp_path):
     """No compiler: auto and "cpu" both run the loop backend, after exactly one warning."""
-    monkeypatch.setattr(cpu_scan, "_state", {})
+    monkeypatch.setattr(cpu_scan.LIBRARY, "loaded", {})
     monkeypatch.setenv("SPIKINGMAMBA_CACHE", str(tmp_path))     # nothing cached there
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     args = [t.detach() for t in scan_inputs(1, 6, 4, 3)]
@@ -152,13 +152,13 @@ def test_cpu_scan_falls_back_with_one_warning(monkeypatch, tmp_path):
 
 
 def test_cpu_scan_compiles_once_into_the_cache(monkeypatch, tmp_path):
-    monkeypatch.setattr(cpu_scan, "_state", {})
+    monkeypatch.setattr(cpu_scan.LIBRARY, "loaded", {})
     monkeypatch.setenv("SPIKINGMAMBA_CACHE", str(tmp_path))
     assert cpu_scan.library() is not None
     built = list((tmp_path / "cpu_scan").iterdir())
     assert len(built) == 1 and built[0].suffix == ".so"
     stamp = built[0].stat().st_mtime_ns
-    monkeypatch.setattr(cpu_scan, "_state", {})
+    monkeypatch.setattr(cpu_scan.LIBRARY, "loaded", {})
     assert cpu_scan.library() is not None                      # a new process: loads, does not rebuild
     assert list((tmp_path / "cpu_scan").iterdir()) == built and built[0].stat().st_mtime_ns == stamp
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from spikingmamba.neurons.config import SGC_MODES, SPIKE_MODES, SpikingConfig
+from spikingmamba.ops import cpu_neuron
 from spikingmamba.neurons.spike_train import integrate_and_fire
 from spikingmamba.neurons.surrogate import multi_level_spike
 
@@ -69,11 +70,19 @@ class SpikingNeuron(nn.Module):
         return s
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x_hat = theta * s, plus the SGC path when training (see the module docstring)."""
-        x_hat = self.theta.clamp(min=THETA_MIN) * self.spikes(x)
-        if self.training and float(self.sgc_lambda) > 0:
-            return sgc_path(x, x_hat, self.sgc_lambda, self.sgc_mode)
-        return x_hat
+        """x_hat = theta * s, plus the SGC path when training (see the module docstring): the compiled
+        kernel on CPU (ops/cpu_neuron.py), else `silif_ref`."""
+        lam = float(self.sgc_lambda) if self.training else 0.0
+        mode = self.sgc_mode if lam > 0 else None
+        if mode is not None and mode not in SGC_MODES:
+            raise ValueError(f"sgc_mode must be one of {SGC_MODES}, got {mode!r}")
+        if not cpu_neuron.usable(x, self.theta):
+            return silif_ref(self, x, lam, mode)
+        out, s = cpu_neuron.cpu_silif(x, self.theta, lam, mode, self.lo, self.hi, self.surrogate_alpha, THETA_MIN,
+                                      want_spikes=self.recording)
+        if self.recording:
+            self._record(s)
+        return out
 
     def spike_train(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Binary inference form: spikes o (D, *x.shape) in {0,1} and polarity (*x.shape)."""
@@ -105,6 +114,15 @@ class SpikingNeuron(nn.Module):
             "levels": list(range(self.lo, self.hi + 1)),
             "histogram": self.stat_hist.tolist(),
         }
+
+
+def silif_ref(neuron: SpikingNeuron, x: torch.Tensor, lam: float, mode: str | None) -> torch.Tensor:
+    """The neuron's output in torch ops, autograd for the backward: x_hat = theta * s, plus the SGC
+    path of weight `lam` when `mode` is not None (the oracle of the compiled kernel)."""
+    x_hat = neuron.theta.clamp(min=THETA_MIN) * neuron.spikes(x)
+    if mode is None:
+        return x_hat
+    return sgc_path(x, x_hat, neuron.sgc_lambda.new_tensor(lam), mode)
 
 
 def sgc_path(x: torch.Tensor, x_hat: torch.Tensor, lam: torch.Tensor, mode: str) -> torch.Tensor:

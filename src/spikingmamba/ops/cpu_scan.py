@@ -5,73 +5,21 @@ threads as `torch.get_num_threads()`), one block's states kept in L1 through the
 forward keeps only the state before every `chunk` steps; the backward recomputes each chunk's states
 from that checkpoint and walks the chunk backwards (math and memory in docs/SCAN.md).
 
-The library is built with the system C++ compiler (`$CXX`, default `g++`) the first time it is
-needed and cached under `$SPIKINGMAMBA_CACHE` (default `~/.cache/spikingmamba`), keyed by a hash of
-the source, the flags, the compiler and the CPU, so a machine compiles it once. Where that fails,
-`library()` returns None after one warning, and `selective_scan` falls back to the "loop" backend.
+The library is built once per machine and cached (`native.py`). Where that fails, `library()`
+returns None after one warning, and `selective_scan` falls back to the "loop" backend.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import subprocess
-import tempfile
-import warnings
-from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("cpu_scan.cpp")
+from spikingmamba.ops.native import NativeLibrary
+
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffast-math", "-fPIC", "-std=c++17")
-LINK_FLAGS = ("-shared", "-fopenmp")   # no -ffast-math here: it would link crtfastmath (process-wide FTZ)
 CHUNK = 64                              # time steps between stored states
 MIN_WORK_PER_THREAD = 1 << 18           # state updates (b l d n) below which another thread costs more than it saves
-
-_state: dict = {}                       # "lib": the loaded CDLL or None after a failure
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("SPIKINGMAMBA_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "spikingmamba")
-    return Path(root) / "cpu_scan"
-
-
-def _cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        return platform.processor()
-
-
-def _build_key(compiler: str) -> str:
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
-    h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(COMPILE_FLAGS + LINK_FLAGS).encode(), version.encode(),
-                 platform.machine().encode(), _cpu_flags().encode()):
-        h.update(part)
-    return h.hexdigest()[:16]
-
-
-def _build() -> Path:
-    """Compile cpu_scan.cpp into the cache (once per machine); returns the library's path."""
-    compiler = os.environ.get("CXX", "g++")
-    target = cache_dir() / f"libcpu_scan-{_build_key(compiler)}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:     # concurrent builders never clash
-        obj, lib = os.path.join(tmp, "cpu_scan.o"), os.path.join(tmp, target.name)
-        for cmd in ([compiler, *COMPILE_FLAGS, "-c", str(SOURCE), "-o", obj],
-                    [compiler, *LINK_FLAGS, obj, "-o", lib]):
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise RuntimeError(f"`{' '.join(cmd)}` failed: {done.stderr.strip()[-500:]}")
-        os.replace(lib, target)                                      # atomic: readers see all or nothing
-    return target
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -81,18 +29,13 @@ def _declare(lib: ctypes.CDLL) -> None:
         getattr(lib, f"scan_backward_{suffix}").argtypes = [p] * 6 + [i64] * 5 + [p] * 8 + [i64, i32]
 
 
+LIBRARY = NativeLibrary("cpu_scan", "compiled CPU selective scan", COMPILE_FLAGS, _declare,
+                        "the slower 'loop' backend")
+
+
 def library() -> ctypes.CDLL | None:
     """The compiled kernel, built on first use; None (after one warning) where it cannot be built."""
-    if "lib" not in _state:
-        try:
-            lib = ctypes.CDLL(str(_build()))
-            _declare(lib)
-            _state["lib"] = lib
-        except Exception as err:   # no compiler, compile error, unloadable library: all mean "fall back"
-            warnings.warn(f"compiled CPU selective scan unavailable, using the slower 'loop' backend: {err}",
-                          RuntimeWarning, stacklevel=3)
-            _state["lib"] = None
-    return _state["lib"]
+    return LIBRARY.load()
 
 
 def _threads(batch: int, length: int, d: int, n: int) -> int:

@@ -112,8 +112,10 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     groups = _param_groups(model, cfg.weight_decay, cfg.lr, cfg.theta_lr_scale)
     if not any(g["params"] for g in groups):
         raise UserError("nothing to train: every parameter of the model is frozen")
+    # fused: one kernel per parameter tensor for the whole update (instead of ~8 elementwise ops each);
+    # equal to the per-tensor AdamW to float rounding (tests/test_training.py)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
-                             foreach=False)
+                             fused=True)
 
 
 def enable_grad_checkpointing(model: nn.Module) -> None:
