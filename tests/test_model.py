@@ -175,3 +175,78 @@ def test_bad_input_ids(hf_mamba, bad):
 def test_bad_config_value_is_named():
     with pytest.raises(ValueError, match="config.hidden_size"):
         spikingmamba.SpikingMambaConfig(hidden_size=0)
+
+
+def conv_case(dtype, bias: bool, length: int = 13, kernel: int = 4, d: int = 24):
+    """The mixer's situation: x is the first half of in_proj's output (a strided view), a gradient for it."""
+    gen = torch.Generator().manual_seed(length)
+    conv = torch.nn.Conv1d(d, d, kernel, groups=d, padding=kernel - 1, bias=bias).to(dtype)
+    xz = torch.randn(3, length, 2 * d, generator=gen, dtype=dtype)
+    return conv, xz, torch.randn(3, length, d, generator=gen, dtype=dtype)
+
+
+def run_conv(fn, conv, xz, grad):
+    xz = xz.clone().requires_grad_()
+    conv.zero_grad()
+    out = fn(xz[..., :conv.in_channels], conv.weight, conv.bias)
+    out.backward(grad)
+    return [out.detach(), xz.grad, conv.weight.grad.clone()] + ([conv.bias.grad.clone()] if conv.bias is not None else [])
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("length,kernel", [(13, 4), (2, 4), (9, 1)])
+def test_compiled_conv_silu_equals_torch_conv(dtype, tol, bias, length, kernel):
+    from spikingmamba.ops.causal_conv import LIBRARY, causal_conv_silu, causal_conv_silu_ref
+
+    assert LIBRARY.load() is not None
+    conv, xz, grad = conv_case(dtype, bias, length, kernel)
+    for fast, ref in zip(run_conv(causal_conv_silu, conv, xz, grad), run_conv(causal_conv_silu_ref, conv, xz, grad),
+                         strict=True):
+        assert ref.abs().max() > 0
+        torch.testing.assert_close(fast, ref, rtol=tol, atol=tol)
+
+
+def test_compiled_conv_silu_gradients_by_finite_differences():
+    from spikingmamba.ops.causal_conv import causal_conv_silu
+
+    conv, xz, _ = conv_case(torch.float64, True, length=6, d=5)
+    x = xz[..., :5].clone().requires_grad_()
+    assert torch.autograd.gradcheck(causal_conv_silu, (x, conv.weight, conv.bias))
+
+
+def test_compiled_conv_silu_splits_rows_over_threads(monkeypatch):
+    """3 threads over 3 x 7 rows: each thread's dx reads g_pre rows another thread wrote (the barrier),
+    and each has its own weight and bias partial sums."""
+    from spikingmamba.ops import causal_conv
+
+    monkeypatch.setattr(causal_conv, "MIN_WORK_PER_THREAD", 1)
+    conv, xz, grad = conv_case(torch.float64, True, length=7)
+    one = run_conv(causal_conv.causal_conv_silu, conv, xz, grad)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        three = run_conv(causal_conv.causal_conv_silu, conv, xz, grad)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, three, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_compiled_conv_silu_falls_back_with_one_warning(monkeypatch, tmp_path):
+    import warnings
+
+    from spikingmamba.ops import causal_conv
+
+    monkeypatch.setattr(causal_conv.LIBRARY, "loaded", {})
+    monkeypatch.setenv("SPIKINGMAMBA_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    conv, xz, grad = conv_case(torch.float32, True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        slow = run_conv(causal_conv.causal_conv_silu, conv, xz, grad)
+        run_conv(causal_conv.causal_conv_silu, conv, xz, grad)
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1 and "compiled CPU conv1d unavailable, using torch's conv1d" in messages[0]
+    for a, b in zip(slow, run_conv(causal_conv.causal_conv_silu_ref, conv, xz, grad), strict=True):
+        assert torch.equal(a, b)

@@ -24,6 +24,7 @@ from spikingmamba.model.config import SpikingMambaConfig
 from spikingmamba.model.state import LayerState
 from spikingmamba.neurons import SpikingConfig, SpikingNeuron, spiking_linear
 from spikingmamba.neurons.sites import BLOCK_SITES, NEURON_ATTR
+from spikingmamba.ops.causal_conv import causal_conv_silu
 from spikingmamba.ops.selective_scan import selective_scan, selective_state_update
 
 
@@ -88,11 +89,13 @@ class MambaMixer(nn.Module):
         length = hidden.shape[1]
         xz = self.project("in_proj", hidden)                                  # (b, l, 2 d_inner)
         x, z = xz.chunk(2, dim=-1)                                            # (b, l, d_inner) x2
-        conv_in = x.transpose(1, 2)                                           # (b, d_inner, l)
-        if state is not None:
+        conv_in = x.transpose(1, 2)                                           # (b, d_inner, l), a view
+        if state is None:
+            xc = causal_conv_silu(x, self.conv1d.weight, self.conv1d.bias)   # (b, l, d_inner)
+        else:
             conv_in = torch.cat([state.conv.to(conv_in.dtype), conv_in], dim=-1)  # (b, d_inner, k + l)
-        start = conv_in.shape[-1] - length                                    # outputs of the l new positions
-        xc = F.silu(self.conv1d(conv_in)[..., start : start + length].transpose(1, 2))  # (b, l, d_inner)
+            start = conv_in.shape[-1] - length                                # outputs of the l new positions
+            xc = F.silu(self.conv1d(conv_in)[..., start : start + length].transpose(1, 2))  # (b, l, d_inner)
         dt, B, C = self._ssm_params(xc)                                       # (b,l,d_inner), (b,l,n) x2
         A = self.ssm_A()                                                      # (d_inner, n)
         y, h_last = selective_scan(xc, dt, A, B, C, self.D, backend=self.scan_backend,
