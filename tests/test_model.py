@@ -250,3 +250,54 @@ def test_compiled_conv_silu_falls_back_with_one_warning(monkeypatch, tmp_path):
     assert len(messages) == 1 and "compiled CPU conv1d unavailable, using torch's conv1d" in messages[0]
     for a, b in zip(slow, run_conv(causal_conv.causal_conv_silu_ref, conv, xz, grad), strict=True):
         assert torch.equal(a, b)
+
+
+def norm_case(dtype=torch.float32, rows=51, d=40):
+    gen = torch.Generator().manual_seed(rows)
+    weight = (torch.rand(d, generator=gen, dtype=dtype) + 0.5).requires_grad_()
+    x = torch.randn(3, rows // 3, d, generator=gen, dtype=dtype) * 3
+    return x, weight, torch.randn(x.shape, generator=gen, dtype=dtype)
+
+
+def run_norm(fn, x, weight, grad):
+    x = x.clone().requires_grad_()
+    weight.grad = None
+    out = fn(x, weight, 1e-5)
+    out.backward(grad)
+    return out.detach(), x.grad, weight.grad.clone()
+
+
+def test_compiled_rms_norm_equals_the_torch_form():
+    """float32 (what the model runs): output and both gradients to float rounding (the row sums are
+    summed in another order, in double); bf16 inputs take the torch form itself."""
+    from spikingmamba.ops.rms_norm import LIBRARY, rms_norm, rms_norm_ref
+
+    assert LIBRARY.load() is not None
+    x, weight, grad = norm_case()
+    for fast, ref in zip(run_norm(rms_norm, x, weight, grad), run_norm(rms_norm_ref, x, weight, grad), strict=True):
+        torch.testing.assert_close(fast, ref, rtol=1e-6, atol=1e-6 * ref.abs().max().item())
+    low = x.bfloat16()
+    assert torch.equal(rms_norm(low, weight, 1e-5), rms_norm_ref(low, weight, 1e-5))
+
+
+def test_compiled_rms_norm_gradients_by_finite_differences():
+    from spikingmamba.ops.rms_norm import cpu_rms_norm
+
+    x, weight, _ = norm_case(torch.float64, rows=6, d=5)
+    assert torch.autograd.gradcheck(cpu_rms_norm, (x.requires_grad_(), weight, 1e-5))
+
+
+def test_compiled_rms_norm_splits_rows_over_threads(monkeypatch):
+    from spikingmamba.ops import rms_norm
+
+    monkeypatch.setattr(rms_norm, "MIN_WORK_PER_THREAD", 1)
+    x, weight, grad = norm_case(torch.float64, rows=21, d=8)
+    one = run_norm(rms_norm.cpu_rms_norm, x, weight, grad)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        three = run_norm(rms_norm.cpu_rms_norm, x, weight, grad)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, three, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -39,8 +39,9 @@ def kl_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, te
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    log_p_t = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)
+    scale = (lambda z: z) if temperature == 1 else (lambda z: z / temperature)    # z / 1 == z: no copy
+    log_p_s = F.log_softmax(scale(student_logits.float()), dim=-1)
+    log_p_t = F.log_softmax(scale(teacher_logits.detach().float()), dim=-1)
     per_position = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)                # (b, l)
     return masked_mean(per_position, mask) * temperature ** 2
 

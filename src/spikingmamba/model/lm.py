@@ -29,6 +29,7 @@ from spikingmamba.model.state import LayerState, MambaState
 from spikingmamba.neurons import SpikingConfig, SpikingNeuron, set_spike_mode, spiking_linear
 from spikingmamba.neurons.config import SGC_MODES
 from spikingmamba.neurons.sites import HEAD_SITES
+from spikingmamba.ops.rms_norm import rms_norm
 
 
 class RMSNorm(nn.Module):
@@ -38,8 +39,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        return self.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 class MambaBlock(GradientCheckpointingLayer):
