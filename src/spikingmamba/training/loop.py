@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from torch.distributed.tensor import DTensor
 from torch import nn
 
 from spikingmamba.data.order import BatchOrder, ShuffledOrder, row_order
@@ -113,9 +114,11 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     if not any(g["params"] for g in groups):
         raise UserError("nothing to train: every parameter of the model is frozen")
     # fused: one kernel per parameter tensor for the whole update (instead of ~8 elementwise ops each);
-    # equal to the per-tensor AdamW to float rounding (tests/test_training.py)
+    # equal to the per-tensor AdamW to float rounding (tests/test_training.py). FSDP's sharded
+    # parameters (DTensor) keep the per-tensor AdamW, which its equality test with one process holds to.
+    sharded = any(isinstance(p, DTensor) for g in groups for p in g["params"])
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
-                             fused=True)
+                             foreach=False if sharded else None, fused=None if sharded else True)
 
 
 def enable_grad_checkpointing(model: nn.Module) -> None:
