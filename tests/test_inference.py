@@ -8,7 +8,7 @@ from spikingmamba.errors import InputError, UserError
 from spikingmamba.inference import (SamplingConfig, SparseSpikeLinear, TokenStream, deploy, dense_spike_accumulate,
                                     generate, sparse_spike_accumulate)
 from spikingmamba.inference.sparse_linear import ColumnLinear
-from spikingmamba.inference.bench import (DecodeResult, break_even, resident_bytes, run_decode_benchmark,
+from spikingmamba.inference.bench import (DecodeResult, break_even, bytes_per_step, resident_bytes, run_decode_benchmark,
                                           SiteRates, set_firing_rate, weight_bytes_per_step)
 from spikingmamba.inference.generation import filter_logits
 from spikingmamba.neurons import SpikingNeuron
@@ -163,6 +163,50 @@ def test_deployed_step_matches_model_step(which, kernel, dense, student, student
     assert hidden.shape == (3, model.config.hidden_size)
 
 
+@pytest.mark.parametrize("which", ["dense", "student"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_fused_step_matches_the_modules_step(which, batch, dense, student):
+    model = dense if which == "dense" else student
+    fused, modules = deploy(model, mode="sparse"), deploy(model, mode="sparse", step_kernel="modules")
+    assert fused.step_kernel == "fused" and modules.step_kernel == "modules"
+    ids = torch.randint(0, VOCAB, (batch, 10), generator=torch.Generator().manual_seed(5))
+    state_f, state_m = fused.init_state(batch), modules.init_state(batch)
+    for t in range(10):
+        logits_f, state_f = fused.step(ids[:, t], state_f)
+        logits_m, state_m = modules.step(ids[:, t], state_m)
+        torch.testing.assert_close(logits_f, logits_m, rtol=1e-4, atol=1e-4)
+        for layer_f, layer_m in zip(state_f.layers, state_m.layers):
+            torch.testing.assert_close(layer_f.conv, layer_m.conv, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(layer_f.ssm, layer_m.ssm, rtol=1e-4, atol=1e-5)
+    assert [p.counts.tolist() for _, p in fused.sparse_projections()] == \
+        [p.counts.tolist() for _, p in modules.sparse_projections()]          # the same spikes, counted alike
+    # an older state, a foreign one (the modules'), and the blocks alone
+    again, _ = fused.step(ids[:, 0], state_f)
+    _, newer = fused.step(ids[:, 1], state_f)
+    torch.testing.assert_close(fused.step(ids[:, 0], state_f)[0], again)        # state_f was not overwritten
+    torch.testing.assert_close(fused.step(ids[:, 0], state_m)[0], modules.step(ids[:, 0], state_m)[0],
+                               rtol=1e-4, atol=1e-4)
+    hidden_f, _ = fused.step(ids[:, 0], newer, head=False)
+    hidden_m, _ = modules.step(ids[:, 0], newer, head=False)
+    assert hidden_f.shape == (batch, model.config.hidden_size)
+    torch.testing.assert_close(hidden_f, hidden_m, rtol=1e-4, atol=1e-4)
+
+
+def test_fused_step_refuses_bad_ids_and_states(student):
+    fused = deploy(student)
+    with pytest.raises(InputError, match=r"token ids must lie in \[0, 101\)"):
+        fused.step(torch.tensor([VOCAB]), fused.init_state(1))
+    with pytest.raises(InputError, match="integer"):
+        fused.step(torch.tensor([1.0]), fused.init_state(1))
+    with pytest.raises(InputError, match=r"state tensors must be \(2, 64, 3\) on the CPU"):
+        fused.step(torch.tensor([1, 2]), fused.init_state(1))
+    with pytest.raises(InputError, match="step_kernel must be one of"):
+        deploy(student, step_kernel="nope")
+    with pytest.raises(InputError, match="needs a float32 model on the CPU"):
+        deploy(spikingmamba.SpikingMambaForCausalLM(student.config).to(torch.float64).eval(), step_kernel="fused")
+    assert deploy(spikingmamba.SpikingMambaForCausalLM(student.config).to(torch.float64).eval()).step_kernel == "modules"
+
+
 # --- generation ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("sites", ["paper", "in_proj", "x_proj", "dt_proj", "out_proj", "lm_head", "all"])
 def test_greedy_tokens_identical_in_integer_binary_and_sparse_modes(dense, student, sites):
@@ -179,6 +223,8 @@ def test_greedy_tokens_identical_in_integer_binary_and_sparse_modes(dense, stude
         student.spike_mode = "integer"
     for mode in ("sparse", "dense", "auto"):
         runs[f"deploy-{mode}"] = generate(deploy(student, mode=mode), prompt, max_new_tokens=24, temperature=0)
+        runs[f"deploy-{mode}-modules"] = generate(deploy(student, mode=mode, step_kernel="modules"), prompt,
+                                                  max_new_tokens=24, temperature=0)
     assert runs["integer"].shape == (2, 24)
     assert len(set(runs["integer"].flatten().tolist())) > 3               # not a degenerate repetition
     for name, tokens in runs.items():
@@ -262,7 +308,9 @@ def test_set_firing_rate_hits_the_target(dense):
         want = 0.1 if "out_neuron" in name else 0.4
         assert abs(stats["firing_rate"] - want) < 0.02, (name, stats["firing_rate"])
     with pytest.raises(UserError, match="firing rate"):
-        set_firing_rate(student, SiteRates(0.4, 0.0), ids)
+        set_firing_rate(student, SiteRates(in_proj=0.4, out_proj=0.0), ids)
+    with pytest.raises(UserError, match="no firing rate for the spiking site.s. out_proj"):
+        set_firing_rate(student, SiteRates(in_proj=0.4), ids)
 
 
 def test_weight_bytes_per_step_accounting(dense, student):
@@ -284,6 +332,8 @@ def test_weight_bytes_per_step_accounting(dense, student):
     assert weight_bytes_per_step(sparse, 1, full) == (weight_bytes_per_step(sparse, 1)
                                                       + 12 * sum(p.in_features for p in proj.values()))
     assert resident_bytes(sparse) > all_proj_bytes
+    state = 2 * sparse.init_state(3).nbytes()                                   # read and written
+    assert bytes_per_step(sparse, 3, none) == weight_bytes_per_step(sparse, 3, none) + state
 
 
 def test_decode_benchmark_runs_and_break_even(dense):
@@ -294,8 +344,10 @@ def test_decode_benchmark_runs_and_break_even(dense):
     for r in results:
         assert r.speedup > 0 and r.speedup_blocks > 0 and 0 <= r.measured_rate <= 1
         assert r.mb_per_token["sparse"] < r.mb_per_token["dense"]
-        assert set(r.tokens_per_s) == {"dense (model.step)", "dense (deploy)", "dense (deploy) blocks",
-                                       "sparse (deploy)", "sparse (deploy) blocks"}
+        assert set(r.tokens_per_s) == {"dense (model.step)", "dense (modules)", "dense (fused)", "dense blocks",
+                                       "sparse (modules)", "sparse (fused)", "sparse blocks"}
+        assert r.bound > 1 and r.efficiency == pytest.approx(r.speedup / r.bound)
+        assert r.bound_blocks > r.bound and r.efficiency_blocks == pytest.approx(r.speedup_blocks / r.bound_blocks)
 
     def fake(rate, speedup):
         return DecodeResult(1, rate, rate, {}, speedup, speedup, {}, {}, {}, 0.0)

@@ -32,15 +32,17 @@ C = typing.TypeVar("C", bound="Config")
 
 def option(default: Any, help: str, *, gt: float | None = None, ge: float | None = None,
            lt: float | None = None, le: float | None = None, choices: tuple | None = None,
-           positional: bool = False, group: str | None = None, metavar: str | None = None) -> Any:
+           positional: bool = False, group: str | None = None, metavar: str | None = None,
+           aliases: tuple[str, ...] = ()) -> Any:
     """A config field with its help text and range checks (applied by `validate`).
 
     positional: a command-line argument without a flag (optional there; `check` may require it);
         a tuple field takes any number of them.
     group: the `--help` section the flag is listed under (e.g. "machine").
+    aliases: further flags for the same option (e.g. "--threads" for --num-threads).
     """
     checks = {k: v for k, v in dict(gt=gt, ge=ge, lt=lt, le=le, choices=choices).items() if v is not None}
-    cli = {k: v for k, v in dict(positional=positional, group=group, metavar=metavar).items() if v}
+    cli = {k: v for k, v in dict(positional=positional, group=group, metavar=metavar, aliases=aliases).items() if v}
     return field(default=default, metadata={"help": help, **checks, **cli})
 
 
@@ -218,7 +220,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type[Config], yam
             kwargs["metavar"] = meta.get("metavar", "N" if inner is int else "X")
         elif "metavar" in meta:
             kwargs["metavar"] = meta["metavar"]
-        target.add_argument(flag, **kwargs)
+        target.add_argument(flag, *meta.get("aliases", ()), **kwargs)
 
 
 def _cli_number(tp, name):

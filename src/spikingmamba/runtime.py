@@ -72,7 +72,8 @@ class RuntimeConfig(Config):
 
     device: str = option("auto", 'device: "auto" (cuda when available), "cpu" or "cuda"', choices=DEVICES,
                          group="machine")
-    num_threads: int = option(0, "CPU threads (0: every available core)", ge=0, group="machine")
+    num_threads: int = option(0, "CPU threads (0: every available core)", ge=0, group="machine",
+                              aliases=("--threads",))
 
     def setup(self) -> torch.device:
         """`configure` the process and return the device (a `ConfigError` for cuda without CUDA)."""

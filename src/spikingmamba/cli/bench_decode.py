@@ -10,9 +10,11 @@ from pathlib import Path
 from spikingmamba.config import add_config_parser, config_from_args, option
 from spikingmamba.errors import ConfigError
 from spikingmamba.inference.bench import SHAPES, Rate, SiteRates
+from spikingmamba.neurons.sites import SITES
 from spikingmamba.runtime import ModelRuntimeConfig
 
 DEFAULT_RATES = "0.05,0.1,0.2,0.4"
+PAPER_SITES = ("in_proj", "out_proj")
 
 
 @dataclass
@@ -21,9 +23,12 @@ class BenchDecodeConfig(ModelRuntimeConfig):
 
     model: str | None = option(None, "model folder (dense or spiking); or use --shape", positional=True)
     shape: str | None = option(None, "a Mamba shape with random weights instead of MODEL", choices=tuple(SHAPES))
-    rates: str | None = option(None, f"target firing rates, comma-separated (none: {DEFAULT_RATES}, or a spiking "
-                               "MODEL's own thresholds); IN/OUT sets the in_proj and out_proj neurons apart, "
-                               "e.g. 0.36/0.07", metavar="R,IN/OUT,...")
+    rates: str | None = option(None, f"target firing rates, comma-separated, one table row each (none: {DEFAULT_RATES}, "
+                               "or a spiking MODEL's own thresholds); per-site rates as SITE=R entries (one row; "
+                               "a repeated site starts the next), e.g. in_proj=0.117,out_proj=0.056; IN/OUT is "
+                               "short for in_proj=IN,out_proj=OUT", metavar="R,SITE=R,...")
+    sites: tuple[str, ...] = option(PAPER_SITES, "neuron sites of the student made from a dense model, "
+                                    f"comma-separated ({', '.join(SITES)}) or all", metavar="SITE,...")
     batch_sizes: tuple[int, ...] = option((1, 8), "batch sizes", ge=1)
     tokens: int = option(8, "decode steps per timed chunk", ge=1)
     repeats: int = option(12, "timed chunks per variant, variants taking turns; median reported", ge=1)
@@ -35,24 +40,51 @@ class BenchDecodeConfig(ModelRuntimeConfig):
     def check(self) -> None:
         if (self.model is None) == (self.shape is None):
             raise ConfigError(f"give either MODEL or --shape ({', '.join(SHAPES)})")
+        self.site_list()
         if self.rates is not None:
             self.rate_list()
 
+    def site_list(self) -> tuple[str, ...]:
+        """--sites with `all` expanded; unknown names are a ConfigError."""
+        sites = SITES if tuple(self.sites) == ("all",) else tuple(self.sites)
+        unknown = [site for site in sites if site not in SITES]
+        if unknown or not sites:
+            raise ConfigError(f"--sites must name sites from {', '.join(SITES)} or be all, got {','.join(self.sites)!r}")
+        return sites
+
     def rate_list(self) -> list[Rate] | None:
-        """--rates parsed (None: not given); an entry IN/OUT is a per-site pair."""
+        """--rates parsed (None: not given): a number is a row for every site; SITE=R entries make one
+        per-site row until a site repeats; IN/OUT is a per-site row for in_proj and out_proj."""
         if self.rates is None:
             return None
-        rates: list[Rate] = []
-        for entry in (e.strip() for e in self.rates.split(",") if e.strip()):
+
+        def number(text: str, entry: str) -> float:
             try:
-                parts = [float(p) for p in entry.split("/")]
+                value = float(text)
             except ValueError:
-                raise ConfigError(f"rates must be comma-separated numbers or IN/OUT pairs, got {entry!r}") from None
-            if len(parts) > 2:
-                raise ConfigError(f"rates entries are R or IN/OUT, got {entry!r}")
-            if not all(0 < r <= 1 for r in parts):
+                raise ConfigError(f"rates must be numbers, SITE=R or IN/OUT entries, got {entry!r}") from None
+            if not 0 < value <= 1:
                 raise ConfigError(f"rates must lie in (0, 1], got {entry!r}")
-            rates.append(SiteRates(*parts) if len(parts) == 2 else parts[0])
+            return value
+
+        rates: list[Rate] = []
+        row: SiteRates | None = None
+        for entry in (e.strip() for e in self.rates.split(",") if e.strip()):
+            if "=" in entry:
+                site, value = (part.strip() for part in entry.split("=", 1))
+                if site not in SITES:
+                    raise ConfigError(f"unknown site {site!r} in --rates; known: {', '.join(SITES)}")
+                if row is None or site in row:
+                    row = SiteRates()
+                    rates.append(row)
+                row[site] = number(value, entry)
+                continue
+            row = None
+            parts = entry.split("/")
+            if len(parts) > 2:
+                raise ConfigError(f"rates entries are R, SITE=R or IN/OUT, got {entry!r}")
+            values = [number(p, entry) for p in parts]
+            rates.append(SiteRates(in_proj=values[0], out_proj=values[1]) if len(values) == 2 else values[0])
         if not rates:
             raise ConfigError("rates is empty")
         return rates
@@ -67,12 +99,14 @@ def bench_decode_cli(args: argparse.Namespace) -> int:
     """Decode tokens one step at a time with the dense model and with its spiking student through
     the sparse deployed decoder, side by side (interleaved repetitions, same threads, same dtype),
     and print a markdown table: tokens/s, speed-up for the whole step and for the blocks alone
-    (no LM head), weight MB read per token, resident and peak memory. With --shape, the weights
+    (no LM head), the bytes-bound speed-up (dense / sparse bytes moved per token: weights read plus the
+    recurrent state) and the efficiency (measured / bound), MB per token, resident and peak memory.
+    With --shape, the weights
     are random and each neuron's threshold is set from a quantile of its activations on random
     tokens so that the fraction of non-zero spikes hits each --rates value (see
     `spikingmamba.inference.bench`). The break-even firing rate is interpolated when the measured
     speed-up crosses 1. Example:
-      spikingmamba bench-decode --shape 130m --rates 0.05,0.1,0.2 --batch-sizes 1 --num-threads 2
+      spikingmamba bench-decode --shape 130m --sites all --rates 0.05,0.1,0.2 --batch-sizes 1 --num-threads 1
     """
     import torch
 
@@ -95,11 +129,11 @@ def bench_decode_cli(args: argparse.Namespace) -> int:
         dense = dense_twin(student)
         rate_list = rates if rates is not None else [None]
     else:
-        student = to_spiking(dense, levels=cfg.levels).eval()
+        student = to_spiking(dense, levels=cfg.levels, sites=cfg.site_list()).eval()
         rate_list = rates if rates is not None else cfg.replace(rates=DEFAULT_RATES).rate_list()
     print(f"# bench-decode: {source}, {torch.get_num_threads()} threads, {cfg.dtype} on {device}, {cfg.repeats} "
           f"interleaved chunks of {cfg.tokens} steps per variant (median), SI-LIF levels "
-          f"{student.spiking_config.levels}", flush=True)
+          f"{student.spiking_config.levels}, sites {','.join(student.spiking_config.sites)}", flush=True)
     results = run_decode_benchmark(dense, student, rate_list, list(cfg.batch_sizes), tokens=cfg.tokens,
                                    repeats=cfg.repeats, warmup=cfg.warmup, seed=cfg.seed,
                                    log=lambda row: print(row, flush=True))

@@ -4,23 +4,31 @@ Variants, all in the same dtype on the same device and threads, timed in turn ch
 machine noise hits them alike; each reports the median chunk time:
 
     dense (model.step)   the dense model's own step code (`nn.Linear` everywhere; the reference)
-    dense (deploy)       the dense model through `deploy`: the same step code as the sparse variant,
-                         projections and head by the column-accumulate kernel over every column
-                         (at batch 1 about twice as fast as `nn.Linear` on CPUs; see sparse_linear)
-    sparse (deploy)      the spiking student through `deploy(mode="sparse")`: the same head kernel,
-                         projections reading only the columns of firing neurons
+    dense (modules)      the dense model through `deploy(step_kernel="modules")`: the step code of the
+                         deployed modules, projections and head by the column-accumulate kernel
+    dense (fused)        the dense model through `deploy`: the compiled whole-model step
+                         (`spikingmamba.ops.cpu_decode`; CPU float32 only), every weight row streamed
+    sparse (modules)     the spiking student through `deploy(mode="sparse", step_kernel="modules")`
+    sparse (fused)       the spiking student through `deploy(mode="sparse")`: the compiled step, which
+                         reads only the weight rows of firing neurons
 
-The speed-up is sparse / the faster dense variant, for the whole step (with the LM head) and for
-the blocks alone (`DecodeModel.step(head=False)`: blocks + final norm, no head).
+The speed-up is sparse (fused, or modules where the compiled step is unavailable) / the fastest dense
+variant, for the whole step (with the LM head) and for the blocks alone (`DecodeModel.step(head=False)`:
+blocks + final norm, no head; fastest dense deployed variant).
+
+Bytes bound: decoding one token at batch 1 moves the weights it reads and the recurrent state (read and
+written). `bytes_per_step` counts both, each distinct active weight row of a sparse projection once
+(plus 12 bytes of index and value per spike), so dense bytes / sparse bytes is the speed-up a decoder
+bound by memory traffic would reach; efficiency = measured speed-up / that bound.
 
 Firing rate (fraction of non-zero spikes) is set, not learned: `set_firing_rate` runs the student
 once on random tokens and, at each neuron in forward order (so each sees the activations the
 earlier spiking layers produce), sets theta_c = 2 * quantile(|x_c|, 1 - rate), so that
 |x_c / theta_c| >= 1/2 (a non-zero spike after rounding) for a fraction `rate` of the samples of
-channel c. A rate may be one number for every neuron or a `SiteRates` pair (in_proj, out_proj):
-a trained student fires at different rates at the two sites, and a spike into in_proj reads a
-column of 2 d_inner weights, one into out_proj only d_model, so the pair, not the mean, sets the
-bytes read. The measured rate during decoding is reported next to the target.
+channel c. A rate may be one number for every neuron or a `SiteRates` mapping (site -> rate): a
+trained student fires at different rates at different sites, and a spike into in_proj reads a
+column of 2 d_inner weights, one into out_proj only d_model, so the per-site rates, not their mean,
+set the bytes read. The measured rate during decoding is reported next to the target.
 
 Memory: `decoder MB` is the bytes of tensors the decoder holds (shared tensors counted once),
 `state MB` the recurrent state, `decode growth MB` the rise of the process's peak RSS during a
@@ -34,7 +42,6 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -55,14 +62,11 @@ SHAPES = {
 MB = 1e6
 
 
-class SiteRates(NamedTuple):
-    """Target firing rates of the neurons before in_proj and before out_proj."""
-
-    in_proj: float
-    out_proj: float
+class SiteRates(dict):
+    """Target firing rate per neuron site, e.g. SiteRates(in_proj=0.117, out_proj=0.056)."""
 
     def __str__(self) -> str:
-        return f"{self.in_proj:g}/{self.out_proj:g}"
+        return ",".join(f"{site}={rate:g}" for site, rate in self.items())
 
 
 Rate = float | SiteRates
@@ -92,13 +96,18 @@ def dense_twin(model: SpikingMambaForCausalLM) -> SpikingMambaForCausalLM:
 @torch.no_grad()
 def set_firing_rate(student: SpikingMambaForCausalLM, rate: Rate, input_ids: torch.LongTensor) -> None:
     """Set every neuron's theta so that a fraction `rate` of its spikes on `input_ids` are non-zero
-    (a `SiteRates`: the in_proj and the out_proj neurons each at their own rate)."""
-    pair = rate if isinstance(rate, SiteRates) else SiteRates(rate, rate)
-    if not all(0 < r <= 1 for r in pair):
+    (a `SiteRates`: each site's neurons at that site's rate; every spiking site needs one)."""
+    sites = {ref.site for ref in iter_sites(student)}
+    per_site = rate if isinstance(rate, SiteRates) else SiteRates({site: rate for site in sites})
+    missing = sorted(sites - set(per_site))
+    if missing:
+        raise InputError(f"no firing rate for the spiking site(s) {', '.join(missing)} (rates given for "
+                         f"{', '.join(per_site) or 'none'})")
+    if not all(0 < r <= 1 for r in per_site.values()):
         raise InputError(f"firing rate must lie in (0, 1], got {rate}")
     handles = []
     for ref in iter_sites(student):
-        def hook(module, args, rate=getattr(pair, ref.site)):
+        def hook(module, args, rate=per_site[ref.site]):
             x = args[0].detach().float().reshape(-1, module.channels)        # (rows, channels)
             if module.theta.numel() == 1:
                 x = x.reshape(-1, 1)
@@ -128,6 +137,18 @@ def weight_bytes_per_step(decoder: DecodeModel, batch: int,
     `nonzero_per_step` maps a sparse projection's name (as in `decoder.sparse_projections()`) to
     (distinct active rows, non-zero spikes) per step; a projection not in it counts as dense."""
     nonzero_per_step = nonzero_per_step or {}
+
+    def projection(name: str, proj: nn.Module) -> int:
+        if isinstance(proj, SparseSpikeLinear):
+            w = proj.weight_t
+            if name in nonzero_per_step and proj.mode != "dense":
+                distinct, spikes = nonzero_per_step[name]
+                return int(distinct * w.shape[1] * w.element_size() + 12 * spikes) + _bytes(proj.bias)
+            return _bytes(w) + _bytes(proj.bias)
+        if isinstance(proj, (nn.Linear, ColumnLinear)):
+            return _bytes(proj.weight) + _bytes(proj.bias)
+        return 0
+
     embeddings = decoder.backbone.embeddings.weight
     total = batch * _bytes(embeddings) // embeddings.shape[0]                # b rows
     for layer, block in enumerate(decoder.backbone.layers):
@@ -135,20 +156,17 @@ def weight_bytes_per_step(decoder: DecodeModel, batch: int,
         total += _bytes(block.norm.weight) + _bytes(mixer.taps) + _bytes(mixer.conv1d.bias)
         total += _bytes(mixer.A) + _bytes(mixer.D)
         for name, proj in mixer.named_children():                           # every projection, sites or not
-            if isinstance(proj, SparseSpikeLinear):
-                w = proj.weight_t
-                key = f"backbone.layers.{layer}.mixer.{name}"
-                if key in nonzero_per_step and proj.mode != "dense":
-                    distinct, spikes = nonzero_per_step[key]
-                    total += int(distinct * w.shape[1] * w.element_size() + 12 * spikes) + _bytes(proj.bias)
-                else:
-                    total += _bytes(w) + _bytes(proj.bias)
-            elif isinstance(proj, (nn.Linear, ColumnLinear)):
-                total += _bytes(proj.weight) + _bytes(proj.bias)
+            total += projection(f"backbone.layers.{layer}.mixer.{name}", proj)
     total += _bytes(decoder.backbone.norm_f.weight)
     if head:
-        total += _bytes(decoder.lm_head.weight)
+        total += projection("lm_head", decoder.lm_head)
     return total
+
+
+def bytes_per_step(decoder: DecodeModel, batch: int, nonzero_per_step: dict[str, tuple[float, float]] | None = None,
+                   head: bool = True) -> int:
+    """The memory traffic of one decode step: `weight_bytes_per_step` plus the recurrent state, read and written."""
+    return weight_bytes_per_step(decoder, batch, nonzero_per_step, head) + 2 * decoder.init_state(batch).nbytes()
 
 
 def resident_bytes(module: torch.nn.Module) -> int:
@@ -243,6 +261,34 @@ class DecodeResult:
     decode_growth_mb: dict[str, float | None] = field(default_factory=dict)
     process_peak_mb: float | None = None
 
+    @property
+    def bound(self) -> float | None:
+        """The bytes-bound speed-up of the whole step: dense bytes / sparse bytes per token."""
+        return self.mb_per_token["dense"] / self.mb_per_token["sparse"] if "sparse" in self.mb_per_token else None
+
+    @property
+    def bound_blocks(self) -> float | None:
+        mb = self.mb_per_token_blocks
+        return mb["dense"] / mb["sparse"] if "sparse" in mb else None
+
+    @property
+    def efficiency(self) -> float | None:
+        """Measured speed-up / bytes-bound speed-up, whole step."""
+        return None if self.speedup is None else self.speedup / self.bound
+
+    @property
+    def efficiency_blocks(self) -> float | None:
+        return None if self.speedup_blocks is None else self.speedup_blocks / self.bound_blocks
+
+
+def _decoders(model: SpikingMambaForCausalLM, kind: str, **kwargs) -> dict[str, DecodeModel]:
+    """kind's deployed decoders by step kernel: "fused" (the compiled step, where it runs) and "modules"."""
+    decoders = {"modules": deploy(model, step_kernel="modules", **kwargs)}
+    fused = deploy(model, **kwargs)
+    if fused.step_kernel == "fused":
+        decoders["fused"] = fused
+    return {f"{kind} ({k})": d for k, d in decoders.items()}
+
 
 def run_decode_benchmark(dense: SpikingMambaForCausalLM, student: SpikingMambaForCausalLM | None,
                          rates: list[Rate | None], batch_sizes: list[int], tokens: int = 8, repeats: int = 12,
@@ -259,26 +305,31 @@ def run_decode_benchmark(dense: SpikingMambaForCausalLM, student: SpikingMambaFo
     device = dense.lm_head.weight.device
     g = torch.Generator().manual_seed(seed)
     calib = torch.randint(0, vocab, (max(calibration_tokens // 64, 1), 64), generator=g).to(device)
-    dense_deploy = deploy(dense)
+    dense_decoders = _decoders(dense, "dense")
+    dense_best = list(dense_decoders)[-1]                       # fused where it runs, else modules
     results = []
     for rate in rates:
-        sparse = None
+        sparse_decoders: dict[str, DecodeModel] = {}
         if student is not None:
             if rate is not None:
                 set_firing_rate(student, rate, calib)
-            sparse = deploy(student, mode="sparse")
+            sparse_decoders = _decoders(student, "sparse", mode="sparse")
+        sparse_name = list(sparse_decoders)[-1] if sparse_decoders else None
+        sparse = sparse_decoders.get(sparse_name)
         for b in batch_sizes:
             ids = torch.randint(0, vocab, (warmup + tokens * repeats, b), generator=g).to(device)
-            variants = [Variant("dense (model.step)", dense), Variant("dense (deploy)", dense_deploy),
-                        Variant("dense (deploy) blocks", dense_deploy, head=False)]
+            variants = [Variant("dense (model.step)", dense)]
+            variants += [Variant(name, d) for name, d in dense_decoders.items()]
+            variants += [Variant(name, d) for name, d in sparse_decoders.items()]
+            variants.append(Variant("dense blocks", dense_decoders[dense_best], head=False))
             if sparse is not None:
-                variants += [Variant("sparse (deploy)", sparse), Variant("sparse (deploy) blocks", sparse, head=False)]
+                variants.append(Variant("sparse blocks", sparse, head=False))
                 sparse.reset_counts()
-            runs = [_Run(v, ids, warmup) for v in variants]
+            runs = {v.name: _Run(v, ids, warmup) for v in variants}
             times: dict[str, list[float]] = {v.name: [] for v in variants}
             for _ in range(repeats):
-                for run in runs:
-                    times[run.variant.name].append(run.chunk(tokens))
+                for name, run in runs.items():
+                    times[name].append(run.chunk(tokens))
             tps = {name: b * tokens / statistics.median(ts) for name, ts in times.items()}
             measured = None
             nonzero: dict[str, tuple[float, float]] = {}
@@ -287,27 +338,27 @@ def run_decode_benchmark(dense: SpikingMambaForCausalLM, student: SpikingMambaFo
                 steps = 2 * (warmup + tokens * repeats)                         # two runs (with/without head)
                 nonzero = {n: (m.count_distinct / steps, m.count_nonzero / steps)
                            for n, m in sparse.sparse_projections()}
-            best_dense = max(tps["dense (model.step)"], tps["dense (deploy)"])
-            mb = {"dense": weight_bytes_per_step(dense_deploy, b) / b / MB}
-            mb_blocks = {"dense": weight_bytes_per_step(dense_deploy, b, head=False) / b / MB}
+            best_dense = max(t for name, t in tps.items() if name.startswith("dense ("))
+            dense_deploy = dense_decoders[dense_best]
+            mb = {"dense": bytes_per_step(dense_deploy, b) / b / MB}
+            mb_blocks = {"dense": bytes_per_step(dense_deploy, b, head=False) / b / MB}
             resident = {"dense": resident_bytes(dense_deploy) / MB}
             growth = {}
-            growth["dense"], peak = peak_rss_growth(lambda: runs[1].chunk(tokens))
+            growth["dense"], peak = peak_rss_growth(lambda: runs[dense_best].chunk(tokens))
             if sparse is not None:
-                mb["sparse"] = weight_bytes_per_step(sparse, b, nonzero) / b / MB
-                mb_blocks["sparse"] = weight_bytes_per_step(sparse, b, nonzero, head=False) / b / MB
+                mb["sparse"] = bytes_per_step(sparse, b, nonzero) / b / MB
+                mb_blocks["sparse"] = bytes_per_step(sparse, b, nonzero, head=False) / b / MB
                 resident["sparse"] = resident_bytes(sparse) / MB
-                growth["sparse"], peak = peak_rss_growth(lambda: runs[3].chunk(tokens))
+                growth["sparse"], peak = peak_rss_growth(lambda: runs[sparse_name].chunk(tokens))
             result = DecodeResult(
                 batch=b, target_rate=rate, measured_rate=measured, tokens_per_s=tps,
-                speedup=tps["sparse (deploy)"] / best_dense if sparse is not None else None,
-                speedup_blocks=(tps["sparse (deploy) blocks"] / tps["dense (deploy) blocks"]
-                                if sparse is not None else None),
+                speedup=tps[sparse_name] / best_dense if sparse is not None else None,
+                speedup_blocks=tps["sparse blocks"] / tps["dense blocks"] if sparse is not None else None,
                 mb_per_token=mb, mb_per_token_blocks=mb_blocks, resident_mb=resident,
                 state_mb=dense.init_state(b).nbytes() / MB, decode_growth_mb=growth, process_peak_mb=peak)
             results.append(result)
             log(format_row(result))
-        del sparse
+        del sparse, sparse_decoders
     return results
 
 
@@ -321,9 +372,10 @@ def break_even(results: list[DecodeResult], batch: int, key: str = "speedup") ->
     return None
 
 
-TABLE_HEADERS = ("batch", "target rate", "measured rate", "dense tok/s (model.step)", "dense tok/s (deploy)",
-                 "sparse tok/s", "speed-up", "speed-up blocks", "MB/token dense", "MB/token sparse",
-                 "bytes ratio", "bytes ratio blocks", "resident MB dense / sparse", "decode growth MB dense / sparse")
+TABLE_HEADERS = ("batch", "target rate", "measured rate", "dense tok/s (model.step / modules / fused)",
+                 "sparse tok/s (modules / fused)", "speed-up", "bytes bound", "efficiency", "speed-up blocks",
+                 "bytes bound blocks", "efficiency blocks", "MB/token dense / sparse", "resident MB dense / sparse",
+                 "decode growth MB dense / sparse")
 
 
 def _f(x, fmt):
@@ -334,14 +386,19 @@ def format_row(r: DecodeResult) -> str:
     t = r.tokens_per_s
     target = ("own" if r.target_rate is None else str(r.target_rate) if isinstance(r.target_rate, SiteRates)
               else f"{r.target_rate:.2f}")
-    cells = [str(r.batch), target,
-             _f(r.measured_rate, ".3f"), _f(t.get("dense (model.step)"), ".1f"), _f(t.get("dense (deploy)"), ".1f"),
-             _f(t.get("sparse (deploy)"), ".1f"), _f(r.speedup, ".2f") + ("x" if r.speedup else ""),
-             _f(r.speedup_blocks, ".2f") + ("x" if r.speedup_blocks else ""),
-             _f(r.mb_per_token["dense"], ".1f"), _f(r.mb_per_token.get("sparse"), ".1f"),
-             _f(r.mb_per_token["dense"] / r.mb_per_token["sparse"] if "sparse" in r.mb_per_token else None, ".2f"),
-             _f(r.mb_per_token_blocks["dense"] / r.mb_per_token_blocks["sparse"]
-                if "sparse" in r.mb_per_token_blocks else None, ".2f"),
+
+    def tokens(kind, kernels):
+        return " / ".join(_f(t.get(f"{kind} ({k})"), ".1f") for k in kernels)
+
+    def x(v):
+        return _f(v, ".2f") + ("x" if v is not None else "")
+
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.0f}%"
+    cells = [str(r.batch), target, _f(r.measured_rate, ".3f"), tokens("dense", ("model.step", "modules", "fused")),
+             tokens("sparse", ("modules", "fused")), x(r.speedup), x(r.bound), pct(r.efficiency),
+             x(r.speedup_blocks), x(r.bound_blocks), pct(r.efficiency_blocks),
+             f"{r.mb_per_token['dense']:.1f} / {_f(r.mb_per_token.get('sparse'), '.1f')}",
              f"{r.resident_mb['dense']:.0f} / {_f(r.resident_mb.get('sparse'), '.0f')}",
              f"{_f(r.decode_growth_mb.get('dense'), '.1f')} / {_f(r.decode_growth_mb.get('sparse'), '.1f')}"]
     return "| " + " | ".join(cells) + " |"
@@ -354,4 +411,5 @@ def markdown_table(results: list[DecodeResult]) -> str:
 
 
 def results_to_json(results: list[DecodeResult]) -> list[dict]:
-    return [asdict(r) for r in results]
+    return [{**asdict(r), "bound": r.bound, "efficiency": r.efficiency, "bound_blocks": r.bound_blocks,
+             "efficiency_blocks": r.efficiency_blocks} for r in results]

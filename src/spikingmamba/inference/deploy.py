@@ -14,6 +14,13 @@ modules swapped that decoding does differently:
                                   conv taps computed once instead of at every step
     everything else            -> the training model's own modules, shared (not copied)
 
+On the CPU in float32, `step` then runs all of it in one call of the compiled decode step
+(`spikingmamba.ops.cpu_decode`, step_kernel="auto"): the same math as the modules' step, which stays
+its oracle and the path everywhere else (step_kernel="modules", other dtypes and devices, or where
+the kernel cannot be built). It reads the same tensors (the dense x_proj / dt_proj and an
+`nn.Linear` head through transposed copies) and, in every projection mode, only the weight rows of
+active neurons (at batch > 1 each such row once for all batch rows).
+
 The training model is not modified. The snapshot copies the site projections (theta folded in)
 and the head (transposed) and shares the small modules and the embedding, so deploy again after
 changing the weights or the thresholds. `prefill` runs the training model's parallel scan over the
@@ -34,10 +41,12 @@ from spikingmamba.errors import InputError
 from spikingmamba.inference.sparse_linear import PROJECTION_MODES, ColumnLinear, SparseSpikeLinear
 from spikingmamba.model.lm import SpikingMambaForCausalLM, check_token_ids
 from spikingmamba.model.mixer import MambaMixer
-from spikingmamba.model.state import MambaState
+from spikingmamba.model.state import LayerState, MambaState
 from spikingmamba.neurons.sites import NEURON_ATTR, iter_sites, site_owner
+from spikingmamba.ops import cpu_decode
 
 DENSE_KERNELS = ("columns", "linear")
+STEP_KERNELS = ("auto", "fused", "modules")
 
 
 def shared_copy(module: nn.Module, cls: type[nn.Module] | None = None) -> nn.Module:
@@ -72,7 +81,7 @@ class DecodeModel(nn.Module):
     """Step-mode language model built by `deploy`; the training model's step, state and id checks."""
 
     def __init__(self, model: SpikingMambaForCausalLM, mode: str = "auto", max_density: float = 0.5,
-                 dense_kernel: str = "columns"):
+                 dense_kernel: str = "columns", step_kernel: str = "auto"):
         super().__init__()
         if not isinstance(model, SpikingMambaForCausalLM):
             raise InputError(f"deploy expects a SpikingMambaForCausalLM, got {type(model).__name__}")
@@ -80,6 +89,8 @@ class DecodeModel(nn.Module):
             raise InputError(f"projection mode must be one of {PROJECTION_MODES}, got {mode!r}")
         if dense_kernel not in DENSE_KERNELS:
             raise InputError(f"dense_kernel must be one of {DENSE_KERNELS}, got {dense_kernel!r}")
+        if step_kernel not in STEP_KERNELS:
+            raise InputError(f"step_kernel must be one of {STEP_KERNELS}, got {step_kernel!r}")
         self.config = model.config
         self.is_spiking = model.is_spiking
         self.backbone = shared_copy(model.backbone)
@@ -96,6 +107,55 @@ class DecodeModel(nn.Module):
                     SparseSpikeLinear.from_linear(ref.projection, ref.neuron, mode, max_density))
             setattr(owner, NEURON_ATTR[ref.site], None)               # folded into SparseSpikeLinear
         self._model = (model,)                   # for `prefill`; a tuple keeps it out of the module tree
+        self._fused = self._build_fused(step_kernel)
+        self._last_state: tuple | None = None    # the fused step's last new state, see `_fused_step`
+
+    # --- the compiled step ------------------------------------------------------------------
+    @property
+    def step_kernel(self) -> str:
+        """"fused" where `step` runs the compiled whole-model step, else "modules"."""
+        return "modules" if self._fused is None else "fused"
+
+    def _build_fused(self, step_kernel: str) -> cpu_decode.FusedStep | None:
+        """The compiled whole-model step, or None where the modules decode (see the module docstring)."""
+        if step_kernel == "modules":
+            return None
+        weight = self.backbone.embeddings.weight
+        usable = weight.device.type == "cpu" and weight.dtype == torch.float32
+        if step_kernel == "fused" and not usable:
+            raise InputError("step_kernel='fused' needs a float32 model on the CPU")
+        if not usable or cpu_decode.library() is None:           # None: warned once
+            return None
+        layers = []
+        for block in self.backbone.layers:
+            mixer = block.mixer
+            layers.append(cpu_decode.LayerSpec(
+                block.norm.weight.detach(), *(_projection_spec(getattr(mixer, name))
+                                              for name in ("in_proj", "x_proj", "dt_proj", "out_proj")),
+                mixer.taps.contiguous(), None if mixer.conv1d.bias is None else mixer.conv1d.bias.detach(),
+                mixer.A, mixer.D.detach()))
+        return cpu_decode.FusedStep(weight.detach(), layers, self.backbone.norm_f.weight.detach(),
+                                    self.config.layer_norm_epsilon, _projection_spec(self.lm_head))
+
+    def _fused_step(self, token_ids: torch.Tensor, state: MambaState, head: bool) -> tuple[torch.Tensor, MambaState]:
+        """`step` by the compiled kernel. A state this decoder returned last is passed by its pointers
+        (no checks needed: its tensors are the ones the kernel wrote); any other state is checked."""
+        if not isinstance(token_ids, torch.Tensor) or token_ids.dtype not in (torch.long, torch.int32):
+            check_token_ids(token_ids, self.config.vocab_size)                  # raises the usual error
+        last = self._last_state
+        pointers = None
+        if (last is not None and len(state.layers) == len(last[0]) and token_ids.shape[0] == last[2]
+                and all(s.conv is c and s.ssm is m for s, (c, m) in zip(state.layers, last[0]))):
+            pointers = last[1]
+        try:
+            out, (conv, ssm, conv_ptrs, ssm_ptrs) = self._fused.step(
+                token_ids, [s.conv for s in state.layers] if pointers is None else None,
+                [s.ssm for s in state.layers] if pointers is None else None, pointers, head, torch.get_num_threads())
+        except ValueError as err:
+            raise InputError(str(err)) from None
+        layers = [LayerState(c, m) for c, m in zip(conv.unbind(0), ssm.unbind(0))]
+        self._last_state = (tuple((s.conv, s.ssm) for s in layers), (conv_ptrs, ssm_ptrs), token_ids.shape[0])
+        return out, MambaState(layers)
 
     # --- the decoding interface shared with SpikingMambaForCausalLM ------------------------
     def init_state(self, batch_size: int) -> MambaState:
@@ -106,6 +166,8 @@ class DecodeModel(nn.Module):
              ) -> tuple[torch.Tensor, MambaState]:
         """token_ids (b,) -> logits (b, vocab) float32, new state. `head=False` returns the normed
         hidden state (b, d_model) instead of logits (to time the blocks alone)."""
+        if self._fused is not None:
+            return self._fused_step(token_ids, state, head)
         check_token_ids(token_ids, self.config.vocab_size)
         h, state = self.backbone.step(token_ids, state)                     # (b, d_model)
         h = self.backbone.norm_f(h.to(self.backbone.norm_f.weight.dtype))
@@ -146,14 +208,27 @@ class DecodeModel(nn.Module):
         return sum(m.count_nonzero for m in projections) / max(numel, 1)
 
 
+def _projection_spec(module: nn.Module) -> cpu_decode.ProjectionSpec:
+    """A deployed projection as the compiled step reads it (an `nn.Linear` through a transposed copy)."""
+    if isinstance(module, SparseSpikeLinear):
+        return cpu_decode.ProjectionSpec(module.weight_t, module.bias, module.theta, module.lo, module.hi,
+                                         module.counts)
+    if isinstance(module, ColumnLinear):
+        return cpu_decode.ProjectionSpec(module.weight_t, module.bias)
+    return cpu_decode.ProjectionSpec(module.weight.detach().t().contiguous(),
+                                     None if module.bias is None else module.bias.detach())
+
+
 def deploy(model: SpikingMambaForCausalLM, mode: str = "auto", max_density: float = 0.5,
-           dense_kernel: str = "columns") -> DecodeModel:
+           dense_kernel: str = "columns", step_kernel: str = "auto") -> DecodeModel:
     """Decode-optimised snapshot of `model` (see the module docstring).
 
     mode: "sparse", "dense" or "auto" for the spiking projections (`SparseSpikeLinear`);
     dense_kernel: "columns" (`ColumnLinear`, transposed copies; faster on CPUs at batch 1) or
-    "linear" (the model's own `nn.Linear`, no copy) for the dense projections and the LM head.
+    "linear" (the model's own `nn.Linear`, no copy) for the dense projections and the LM head;
+    step_kernel: "auto" (the compiled whole-model step on the CPU in float32, else the modules),
+    "fused" (the compiled step or an error) or "modules" (the modules' step everywhere).
     """
     if model.training:
         raise InputError("deploy needs an eval-mode model (call model.eval()): training adds the SGC path")
-    return DecodeModel(model, mode, max_density, dense_kernel).eval()
+    return DecodeModel(model, mode, max_density, dense_kernel, step_kernel).eval()

@@ -129,6 +129,7 @@ class SparseSpikeLinear(nn.Module):
         self.register_buffer("bias", bias, persistent=False)
         self.register_buffer("theta", theta.clamp(min=THETA_MIN), persistent=False)
         self.register_buffer("zero", torch.zeros(1, dtype=torch.long, device=weight_t.device), persistent=False)
+        self.register_buffer("counts", torch.zeros(3, dtype=torch.long), persistent=False)   # see reset_counts
         self.lo, self.hi, self.mode, self.max_density = lo, hi, mode, max_density
         self.in_features, self.out_features = weight_t.shape
         self.reset_counts()
@@ -148,9 +149,24 @@ class SparseSpikeLinear(nn.Module):
                 f"mode={self.mode}")
 
     def reset_counts(self) -> None:
-        self.count_nonzero = 0          # non-zero spikes (all batch rows)
-        self.count_distinct = 0         # distinct active columns per call, summed over calls
-        self.count_numel = 0
+        """Zero `counts`: non-zero spikes (all batch rows), distinct active columns per call (summed
+        over calls), inputs seen; the compiled decode step adds to the same tensor."""
+        self.counts.zero_()
+
+    @property
+    def count_nonzero(self) -> int:
+        return int(self.counts[0])
+
+    @property
+    def count_distinct(self) -> int:
+        return int(self.counts[1])
+
+    @property
+    def count_numel(self) -> int:
+        return int(self.counts[2])
+
+    def _count(self, nonzero: int, distinct: int, numel: int) -> None:
+        self.counts.add_(torch.tensor([nonzero, distinct, numel]))
 
     def spikes(self, x: torch.Tensor) -> torch.Tensor:
         """The neuron's integer spikes, computed exactly as `SpikingNeuron.spikes` does."""
@@ -160,16 +176,13 @@ class SparseSpikeLinear(nn.Module):
         """y for given integer spikes s (b, c_in), by the mode's rule."""
         if s.dim() != 2 or s.shape[1] != self.in_features:
             raise InputError(f"spikes must be (batch, {self.in_features}), got {tuple(s.shape)}")
-        self.count_numel += s.numel()
         if self.mode == "dense":
-            self.count_nonzero += int(torch.count_nonzero(s))
-            self.count_distinct += int(s.ne(0).any(0).sum())
+            self._count(int(torch.count_nonzero(s)), int(s.ne(0).any(0).sum()), s.numel())
             return column_accumulate(s, self.weight_t, self.bias)
         active = active_columns(s, self.zero)
         nonzero = active[0].numel()
-        self.count_nonzero += nonzero
         # rows a batch shares are read from memory once; the per-row gathers then hit the cache
-        self.count_distinct += nonzero if s.shape[0] == 1 else int(s.ne(0).any(0).sum())
+        self._count(nonzero, nonzero if s.shape[0] == 1 else int(s.ne(0).any(0).sum()), s.numel())
         if self.mode == "auto" and nonzero > self.max_density * s.numel():
             return column_accumulate(s, self.weight_t, self.bias)
         return sparse_spike_accumulate(s, self.weight_t, self.bias, active)

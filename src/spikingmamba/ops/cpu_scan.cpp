@@ -13,9 +13,8 @@
 // buffer (chunk x block x n), then walks the chunk backwards.
 
 #include <omp.h>
-#if defined(__SSE__)
-#include <xmmintrin.h>
-#endif
+
+#include "cpu_math.h"
 
 #include <algorithm>
 #include <cmath>
@@ -31,17 +30,7 @@ struct Seq {            // a (b, l, last) tensor with a contiguous last dimensio
   int64_t sb, sl;       // strides of b and l, in elements
 };
 
-// Decaying states reach subnormal floats, which are slow on x86: flush them to zero in this thread
-// while the scan runs, and restore the caller's mode afterwards.
-#if defined(__SSE__)
-struct FlushDenormals {
-  unsigned int saved;
-  FlushDenormals() : saved(_mm_getcsr()) { _mm_setcsr(saved | 0x8040); }  // FTZ | DAZ
-  ~FlushDenormals() { _mm_setcsr(saved); }
-};
-#else
-struct FlushDenormals {};
-#endif
+using spikingmamba::FlushDenormals;
 
 // exp of a decay argument dt * A <= 0. Below the clamp the true value is under the smallest normal
 // number, so the result is unchanged after flushing; without it the vectorised exp leaves its fast
@@ -52,21 +41,10 @@ inline T decay(T arg) {
   return std::exp(arg < lowest ? lowest : arg);
 }
 
-// float: exp inlined into the SIMD loop (glibc's vector expf is a call with its own range checks).
-// arg = (i + f) ln2, |f| <= 1/2; exp(f ln2) by its Taylor series to degree 6 (relative error < 1e-6
-// on [-87, 0], checked against torch.exp in tests/test_scan.py), then 2^i added to the exponent bits.
+// float: the inlined SIMD exp of cpu_math.h.
 template <>
 inline float decay<float>(float arg) {
-  arg = arg < -87.f ? -87.f : arg;
-  const float i = std::nearbyint(arg * 1.44269504088896341f);
-  const float f = arg - i * 0.693145751953125f - i * 1.428606765330187045e-06f;
-  const float p = 1.f + f * (1.f + f * (0.5f + f * (1.f / 6 + f * (1.f / 24 + f * (1.f / 120 + f * (1.f / 720))))));
-  int32_t bits;
-  std::memcpy(&bits, &p, sizeof(bits));
-  bits += static_cast<int32_t>(i) << 23;
-  float out;
-  std::memcpy(&out, &bits, sizeof(out));
-  return out;
+  return spikingmamba::exp_approx(arg);
 }
 
 template <typename T>

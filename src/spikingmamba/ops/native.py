@@ -3,7 +3,7 @@ cached, and loaded with ctypes (after torch, so it shares torch's OpenMP runtime
 
 The library is built with the system C++ compiler (`$CXX`, default `g++`) the first time it is
 needed and cached under `$SPIKINGMAMBA_CACHE/<name>/` (default `~/.cache/spikingmamba/<name>/`),
-keyed by a hash of the source, the flags, the compiler and the CPU: a machine compiles it once, and a
+keyed by a hash of the source (and the `.h` files beside it), the flags, the compiler and the CPU: a machine compiles it once, and a
 changed source or another CPU builds a new one. Building is atomic (a temporary folder, then a
 rename), so concurrent processes do not clash. Where it cannot be built or loaded, `load()` warns once
 (`RuntimeWarning`, naming the slower path that runs instead) and returns None from then on.
@@ -55,6 +55,8 @@ class NativeLibrary:
     def _build_key(self, compiler: str) -> str:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
         h = hashlib.sha256()
+        for header in sorted(self.source.parent.glob("*.h")):          # what a source may #include
+            h.update(header.read_bytes())
         for part in (self.source.read_bytes(), " ".join(self.compile_flags + LINK_FLAGS).encode(), version.encode(),
                      platform.machine().encode(), _cpu_flags().encode()):
             h.update(part)

@@ -1,0 +1,287 @@
+// Compiled CPU decode step of a (spiking) Mamba LM, float32: one call per token for the whole model.
+// The Python side (cpu_decode.py) describes the deployed model once in the structs below, compiles
+// this file once per machine and calls it through ctypes; `MambaMixer.step` through the deployed
+// modules is its oracle (tests/test_inference.py).
+//
+// Shapes: b=batch, d_model, d_inner, n=d_state, R=dt_rank, K=conv kernel, V=vocab.
+//
+// Projections. Every weight is stored transposed, Wt (c_in, c_out) row-major, so the weights one
+// input channel drives are one contiguous row. y (b, c_out) = bias + sum over active channels i of
+// v_i * Wt[i]. A spiking projection folds its neuron in: v_i = clip(round(x_i / theta_i), lo, hi)
+// (computed exactly as torch does: true division, round half to even), and the channel is active
+// where some batch row has v_i != 0, so only those rows of Wt are read. A dense projection uses
+// v_i = x_i over every channel (the same kernel streaming all of Wt). Threads split the output
+// columns; each reads every active row's slice of its columns once for all batch rows.
+//
+// Layer step (MambaMixer.step):  hn = rmsnorm(h);  x, z = in_proj(hn);  window = [conv, x];
+// xc = silu(sum_k window_k taps_k + bias);  dt_low, B, C = x_proj(xc);  dt = softplus(dt_proj(dt_low));
+// h_ssm = exp(dt A) h_ssm + dt x B;  y = (C . h_ssm + D x) silu(z);  h += out_proj(y).
+//
+// Compiled without -ffast-math: the neuron's division and rounding must match torch's bit for bit.
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "cpu_math.h"
+
+namespace {
+
+using spikingmamba::exp_approx;
+
+struct Projection {
+  const float* wt;       // (c_in, c_out)
+  const float* bias;     // (c_out,) or null
+  const float* theta;    // (c_in,) or (1,) neuron scales (clamped); null: dense, v = x
+  int64_t theta_numel;
+  int64_t c_in, c_out;
+  float lo, hi;          // the neuron's spike range
+  int64_t* counts;       // (3,) += non-zero spikes, distinct active rows, inputs seen; null: not counted
+};
+
+struct Layer {
+  const float* norm_w;   // (d_model,)
+  Projection in_proj, x_proj, dt_proj, out_proj;
+  const float* taps;     // (d_inner, K)
+  const float* conv_bias;// (d_inner,) or null
+  const float* A;        // (d_inner, n), A = -exp(A_log)
+  const float* D;        // (d_inner,)
+};
+
+struct Model {
+  int64_t d_model, d_inner, n, dt_rank, kernel, vocab, n_layer;
+  float eps;
+  const float* embeddings;  // (V, d_model)
+  const Layer* layers;      // (n_layer,)
+  const float* norm_f;      // (d_model,)
+  Projection head;
+};
+
+// Scratch memory of one thread, grown on demand and kept (no allocation per step once warm).
+struct Workspace {
+  std::vector<float> h, hn, xz, xc, dbc, dt, y, out, val;
+  std::vector<int32_t> idx;
+  void fit(const Model& m, int64_t b) {
+    const int64_t widest = std::max({m.d_model, 2 * m.d_inner, m.dt_rank + 2 * m.n});
+    h.resize(b * m.d_model), hn.resize(b * m.d_model), out.resize(b * m.d_model);
+    xz.resize(b * 2 * m.d_inner), xc.resize(b * m.d_inner), dt.resize(b * m.d_inner), y.resize(b * m.d_inner);
+    dbc.resize(b * (m.dt_rank + 2 * m.n)), val.resize(b * widest), idx.resize(widest);
+  }
+};
+
+inline float silu(float v) { return v / (1.f + exp_approx(-v)); }
+
+// softplus(v) = max(v, 0) + log1p(exp(-|v|)), log1p(u) = 2 atanh(u / (2 + u)) by its series
+// (u in (0, 1], t <= 1/3: eight terms leave an error under 1e-9); equals torch's threshold-20 form
+// to float rounding.
+inline float softplus(float v) {
+  const float u = exp_approx(-std::fabs(v));
+  const float t = u / (2.f + u), t2 = t * t;
+  const float s = 1.f + t2 * (1.f / 3 + t2 * (1.f / 5 + t2 * (1.f / 7 + t2 * (1.f / 9 + t2 * (1.f / 11 +
+                  t2 * (1.f / 13 + t2 * (1.f / 15)))))));
+  return std::max(v, 0.f) + 2.f * t * s;
+}
+
+// The active input channels of x (b rows, row stride sx): their count k, their channels idx (k,)
+// and values val (k, b). Dense: every channel, v = x.
+int64_t select_active(const Projection& p, const float* x, int64_t sx, int64_t b, int32_t* idx, float* val) {
+  const int64_t c = p.c_in;
+  if (p.theta == nullptr) {
+    for (int64_t i = 0; i < c; ++i) {
+      idx[i] = static_cast<int32_t>(i);
+      for (int64_t r = 0; r < b; ++r) val[i * b + r] = x[r * sx + i];
+    }
+    return c;
+  }
+  const bool shared = p.theta_numel == 1;
+  int64_t k = 0, nonzero = 0;
+  for (int64_t i = 0; i < c; ++i) {
+    const float th = p.theta[shared ? 0 : i];
+    bool any = false;
+    for (int64_t r = 0; r < b; ++r) {
+      // clip(round(q), lo, hi) == round(clip(q, lo, hi)) for integer lo, hi
+      const float q = std::min(std::max(x[r * sx + i] / th, p.lo), p.hi);
+      const float s = std::nearbyint(q);          // round half to even, as torch.round
+      val[k * b + r] = s;
+      nonzero += s != 0.f;
+      any |= s != 0.f;
+    }
+    idx[k] = static_cast<int32_t>(i);
+    k += any;                                     // branch-free compaction
+  }
+  if (p.counts != nullptr) {
+    p.counts[0] += nonzero;
+    p.counts[1] += k;
+    p.counts[2] += b * c;
+  }
+  return k;
+}
+
+// y[:, j0:j1] += sum_q val[q] Wt[idx[q], j0:j1] for one batch row, four rows of Wt at a time.
+void accumulate_row(const float* __restrict wt, int64_t c_out, const int32_t* idx, const float* val, int64_t k,
+                    float* __restrict y, int64_t j0, int64_t j1) {
+  int64_t q = 0;
+  for (; q + 4 <= k; q += 4) {
+    const float* __restrict w0 = wt + idx[q] * c_out;
+    const float* __restrict w1 = wt + idx[q + 1] * c_out;
+    const float* __restrict w2 = wt + idx[q + 2] * c_out;
+    const float* __restrict w3 = wt + idx[q + 3] * c_out;
+    const float a0 = val[q], a1 = val[q + 1], a2 = val[q + 2], a3 = val[q + 3];
+#pragma omp simd
+    for (int64_t j = j0; j < j1; ++j) y[j] += a0 * w0[j] + a1 * w1[j] + a2 * w2[j] + a3 * w3[j];
+  }
+  for (; q < k; ++q) {
+    const float* __restrict w = wt + idx[q] * c_out;
+    const float a = val[q];
+#pragma omp simd
+    for (int64_t j = j0; j < j1; ++j) y[j] += a * w[j];
+  }
+}
+
+// The same for b rows: each row of Wt is read once per column tile and applied to every batch row
+// whose value is non-zero.
+void accumulate_batch(const float* __restrict wt, int64_t c_out, const int32_t* idx, const float* val, int64_t k,
+                      int64_t b, float* __restrict y, int64_t j0, int64_t j1) {
+  for (int64_t q = 0; q < k; ++q) {
+    const float* __restrict w = wt + idx[q] * c_out;
+    for (int64_t r = 0; r < b; ++r) {
+      const float a = val[q * b + r];
+      if (a == 0.f) continue;
+      float* __restrict yr = y + r * c_out;
+#pragma omp simd
+      for (int64_t j = j0; j < j1; ++j) yr[j] += a * w[j];
+    }
+  }
+}
+
+constexpr int64_t kTileFloats = 8192;   // output columns x batch rows per tile: 32 KB, in L1/L2
+
+// y (b, c_out) = p(x); x (b rows of stride sx).
+void project(const Projection& p, const float* x, int64_t sx, int64_t b, float* y, Workspace& w, int threads) {
+  const int64_t c_out = p.c_out;
+  const int64_t k = select_active(p, x, sx, b, w.idx.data(), w.val.data());
+  for (int64_t r = 0; r < b; ++r) {
+    if (p.bias != nullptr) std::memcpy(y + r * c_out, p.bias, c_out * sizeof(float));
+    else std::memset(y + r * c_out, 0, c_out * sizeof(float));
+  }
+  const int64_t tile = std::max<int64_t>(256, (kTileFloats / b) / 16 * 16);
+  const int64_t tiles = (c_out + tile - 1) / tile;
+  const int32_t* idx = w.idx.data();
+  const float* val = w.val.data();
+  auto run = [&](int64_t t) {
+    const int64_t j0 = t * tile, j1 = std::min(c_out, j0 + tile);
+    if (b == 1) accumulate_row(p.wt, c_out, idx, val, k, y, j0, j1);
+    else accumulate_batch(p.wt, c_out, idx, val, k, b, y, j0, j1);
+  };
+  if (threads > 1 && tiles > 1) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t t = 0; t < tiles; ++t) run(t);
+  } else {
+    for (int64_t t = 0; t < tiles; ++t) run(t);
+  }
+}
+
+void rmsnorm(const float* x, const float* weight, int64_t b, int64_t d, float eps, float* out) {
+  for (int64_t r = 0; r < b; ++r) {
+    const float* xr = x + r * d;
+    float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t i = 0; i < d; ++i) ss += xr[i] * xr[i];
+    const float scale = 1.f / std::sqrt(ss / static_cast<float>(d) + eps);
+    for (int64_t i = 0; i < d; ++i) out[r * d + i] = weight[i] * (xr[i] * scale);
+  }
+}
+
+// One block on the residual stream w.h (b, d_model), in place; conv/ssm: this layer's state in and out
+// (b, d_inner, K-1) and (b, d_inner, n), which may alias.
+void layer_step(const Model& m, const Layer& L, int64_t b, const float* conv_in, const float* ssm_in,
+                float* conv_out, float* ssm_out, Workspace& w, int threads) {
+  const int64_t di = m.d_inner, n = m.n, K = m.kernel, R = m.dt_rank, P = R + 2 * n;
+  rmsnorm(w.h.data(), L.norm_w, b, m.d_model, m.eps, w.hn.data());
+  project(L.in_proj, w.hn.data(), m.d_model, b, w.xz.data(), w, threads);       // (b, 2 d_inner)
+  for (int64_t r = 0; r < b; ++r) {                                              // conv window + silu
+    const float* x = w.xz.data() + r * 2 * di;
+    for (int64_t d = 0; d < di; ++d) {
+      const float* cin = conv_in + (r * di + d) * (K - 1);
+      float* cout = conv_out + (r * di + d) * (K - 1);
+      const float* tap = L.taps + d * K;
+      float acc = 0.f;
+      for (int64_t j = 0; j < K - 1; ++j) acc += cin[j] * tap[j];
+      acc += x[d] * tap[K - 1];
+      if (L.conv_bias != nullptr) acc += L.conv_bias[d];
+      for (int64_t j = 0; j + 1 < K - 1; ++j) cout[j] = cin[j + 1];
+      if (K > 1) cout[K - 2] = x[d];
+      w.xc[r * di + d] = acc;
+    }
+    float* xc = w.xc.data() + r * di;
+#pragma omp simd
+    for (int64_t d = 0; d < di; ++d) xc[d] = silu(xc[d]);
+  }
+  project(L.x_proj, w.xc.data(), di, b, w.dbc.data(), w, threads);               // (b, R + 2n)
+  project(L.dt_proj, w.dbc.data(), P, b, w.dt.data(), w, threads);               // (b, d_inner)
+  for (int64_t r = 0; r < b; ++r) {                                              // scan step + gate
+    float* dt = w.dt.data() + r * di;
+#pragma omp simd
+    for (int64_t d = 0; d < di; ++d) dt[d] = softplus(dt[d]);
+    const float* Bv = w.dbc.data() + r * P + R;
+    const float* Cv = Bv + n;
+    const float* xc = w.xc.data() + r * di;
+    const float* z = w.xz.data() + r * 2 * di + di;
+    for (int64_t d = 0; d < di; ++d) {
+      const float* hin = ssm_in + (r * di + d) * n;
+      float* hout = ssm_out + (r * di + d) * n;
+      const float* a = L.A + d * n;
+      const float dtv = dt[d], dbx = dtv * xc[d];
+      float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t j = 0; j < n; ++j) {
+        const float hv = exp_approx(dtv * a[j]) * hin[j] + dbx * Bv[j];
+        hout[j] = hv;
+        acc += hv * Cv[j];
+      }
+      w.y[r * di + d] = (acc + xc[d] * L.D[d]) * silu(z[d]);
+    }
+  }
+  project(L.out_proj, w.y.data(), di, b, w.out.data(), w, threads);             // (b, d_model)
+  for (int64_t i = 0; i < b * m.d_model; ++i) w.h[i] += w.out[i];
+}
+
+}  // namespace
+
+extern "C" {
+
+// One decode step: tokens (b,) -> out (b, V) logits (head != 0) or (b, d_model) normed hidden state.
+// conv_in/ssm_in/conv_out/ssm_out: one pointer per layer. Returns 0, or 1 for a token id out of range.
+int decode_step(const Model* m, const int64_t* tokens, int64_t b, const float* const* conv_in,
+                const float* const* ssm_in, float* const* conv_out, float* const* ssm_out, float* out,
+                int head, int threads) {
+  for (int64_t r = 0; r < b; ++r)
+    if (tokens[r] < 0 || tokens[r] >= m->vocab) return 1;
+  spikingmamba::FlushDenormals ftz;
+  thread_local Workspace w;
+  w.fit(*m, b);
+  for (int64_t r = 0; r < b; ++r)
+    std::memcpy(w.h.data() + r * m->d_model, m->embeddings + tokens[r] * m->d_model, m->d_model * sizeof(float));
+  for (int64_t l = 0; l < m->n_layer; ++l)
+    layer_step(*m, m->layers[l], b, conv_in[l], ssm_in[l], conv_out[l], ssm_out[l], w, threads);
+  if (!head) {
+    rmsnorm(w.h.data(), m->norm_f, b, m->d_model, m->eps, out);
+    return 0;
+  }
+  rmsnorm(w.h.data(), m->norm_f, b, m->d_model, m->eps, w.hn.data());
+  project(m->head, w.hn.data(), m->d_model, b, out, w, threads);
+  return 0;
+}
+
+// One projection on its own: y (b, c_out) = p(x), x (b, c_in) contiguous.
+void project_f32(const Projection* p, const float* x, int64_t b, float* y, int threads) {
+  thread_local Workspace w;
+  w.idx.resize(p->c_in), w.val.resize(p->c_in * b);
+  project(*p, x, p->c_in, b, y, w, threads);
+}
+
+}  // extern "C"
