@@ -18,9 +18,10 @@ accumulation applies them in one multiply by the small integer s_i (a shift-and-
 
 Kernel: `torch.nn.functional.embedding_bag(mode="sum", per_sample_weights=...)` gathers and
 accumulates the selected rows in one pass without materialising them (one bag per batch row).
-`dense_spike_accumulate` is its plain-matmul twin and test oracle. No compiled path: the
-gather-accumulate is already a single fused ATen kernel, and the remaining per-step cost is the
-dense rest of the model (see benchmarks/RESULTS.md).
+`dense_spike_accumulate` is its plain-matmul twin and test oracle. These modules are the decode
+step's torch path; on the CPU in float32 `deploy` runs the whole step in one compiled call instead
+(`spikingmamba.ops.cpu_decode`: the same neuron and row accumulation, fused with the rest of the
+step), reading the same tensors (`weight_t`, `theta`) and adding to the same `counts`.
 
 `ColumnLinear` is the dense counterpart for decoding: the same column-accumulate kernel over
 every column. On CPUs at batch 1 it streams the weights faster than `F.linear`'s
