@@ -163,10 +163,10 @@ def test_deployed_step_matches_model_step(which, kernel, dense, student, student
     assert hidden.shape == (3, model.config.hidden_size)
 
 
-@pytest.mark.parametrize("which", ["dense", "student"])
+@pytest.mark.parametrize("which", ["dense", "student", "student_all"])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_fused_step_matches_the_modules_step(which, batch, dense, student):
-    model = dense if which == "dense" else student
+def test_fused_step_matches_the_modules_step(which, batch, dense, student, student_all):
+    model = {"dense": dense, "student": student, "student_all": student_all}[which]
     fused, modules = deploy(model, mode="sparse"), deploy(model, mode="sparse", step_kernel="modules")
     assert fused.step_kernel == "fused" and modules.step_kernel == "modules"
     ids = torch.randint(0, VOCAB, (batch, 10), generator=torch.Generator().manual_seed(5))

@@ -92,12 +92,23 @@ def test_bench_decode(folders, capsys, tmp_path):
     assert result["target_rate"] == {"in_proj": 0.4, "out_proj": 0.1}
     assert result["efficiency"] == pytest.approx(result["speedup"] / result["bound"]) and result["bound"] > 1
     code, out, _ = _run(capsys, "bench-decode", folders / "dense", "--rates", "out_proj=0.2,in_proj=0.3,in_proj=0.1,"
-                        "out_proj=0.05,0.2", "--sites", "all", "--batch-sizes", "1", "--tokens", 2, "--repeats", 1,
-                        "--warmup", 1, "--threads", 1)
+                        "out_proj=0.05,0.2", "--batch-sizes", "1", "--tokens", 2, "--repeats", 1, "--warmup", 1,
+                        "--threads", 1)
     rows = [line for line in out.splitlines() if line.startswith("| 1 |")]
     assert code == 0 and "1 threads" in out and "sites in_proj,out_proj" in out
     assert [row.split(" | ")[1] for row in rows[:3]] == ["out_proj=0.2,in_proj=0.3", "in_proj=0.1,out_proj=0.05", "0.20"]
     assert all(row.count("%") == 2 for row in rows)                       # efficiency, whole step and blocks
+    code, out, _ = _run(capsys, "bench-decode", folders / "dense", "--sites", "all", "--rates",
+                        "0.1,in_proj=0.2,x_proj=0.1,dt_proj=0.3,out_proj=0.1,lm_head=0.05", "--batch-sizes", "1",
+                        "--tokens", 2, "--repeats", 1, "--warmup", 1, "--json", tmp_path / "all.json")
+    assert code == 0 and "sites in_proj,x_proj,dt_proj,out_proj,lm_head" in out
+    results = json.loads((tmp_path / "all.json").read_text())["results"]
+    assert results[1]["target_rate"] == {"in_proj": 0.2, "x_proj": 0.1, "dt_proj": 0.3, "out_proj": 0.1,
+                                         "lm_head": 0.05}
+    assert all(r["bound"] > r["bound_blocks"] / 10 and r["efficiency"] > 0 for r in results)
+    code, _, err = _run(capsys, "bench-decode", folders / "dense", "--sites", "all", "--rates", "0.4/0.1",
+                        "--batch-sizes", "1", "--tokens", 2, "--repeats", 1)
+    assert code == 2 and "no firing rate for the spiking site(s) dt_proj, lm_head, x_proj" in err
     code, out, _ = _run(capsys, "bench-decode", folders / "student", "--batch-sizes", "1", "--tokens", 2,
                         "--repeats", 1, "--warmup", 0)
     assert code == 0 and "| 1 | own |" in out                        # a student keeps its own thresholds
@@ -110,7 +121,7 @@ def test_bench_decode(folders, capsys, tmp_path):
     (["--shape", "130m", "--rates", "0.3/0.1/0.2"], "rates entries are R, SITE=R or IN/OUT"),
     (["--shape", "130m", "--rates", "in_proj=x"], "rates must be numbers"),
     (["--shape", "130m", "--rates", "nope=0.1"], "unknown site 'nope' in --rates"),
-    (["--shape", "130m", "--sites", "in_proj,nope"], "--sites must name sites from"),
+    (["--shape", "130m", "--sites", "in_proj,nope"], "--sites must be 'all' or a non-empty subset"),
     (["--shape", "130m", "--batch-sizes", "a"], "batch_sizes must be comma-separated integers"),
     (["--shape", "130m", "--tokens", "0"], "tokens must be >= 1"),
 ])

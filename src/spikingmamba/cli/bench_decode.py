@@ -10,11 +10,10 @@ from pathlib import Path
 from spikingmamba.config import add_config_parser, config_from_args, option
 from spikingmamba.errors import ConfigError
 from spikingmamba.inference.bench import SHAPES, Rate, SiteRates
-from spikingmamba.neurons.sites import SITES
+from spikingmamba.neurons.sites import DEFAULT_SITES, SITES, resolve_sites
 from spikingmamba.runtime import ModelRuntimeConfig
 
 DEFAULT_RATES = "0.05,0.1,0.2,0.4"
-PAPER_SITES = ("in_proj", "out_proj")
 
 
 @dataclass
@@ -27,7 +26,7 @@ class BenchDecodeConfig(ModelRuntimeConfig):
                                "or a spiking MODEL's own thresholds); per-site rates as SITE=R entries (one row; "
                                "a repeated site starts the next), e.g. in_proj=0.117,out_proj=0.056; IN/OUT is "
                                "short for in_proj=IN,out_proj=OUT", metavar="R,SITE=R,...")
-    sites: tuple[str, ...] = option(PAPER_SITES, "neuron sites of the student made from a dense model, "
+    sites: tuple[str, ...] = option(DEFAULT_SITES, "neuron sites of the student made from a dense model, "
                                     f"comma-separated ({', '.join(SITES)}) or all", metavar="SITE,...")
     batch_sizes: tuple[int, ...] = option((1, 8), "batch sizes", ge=1)
     tokens: int = option(8, "decode steps per timed chunk", ge=1)
@@ -45,12 +44,8 @@ class BenchDecodeConfig(ModelRuntimeConfig):
             self.rate_list()
 
     def site_list(self) -> tuple[str, ...]:
-        """--sites with `all` expanded; unknown names are a ConfigError."""
-        sites = SITES if tuple(self.sites) == ("all",) else tuple(self.sites)
-        unknown = [site for site in sites if site not in SITES]
-        if unknown or not sites:
-            raise ConfigError(f"--sites must name sites from {', '.join(SITES)} or be all, got {','.join(self.sites)!r}")
-        return sites
+        """--sites resolved (`all` expanded, table order); unknown names are a ConfigError."""
+        return resolve_sites(self.sites, "--sites")
 
     def rate_list(self) -> list[Rate] | None:
         """--rates parsed (None: not given): a number is a row for every site; SITE=R entries make one
