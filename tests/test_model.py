@@ -215,6 +215,19 @@ def test_compiled_conv_silu_gradients_by_finite_differences():
     assert torch.autograd.gradcheck(causal_conv_silu, (x, conv.weight, conv.bias))
 
 
+def assert_one_thread_equals_three(run):
+    """`run()` gives the same tensors on one thread as split over three."""
+    one = run()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        three = run()
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, three, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_compiled_conv_silu_splits_rows_over_threads(monkeypatch):
     """3 threads over 3 x 7 rows: each thread's dx reads g_pre rows another thread wrote (the barrier),
     and each has its own weight and bias partial sums."""
@@ -222,15 +235,7 @@ def test_compiled_conv_silu_splits_rows_over_threads(monkeypatch):
 
     monkeypatch.setattr(causal_conv, "MIN_WORK_PER_THREAD", 1)
     conv, xz, grad = conv_case(torch.float64, True, length=7)
-    one = run_conv(causal_conv.causal_conv_silu, conv, xz, grad)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(3)
-        three = run_conv(causal_conv.causal_conv_silu, conv, xz, grad)
-    finally:
-        torch.set_num_threads(threads)
-    for a, b in zip(one, three, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert_one_thread_equals_three(lambda: run_conv(causal_conv.causal_conv_silu, conv, xz, grad))
 
 
 def test_compiled_conv_silu_falls_back_with_one_warning(monkeypatch, tmp_path):
@@ -292,12 +297,4 @@ def test_compiled_rms_norm_splits_rows_over_threads(monkeypatch):
 
     monkeypatch.setattr(rms_norm, "MIN_WORK_PER_THREAD", 1)
     x, weight, grad = norm_case(torch.float64, rows=21, d=8)
-    one = run_norm(rms_norm.cpu_rms_norm, x, weight, grad)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(3)
-        three = run_norm(rms_norm.cpu_rms_norm, x, weight, grad)
-    finally:
-        torch.set_num_threads(threads)
-    for a, b in zip(one, three, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert_one_thread_equals_three(lambda: run_norm(rms_norm.cpu_rms_norm, x, weight, grad))
