@@ -15,7 +15,7 @@ import ctypes
 import torch
 import torch.nn.functional as F
 
-from spikingmamba.ops.native import NativeLibrary
+from spikingmamba.ops.native import NativeLibrary, dtype_suffix, threads_for
 
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffast-math", "-fPIC", "-std=c++17")
 MIN_WORK_PER_THREAD = 1 << 15          # elements below which another thread costs more than it saves
@@ -39,11 +39,7 @@ def causal_conv_silu_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
 
 
 def _threads(numel: int) -> int:
-    return max(1, min(torch.get_num_threads(), numel // MIN_WORK_PER_THREAD))
-
-
-def _suffix(dtype: torch.dtype) -> str:
-    return "f64" if dtype == torch.float64 else "f32"
+    return threads_for(numel, MIN_WORK_PER_THREAD)
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -55,7 +51,7 @@ class _CpuCausalConvSilu(torch.autograd.Function):
     def forward(ctx, x, w, bias):
         b, l, d = x.shape
         out = x.new_empty(b, l, d)
-        getattr(LIBRARY.load(), f"conv_forward_{_suffix(x.dtype)}")(
+        getattr(LIBRARY.load(), f"conv_forward_{dtype_suffix(x.dtype)}")(
             _ptr(x), x.stride(0), x.stride(1), _ptr(w), _ptr(bias), b, l, d, w.shape[0], _ptr(out),
             _threads(x.numel()))
         ctx.save_for_backward(x, w, bias)
@@ -70,7 +66,7 @@ class _CpuCausalConvSilu(torch.autograd.Function):
         g_pre, dx = torch.empty_like(grad), torch.empty_like(grad)
         dw = torch.zeros(threads, k, d, dtype=torch.float64)       # parts a thread did not run stay zero
         dbias = torch.zeros(threads, d, dtype=torch.float64)
-        getattr(LIBRARY.load(), f"conv_backward_{_suffix(x.dtype)}")(
+        getattr(LIBRARY.load(), f"conv_backward_{dtype_suffix(x.dtype)}")(
             _ptr(x), x.stride(0), x.stride(1), _ptr(w), _ptr(bias), _ptr(grad), b, l, d, k, _ptr(g_pre), _ptr(dx),
             _ptr(dw), _ptr(dbias), threads)
         return dx, dw.sum(0).to(w.dtype), None if bias is None else dbias.sum(0).to(bias.dtype)

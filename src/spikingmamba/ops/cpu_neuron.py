@@ -14,7 +14,7 @@ import ctypes
 
 import torch
 
-from spikingmamba.ops.native import NativeLibrary
+from spikingmamba.ops.native import NativeLibrary, dtype_suffix, threads_for
 
 # no -ffast-math and no FMA contraction: every element rounds exactly as the torch ops of silif_ref
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-ffp-contract=off", "-fPIC", "-std=c++17")
@@ -40,11 +40,7 @@ def usable(x: torch.Tensor, theta: torch.Tensor) -> bool:
 
 
 def _threads(numel: int) -> int:
-    return max(1, min(torch.get_num_threads(), numel // MIN_WORK_PER_THREAD))
-
-
-def _suffix(dtype: torch.dtype) -> str:
-    return "f64" if dtype == torch.float64 else "f32"
+    return threads_for(numel, MIN_WORK_PER_THREAD)
 
 
 class _CpuNeuron(torch.autograd.Function):
@@ -53,7 +49,7 @@ class _CpuNeuron(torch.autograd.Function):
         rows, c = x.numel() // x.shape[-1], x.shape[-1]
         out = torch.empty_like(x)
         spikes = torch.empty_like(x) if want_spikes else None
-        getattr(LIBRARY.load(), f"neuron_forward_{_suffix(x.dtype)}")(
+        getattr(LIBRARY.load(), f"neuron_forward_{dtype_suffix(x.dtype)}")(
             x.data_ptr(), theta.data_ptr(), rows, c, theta_min, lo, hi, lam, sgc, out.data_ptr(),
             None if spikes is None else spikes.data_ptr(), _threads(x.numel()))
         ctx.save_for_backward(x, theta)
@@ -71,7 +67,7 @@ class _CpuNeuron(torch.autograd.Function):
         threads = _threads(x.numel())
         dx = torch.empty_like(x)
         dtheta = torch.empty(threads, c, dtype=torch.float64)
-        getattr(LIBRARY.load(), f"neuron_backward_{_suffix(x.dtype)}")(
+        getattr(LIBRARY.load(), f"neuron_backward_{dtype_suffix(x.dtype)}")(
             x.data_ptr(), theta.data_ptr(), grad_out.data_ptr(), rows, c, theta_min, lo, hi, lam, sgc, alpha,
             dx.data_ptr(), dtheta.data_ptr(), threads)
         dtheta = dtheta.sum(0).to(theta.dtype) * (theta >= theta_min)              # the clamp's gradient

@@ -15,7 +15,7 @@ import ctypes
 
 import torch
 
-from spikingmamba.ops.native import NativeLibrary
+from spikingmamba.ops.native import NativeLibrary, dtype_suffix, threads_for
 
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffast-math", "-fPIC", "-std=c++17")
 CHUNK = 64                              # time steps between stored states
@@ -39,11 +39,7 @@ def library() -> ctypes.CDLL | None:
 
 
 def _threads(batch: int, length: int, d: int, n: int) -> int:
-    return max(1, min(torch.get_num_threads(), batch * length * d * n // MIN_WORK_PER_THREAD))
-
-
-def _suffix(dtype: torch.dtype) -> str:
-    return "f64" if dtype == torch.float64 else "f32"
+    return threads_for(batch * length * d * n, MIN_WORK_PER_THREAD)
 
 
 def _strides(x, dt, B, C) -> ctypes.Array:
@@ -61,7 +57,7 @@ def _scan_forward(x, dt, A, B, C, chunk: int, keep_checkpoints: bool):
     y = x.new_empty(batch, length, d)
     h_last = x.new_empty(batch, d, n)
     ckpt = x.new_empty(batch, -(-length // chunk), n, d) if keep_checkpoints else None
-    getattr(library(), f"scan_forward_{_suffix(x.dtype)}")(
+    getattr(library(), f"scan_forward_{dtype_suffix(x.dtype)}")(
         _ptr(x), _ptr(dt), _ptr(A), _ptr(B), _ptr(C), _strides(x, dt, B, C), batch, length, d, n, chunk,
         _ptr(y), _ptr(h_last), _ptr(ckpt), _threads(batch, length, d, n))
     return y, h_last, ckpt
@@ -98,7 +94,7 @@ class _CpuSelectiveScan(torch.autograd.Function):
         dx, ddt = torch.empty_like(dy), torch.empty_like(dy)
         dA = x.new_zeros(batch, d, n)                                   # per batch row, summed below
         dB, dC = x.new_zeros(parts, batch, length, n), x.new_zeros(parts, batch, length, n)
-        getattr(library(), f"scan_backward_{_suffix(x.dtype)}")(
+        getattr(library(), f"scan_backward_{dtype_suffix(x.dtype)}")(
             _ptr(x), _ptr(dt), _ptr(A), _ptr(B), _ptr(C), _strides(x, dt, B, C), batch, length, d, n,
             ctx.chunk, _ptr(dy), _ptr(dh), _ptr(ckpt), _ptr(dx), _ptr(ddt), _ptr(dA), _ptr(dB), _ptr(dC),
             parts, threads)

@@ -21,7 +21,19 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 LINK_FLAGS = ("-shared", "-fopenmp")   # no -ffast-math here: it would link crtfastmath (process-wide FTZ)
+
+
+def threads_for(work: int, min_work_per_thread: int) -> int:
+    """Threads for a kernel call: torch's thread count, but at least `min_work_per_thread` elements each."""
+    return max(1, min(torch.get_num_threads(), work // min_work_per_thread))
+
+
+def dtype_suffix(dtype: torch.dtype) -> str:
+    """The exported-symbol suffix of a kernel compiled for `dtype` (float64 or float32)."""
+    return "f64" if dtype == torch.float64 else "f32"
 
 
 def cache_root() -> Path:

@@ -15,7 +15,7 @@ import ctypes
 
 import torch
 
-from spikingmamba.ops.native import NativeLibrary
+from spikingmamba.ops.native import NativeLibrary, dtype_suffix, threads_for
 
 # no -ffast-math and no FMA contraction: the elementwise steps round as the reference's torch ops
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-ffp-contract=off", "-fPIC", "-std=c++17")
@@ -38,11 +38,7 @@ def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Ten
 
 
 def _threads(numel: int) -> int:
-    return max(1, min(torch.get_num_threads(), numel // MIN_WORK_PER_THREAD))
-
-
-def _suffix(dtype: torch.dtype) -> str:
-    return "f64" if dtype == torch.float64 else "f32"
+    return threads_for(numel, MIN_WORK_PER_THREAD)
 
 
 class _CpuRMSNorm(torch.autograd.Function):
@@ -52,7 +48,7 @@ class _CpuRMSNorm(torch.autograd.Function):
         rows = x.numel() // d
         y = torch.empty_like(x)
         r = x.new_empty(rows)                                                 # 1 / rms of each row
-        getattr(LIBRARY.load(), f"norm_forward_{_suffix(x.dtype)}")(
+        getattr(LIBRARY.load(), f"norm_forward_{dtype_suffix(x.dtype)}")(
             x.data_ptr(), weight.data_ptr(), rows, d, eps, y.data_ptr(), r.data_ptr(), _threads(x.numel()))
         ctx.save_for_backward(x, weight, r)
         return y
@@ -65,7 +61,7 @@ class _CpuRMSNorm(torch.autograd.Function):
         grad = grad.to(x.dtype).contiguous()
         dx = torch.empty_like(x)
         dw = torch.empty(threads, d, dtype=torch.float64)
-        getattr(LIBRARY.load(), f"norm_backward_{_suffix(x.dtype)}")(
+        getattr(LIBRARY.load(), f"norm_backward_{dtype_suffix(x.dtype)}")(
             x.data_ptr(), weight.data_ptr(), r.data_ptr(), grad.data_ptr(), x.numel() // d, d, dx.data_ptr(),
             dw.data_ptr(), threads)
         return dx, dw.sum(0).to(weight.dtype), None
