@@ -3,15 +3,22 @@
     python scripts/ablations.py --out runs/ablations [--steps 200 --seq-len 128 --batch-size 8]
                                 [--variants d1,d2,d4,d8,d4-nosgc,ilif4,lif1,d4-rate,d2-rate] [--workers 2]
     python scripts/ablations.py --frontier docs/results/frontier.json --figure docs/pareto.png
+    python scripts/ablations.py --sites-ablation --out runs/sites [--steps 100 --items 500 --variants ...]
+    python scripts/ablations.py --sites-table docs/results/sites_ablation.json
 
 The second form trains nothing: it draws the accuracy-energy frontier (energy ratio in the blocks
 and with the head against the held-out perplexity gap) of the rows in a frontier file and prints
-its README table (docs/results/README.md describes the file).
+its README table (docs/results/README.md describes the file). The third is issue 14's per-site
+ablation: the energy-first recipe with the paper's neuron sites, each extra site added alone, and
+every site, at D = 4 and 2; it also writes `sites_ablation.json` (one summary row per variant, with
+each site's firing rate and the in-domain accuracies' 95% intervals) and `sites_ablation.md`, whose
+table the fourth form prints again.
 
 Each variant: `distill` from the bundled teacher, then the in-domain zero-shot tasks (lm-eval, vs
 the teacher, with teacher agreement) and the energy report on held-out text. Writes
 `ablations.json`, `ablations.md` (the tables) and `pareto.png` (energy ratio vs accuracy gap).
 Workers run variants in parallel processes with one thread each (the fused scan is single-threaded).
+A finished variant's row is kept in `OUT/rows/NAME.json`; running again reuses it.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -54,6 +62,15 @@ VARIANTS = {
     "d2-sparser-acc": dict(levels=2, rate_weight=8.0, rate_target=0.02, theta_lr_scale=30.0,
                            rate_cost="accumulates"),
 }
+# issue 14's per-site ablation: the energy-first recipe (`distill_sparse`: the -sparse rows' settings) with
+# the paper's sites (in_proj, out_proj), each extra site added alone, and every site; D = 4 first, then D = 2
+SITE_SETS = {"paper": ("in_proj", "out_proj"), "+x_proj": ("in_proj", "x_proj", "out_proj"),
+             "+dt_proj": ("in_proj", "dt_proj", "out_proj"), "+lm_head": ("in_proj", "out_proj", "lm_head"),
+             "all": ("all",)}
+SITE_VARIANTS = {f"d{d}-sparse{name if name.startswith('+') else '-' + name}": dict(levels=d, rate_weight=4.0, rate_target=0.05, theta_lr_scale=30.0,
+                                             sites=sites)
+                 for d in (4, 2) for name, sites in SITE_SETS.items()}
+VARIANTS.update(SITE_VARIANTS)
 
 
 def run_variant(name: str, out: Path, steps: int, seq_len: int, batch_size: int, items: int) -> dict:
@@ -69,13 +86,30 @@ def run_variant(name: str, out: Path, steps: int, seq_len: int, batch_size: int,
     student = out / name
     # the quickstart's distillation recipe at this script's length and batch, then the variant's change
     config = distill_config(student, QUICK, str(teacher), max_steps=steps, batch_size=batch_size, seq_len=seq_len,
-                            save_every=max(steps // 4, 25), progress=False, **VARIANTS[name])
+                            save_every=max(steps // 4, 25), progress=False, num_threads=1, **VARIANTS[name])
+    load, started = os.getloadavg()[0], time.perf_counter()
     result = distill(config)
+    training = {"train_minutes": (time.perf_counter() - started) / 60, "load": f"load {load:.1f} -> {os.getloadavg()[0]:.1f}"}
     evals = evaluate(student, "indomain", teacher=teacher, heldout_text=out / "heldout.txt",
                      indomain_items=items, out_dir=out / "eval" / name)
     energy = energy_summary(energy_stage(student, teacher, out / "heldout.txt", out / "energy" / name))
-    return {"variant": name, "config": VARIANTS[name], "distill": result.get("final_eval", result), "eval": evals,
-            "energy": energy}
+    row = {"variant": name, "config": VARIANTS[name], "distill": result.get("final_eval", result), "eval": evals,
+           "energy": energy, **training}
+    row_path(out, name).write_text(json.dumps(row, indent=2, default=str) + "\n", encoding="utf-8")
+    return row
+
+
+def row_path(out: Path, name: str) -> Path:
+    """Where a finished variant's row is kept: a rerun of the script reuses it instead of training again."""
+    (out / "rows").mkdir(parents=True, exist_ok=True)
+    return out / "rows" / f"{name}.json"
+
+
+def load_or_run(name: str, out: Path, *args) -> dict:
+    path = row_path(out, name)
+    if path.exists():
+        return json.loads(path.read_text(encoding="utf-8"))
+    return run_variant(name, out, *args)
 
 
 def headline(evals: dict, role: str) -> dict[str, float]:
@@ -112,6 +146,54 @@ def write_tables(rows: list[dict], out: Path) -> str:
     table = "\n".join(lines)
     (out / "ablations.md").write_text(table + "\n", encoding="utf-8")
     return table
+
+
+def site_summary(row: dict, out: Path, command: str) -> dict:
+    """One row of the per-site ablation (docs/results/sites_ablation.json): accuracy (held-out ppl, KL,
+    top-1 agreement with the teacher, in-domain accuracy with its 95% interval, teacher's alongside),
+    each site's firing (from the variant's energy report, averaged over blocks) and the energy ratios."""
+    from spikingmamba.energy import measured_site_profile
+    from spikingmamba.evaluation.tasks_catalog import headline_metric
+
+    report = json.loads((out / "energy" / row["variant"] / "energy.json").read_text(encoding="utf-8"))
+    e, cfg = row["energy"], row["config"]
+    tasks = {}
+    for task, metrics in row["eval"]["student"]["results"].items():
+        metric = headline_metric(task)
+        tasks[task] = {"metric": metric, **{role: {"value": 100 * m[metric]["value"],
+                                                   "ci95": 100 * 1.96 * m[metric]["stderr"]}
+                                            for role, m in ((r, row["eval"][r]["results"][task])
+                                                            for r in ("student", "teacher"))},
+                       "items": row["eval"]["student"]["docs"][task]}
+    return {"variant": row["variant"], "levels": cfg["levels"], "sites": report["sites"],
+            "command": f"{command} --variants {row['variant']}",
+            "student_ppl": e["student_ppl"], "teacher_ppl": e["teacher_ppl"], "kl": row["distill"]["kl"],
+            "top1_agreement": e["top1_agreement"], "firing_rate": e["firing_rate"],
+            "mean_abs_spike": e["mean_abs_spike"],
+            "site_rates": {site: {"firing_rate": at.firing_rate, "mean_abs_spike": at.mean_abs_spike}
+                           for site, at in measured_site_profile(report).items()},
+            "tasks": tasks, "ratio_blocks": e["ratio_blocks"], "ratio_with_head": e["ratio_with_head"],
+            "fully_spike_driven": report["spike_driven"]["fully"],
+            "train_minutes": row.get("train_minutes"), "load": row.get("load")}
+
+
+def sites_table(rows: list[dict]) -> str:
+    """The README table of the per-site ablation (rows of `site_summary`)."""
+    from spikingmamba.neurons.sites import SITES
+
+    lines = ["| student | D | held-out ppl (teacher) | KL | top-1 agreement | firing rate: " + " / ".join(SITES)
+             + " | spikes/neuron | cloze acc ± 95% (teacher) | choice acc_norm ± 95% (teacher) | energy blocks "
+             "| with head | fully spike-driven | training (load) |", "|" + "---|" * 13]
+    for r in rows:
+        rates = " / ".join(f"{r['site_rates'][s]['firing_rate']:.3f}" if s in r["site_rates"] else "-" for s in SITES)
+        acc = " | ".join(f"{t['student']['value']:.1f} ± {t['student']['ci95']:.1f} ({t['teacher']['value']:.1f})"
+                         for t in (r["tasks"]["indomain_cloze"], r["tasks"]["indomain_choice"]))
+        minutes = "-" if r.get("train_minutes") is None else f"{r['train_minutes']:.1f} min ({r['load']})"
+        lines.append(f"| {r['variant']} | {r['levels']} | {r['student_ppl']:.2f} ({r['teacher_ppl']:.2f}) "
+                     f"| {r['kl']:.4f} | {100 * r['top1_agreement']:.1f}% | {rates} | {r['mean_abs_spike']:.3f} "
+                     f"| {acc} | {r['ratio_blocks']:.2f}x | {r['ratio_with_head']:.2f}x "
+                     f"| {'yes' if r['fully_spike_driven'] else 'no'} | {minutes} |")
+    return "\n".join(lines)
 
 
 def pareto_figure(rows: list[dict], out: Path) -> None:
@@ -233,7 +315,15 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--frontier", type=Path, help="draw this frontier file instead of training (with --figure)")
     p.add_argument("--figure", type=Path, default=Path("docs/pareto.png"), help="where --frontier draws")
+    p.add_argument("--sites-ablation", action="store_true", help="the per-site ablation (default variants: "
+                   "every d{4,2}-sparse-SITES one); writes sites_ablation.json / .md (one summary row each)")
+    p.add_argument("--sites-table", type=Path, help="print the table of this sites_ablation.json; trains nothing")
     args = p.parse_args()
+    if args.sites_table is not None:
+        print(sites_table(json.loads(args.sites_table.read_text(encoding="utf-8"))))
+        return
+    if args.sites_ablation and args.variants == p.get_default("variants"):
+        args.variants = ",".join(SITE_VARIANTS)
     if args.frontier is not None:
         frontier = json.loads(args.frontier.read_text(encoding="utf-8"))
         frontier_figure(frontier, args.figure)
@@ -250,11 +340,18 @@ def main() -> None:
     heldout_text(args.out)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with ProcessPoolExecutor(args.workers) as pool:
-        futures = [pool.submit(run_variant, n, args.out, args.steps, args.seq_len, args.batch_size, args.items)
+        futures = [pool.submit(load_or_run, n, args.out, args.steps, args.seq_len, args.batch_size, args.items)
                    for n in names]
         rows = [f.result() for f in futures]
     (args.out / "ablations.json").write_text(json.dumps(rows, indent=2, default=str) + "\n", encoding="utf-8")
     print(write_tables(rows, args.out))
+    if args.sites_ablation:
+        command = (f"python scripts/ablations.py --sites-ablation --out {args.out} --steps {args.steps} "
+                   f"--items {args.items} --workers {args.workers}")
+        summary = [site_summary(r, args.out, command) for r in rows]
+        (args.out / "sites_ablation.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        (args.out / "sites_ablation.md").write_text(sites_table(summary) + "\n", encoding="utf-8")
+        print("\n" + sites_table(summary))
     pareto_figure(rows, args.out)
     print(f"\nwritten: {args.out / 'ablations.md'}, {args.out / 'ablations.json'}, {args.out / 'pareto.png'}")
 

@@ -372,17 +372,87 @@ def test_components_follow_the_site_table(tiny_shape):
         LayerSpikes(conv1d=SiteSpikes(0.1, 0.1))
 
 
-def test_recorded_site_energies_are_what_the_script_computes():
-    """docs/results/energy_sites.json (README's table of the neuron sites) is
-    `python scripts/energy_sites.py --out docs/results/energy_sites.json`; recompute it."""
+def _energy_sites_script():
     import importlib.util
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("energy_sites", root / "scripts" / "energy_sites.py")
+    spec = importlib.util.spec_from_file_location("energy_sites", Path(__file__).resolve().parents[1] / "scripts"
+                                                  / "energy_sites.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def test_recorded_site_energies_are_what_the_script_computes():
+    """docs/results/energy_sites.json (README's table of the neuron sites) is
+    `python scripts/energy_sites.py --out docs/results/energy_sites.json`; recompute it."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
     recorded = json.loads((root / "docs" / "results" / "energy_sites.json").read_text())
-    assert script.rows(["130m", "1.4b"], [0, 0.05, 0.1, 0.2], 4, "45nm-fp32") == recorded
+    assert _energy_sites_script().rows(["130m", "1.4b"], [0, 0.05, 0.1, 0.2], 4, "45nm-fp32") == recorded
     paper_ceiling = next(r for r in recorded if (r["shape"], r["sites"], r["firing_rate"]) == ("130m", "paper", 0))
     assert round(paper_ceiling["ratio_with_head"], 2) == 2.81 and not paper_ceiling["fully_spike_driven"]
+
+
+def test_measured_site_profile_prices_the_student_like_its_own_report(tmp_path, capsys):
+    """A measured report's per-site firing, averaged over the blocks and applied to every block of the
+    same shape, gives the report's own energy (the energy is linear in each block's spikes and every
+    block has the same neurons); `energy_sites.py --rates-from` prices it at named shapes."""
+    from spikingmamba.energy import measured_site_profile, site_profile_report
+    from spikingmamba.energy.report import write_json
+
+    torch.manual_seed(0)
+    teacher = spikingmamba.SpikingMambaForCausalLM(spikingmamba.SpikingMambaConfig(
+        vocab_size=50, hidden_size=8, num_hidden_layers=3, state_size=4)).eval()
+    calib = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(1))
+    student = spikingmamba.to_spiking(teacher, levels=3, sites="all", calibration_ids=calib).eval()
+    for i, (_, n) in enumerate(student.neurons()):          # different firing in every block and site
+        n.theta.data.mul_(0.3 + 0.1 * i)
+    report = measure_report(student, torch.randint(0, 50, (1, 31)), FP32, teacher=teacher, model_name="s",
+                            teacher_name="t")
+    path = write_json(report, tmp_path / "energy.json")
+    profile = measured_site_profile(json.loads(path.read_text()))
+    assert list(profile) == ["in_proj", "x_proj", "dt_proj", "out_proj", "lm_head"]
+    assert len({layer.sites["in_proj"].mean_abs_spike for layer in report.layers}) == 3
+    priced = site_profile_report(report.shape, FP32, levels=3, profile=profile)
+    for scope in ("blocks", "with_head"):
+        assert getattr(priced, scope).student_pj == pytest.approx(getattr(report, scope).student_pj)
+        assert getattr(priced, scope).teacher_pj == pytest.approx(getattr(report, scope).teacher_pj)
+    assert priced.spike_driven.fully and priced.firing_rate == pytest.approx(report.firing_rate)
+
+    script = _energy_sites_script()
+    script.main(["--out", str(tmp_path / "rows.json"), "--rates-from", str(path), "--shapes", "130m"])
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert [(r["shape"], r["sites"], r["levels"]) for r in rows] == [("130m", "paper", 3), ("130m", "all", 3)]
+    expected = site_profile_report(named_shape("130m"), FP32, levels=3, profile=profile)
+    assert rows[1]["ratio_with_head"] == pytest.approx(expected.with_head.ratio) and rows[1]["fully_spike_driven"]
+    assert rows[1]["site_rates"]["lm_head"]["mean_abs_spike"] == pytest.approx(profile["lm_head"].mean_abs_spike)
+    # one rate per site on the command line: the same as that profile with mean |s| = the rate
+    script.main(["--out", str(tmp_path / "given.json"), "--rates", "in_proj=0.3,out_proj=0.05,lm_head=0.1",
+                 "--shapes", "130m"])
+    given = json.loads((tmp_path / "given.json").read_text())
+    assert [r["sites"] for r in given] == ["paper", "in_proj,out_proj,lm_head"]
+    paper = analytic_report(named_shape("130m"), FP32, levels=4, firing_rate=0.3, sites=("in_proj",))
+    assert given[0]["ratio_blocks"] > paper.blocks.ratio          # out_proj at 0.05 costs less than dense
+    assert given[1]["ratio_with_head"] > 2.81 > given[0]["ratio_with_head"]
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--rates", "in_proj=0.1,conv1d=0.2"], "sites of --rates"),
+    (["--rates", "0.1,in_proj=0.2"], "numbers, or SITE=R"),
+    (["--rates", "in_proj=2"], "firing_rate must lie in"),
+    (["--rates-from", "NOPE"], "cannot read energy report"),
+    (["--rates-from", "ANALYTIC"], "not a measured energy report"),
+    (["--rates-from", "ANALYTIC", "--rates", "0.1"], "not both"),
+])
+def test_energy_sites_bad_input(args, message, tmp_path, capsys):
+    from spikingmamba.energy.report import write_json
+
+    analytic = write_json(analytic_report(named_shape("130m"), FP32, levels=4, firing_rate=0.1), tmp_path / "a.json")
+    args = [{"NOPE": str(tmp_path / "none.json"), "ANALYTIC": str(analytic)}.get(a, a) for a in args]
+    with pytest.raises(SystemExit) as exit_:
+        _energy_sites_script().main(["--out", str(tmp_path / "rows.json"), *args])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "rows.json").exists()

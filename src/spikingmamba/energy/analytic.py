@@ -1,4 +1,5 @@
-"""Analytic energy: no weights, a named Mamba shape and an assumed firing profile.
+"""Analytic energy: no weights, a named Mamba shape and a firing profile: assumed (the same at every
+neuron), or per site, e.g. a trained student's measured one (`measured_site_profile`) at another shape.
 
 The student's energy is linear in the spikes: E_student(s) = A + B * s, with s the mean |s| per
 neuron per token (the same at every neuron site), A the dense ops plus the neurons' own cost and
@@ -11,13 +12,14 @@ expand 2, d_conv 4, dt_rank ceil(d_model / 16)).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from spikingmamba.energy.counting import LayerSpikes, MambaShape, SiteSpikes
 from spikingmamba.energy.report import EnergyReport, build_report
 from spikingmamba.energy.tables import EnergyTable
 from spikingmamba.errors import UserError
-from spikingmamba.neurons.sites import BLOCK, DEFAULT_SITES, SCOPE, resolve_sites
+from spikingmamba.neurons.sites import BLOCK, DEFAULT_SITES, SCOPE, SITES, resolve_sites
 
 PAPER_RATIO = 4.76          # SpikingMamba-1.3B vs Mamba-1.4B, the paper's headline energy benefit
 NAMED_SHAPES = {
@@ -54,23 +56,52 @@ def profile_spikes(firing_rate: float | None, mean_abs_spike: float | None, leve
     return SiteSpikes(firing_rate=firing_rate, mean_abs_spike=mean_abs_spike)
 
 
-def _profile(spikes: SiteSpikes, sites: tuple[str, ...] | str) -> tuple[LayerSpikes, LayerSpikes | None]:
-    """The same firing at every chosen site: (every block's spikes, the head's or None)."""
-    sites = resolve_sites(sites)                         # a ConfigError (a UserError) names a bad site
-    block = LayerSpikes(**{s: spikes for s in sites if SCOPE[s] == BLOCK})
-    head = LayerSpikes(**{s: spikes for s in sites if SCOPE[s] != BLOCK})
-    return block, (head or None)
-
-
 def analytic_report(shape: MambaShape, table: EnergyTable, *, levels: int, firing_rate: float | None = None,
                     mean_abs_spike: float | None = None, sites: tuple[str, ...] | str = DEFAULT_SITES,
                     name: str = "analytic") -> EnergyReport:
     """Teacher vs student energy for `shape` when every neuron at `sites` (names, or "all") fires with
     the given profile."""
-    block, head = _profile(profile_spikes(firing_rate, mean_abs_spike, levels), sites)
-    return build_report(shape, table, [block] * shape.n_layer, head_spikes=head, levels=levels, mode="analytic",
-                        model=name, notes=["analytic: the same firing profile at every neuron of every layer; "
-                                           "no weights"])
+    spikes = profile_spikes(firing_rate, mean_abs_spike, levels)
+    return site_profile_report(shape, table, levels=levels, profile={s: spikes for s in resolve_sites(sites)},
+                               name=name)
+
+
+def site_profile_report(shape: MambaShape, table: EnergyTable, *, levels: int, profile: Mapping[str, SiteSpikes],
+                        name: str = "analytic") -> EnergyReport:
+    """Teacher vs student energy for `shape` with a neuron at each site of `profile` (site name -> its
+    firing), the same in every block; the other sites are dense."""
+    if levels < 1:
+        raise UserError(f"levels must be an integer >= 1, got {levels}")
+    resolve_sites(tuple(profile))                        # a ConfigError (a UserError) names a bad site
+    block = LayerSpikes(**{s: spikes for s, spikes in profile.items() if SCOPE[s] == BLOCK})
+    head = LayerSpikes(**{s: spikes for s, spikes in profile.items() if SCOPE[s] != BLOCK})
+    return build_report(shape, table, [block] * shape.n_layer, head_spikes=head or None, levels=levels,
+                        mode="analytic", model=name,
+                        notes=["analytic: the same firing profile at every neuron of a site, in every layer; "
+                               "no weights"])
+
+
+def measured_site_profile(report: Mapping) -> dict[str, SiteSpikes]:
+    """Each neuron site's firing in a measured energy report (the dict of `EnergyReport.to_dict`, as
+    `energy.json` holds it), in site-table order: a block site's firing rate and mean |s| averaged
+    over the blocks (every block has the same neurons there), the head's as measured. UserError for
+    a report without measured neurons."""
+    try:
+        layers = [layer["sites"] for layer in report["layers"]] + [report.get("head") or {}]
+        per_site: dict[str, list[SiteSpikes]] = {}
+        for sites in layers:
+            for site, at in sites.items():
+                per_site.setdefault(site, []).append(SiteSpikes(float(at["firing_rate"]),
+                                                                float(at["mean_abs_spike"])))
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(f"not an energy report with per-layer firing (energy.json): {err!r}") from None
+    if report.get("mode") != "measured" or not per_site:
+        raise UserError("not a measured energy report with neurons (mode 'measured', firing per site)")
+    unknown = sorted(set(per_site) - set(SITES))
+    if unknown:
+        raise UserError(f"energy report names unknown neuron site(s) {unknown}")
+    return {site: SiteSpikes(sum(s.firing_rate for s in at) / len(at), sum(s.mean_abs_spike for s in at) / len(at))
+            for site in SITES if (at := per_site.get(site))}
 
 
 @dataclass

@@ -1,0 +1,35 @@
+"""scripts/ablations.py: the per-site ablation's variants are the energy-first recipe with their sites."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from spikingmamba.distill.config import DistillConfig
+from spikingmamba.neurons.sites import DEFAULT_SITES, SITES, resolve_sites
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("ablations", ROOT / "scripts" / "ablations.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_site_variants_are_the_energy_first_recipe_with_their_sites():
+    from spikingmamba.recipes.quickstart import QUICK, distill_config
+
+    script = _script()
+    sparse = DistillConfig.load("distill_sparse", dict(teacher="default", out="unused"))
+    seen = set()
+    for name, overrides in script.SITE_VARIANTS.items():
+        config = distill_config(Path("unused"), QUICK, "default", **overrides)
+        config.check()
+        differing = {f for f in vars(sparse) if getattr(config, f) != getattr(sparse, f)}
+        assert differing <= {"levels", "sites", "save_every"}, (name, differing)
+        assert name.startswith(f"d{config.levels}-sparse") and set(DEFAULT_SITES) <= set(config.sites)
+        seen.add((config.levels, config.sites))
+    extra = [tuple(s for s in SITES if s in {*DEFAULT_SITES, site}) for site in SITES if site not in DEFAULT_SITES]
+    assert seen == {(d, sites) for d in (4, 2) for sites in [DEFAULT_SITES, resolve_sites("all"), *extra]}
