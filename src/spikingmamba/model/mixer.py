@@ -75,10 +75,10 @@ class MambaMixer(nn.Module):
                           ssm=w.new_zeros(batch_size, self.d_inner, self.d_state, dtype=torch.float32))
 
     def _ssm_params(self, xc: torch.Tensor):
-        """Delta, B, C from the conv output xc (..., d_inner)."""
+        """Delta before its softplus, B, C from the conv output xc (..., d_inner)."""
         dbc = self.project("x_proj", xc)                                      # (..., dt_rank + 2n)
         dt, B, C = torch.split(dbc, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        return F.softplus(self.project("dt_proj", dt).float()), B, C      # Delta in float32, as under CUDA autocast
+        return self.project("dt_proj", dt), B, C
 
     def forward(self, hidden: torch.Tensor, return_state: bool = False, state: LayerState | None = None):
         """hidden (b, l, d_model) -> (b, l, d_model) [, LayerState after the last position].
@@ -98,9 +98,9 @@ class MambaMixer(nn.Module):
             xc = F.silu(self.conv1d(conv_in)[..., start : start + length].transpose(1, 2))  # (b, l, d_inner)
         dt, B, C = self._ssm_params(xc)                                       # (b,l,d_inner), (b,l,n) x2
         A = self.ssm_A()                                                      # (d_inner, n)
+        # Delta = softplus(dt) (in float32, as under CUDA autocast); y * silu(z): in the scan's kernel where it can
         y, h_last = selective_scan(xc, dt, A, B, C, self.D, backend=self.scan_backend,
-                                   h0=None if state is None else state.ssm)
-        y = y * F.silu(z)                                                     # (b, l, d_inner)
+                                   h0=None if state is None else state.ssm, z=z, delta_softplus=True)  # (b, l, d_inner)
         out = self.project("out_proj", y)                                     # (b, l, d_model)
         if not return_state:
             return out
@@ -119,7 +119,7 @@ class MambaMixer(nn.Module):
         xc = F.silu(xc)                                                       # (b, d_inner)
         dt, B, C = self._ssm_params(xc)
         A = self.ssm_A()
-        y, h = selective_state_update(state.ssm, xc, dt, A, B, C, self.D)
+        y, h = selective_state_update(state.ssm, xc, F.softplus(dt.float()), A, B, C, self.D)
         y = y * F.silu(z)
         out = self.project("out_proj", y)                                     # (b, d_model)
         return out, LayerState(conv=window[..., 1:], ssm=h)

@@ -4,9 +4,15 @@
 //
 // Shapes (b=batch, l=length, d=d_inner, n=d_state); the last dimension of every tensor is contiguous,
 // the others are given as strides (in elements):
-//   x, dt (b, l, d)   A (d, n)   B, C (b, l, n)   y, dy, dx, ddt (b, l, d), contiguous
+//   x, dt, z (b, l, d)   A (d, n)   B, C (b, l, n)   D (d)   y, dy, dx, ddt, dz (b, l, d), contiguous
 //   h_last, dh_last (b, d, n), contiguous   ckpt (b, n_chunks, n, d): the state before each chunk
-//   dA_part (b, d, n), dB_part, dC_part (P, b, l, n): per-task partial sums, reduced in Python
+//   dA_part (b, d, n), dD_part (b, d), dB_part, dC_part (P, b, l, n): per-task partial sums, reduced
+//   in Python
+//
+// Optional parts (mamba-ssm's selective_scan_fn has the same three): with `softplus` the kernel
+// takes dt before its softplus (Delta = softplus(dt)); D (may be null) adds the skip D x to y; z
+// (may be null) gates the output, y * silu(z). The backward recomputes the ungated y from the
+// chunk's states, so nothing beyond the checkpoints is stored for them.
 //
 // Work is split over (batch, block of channels); a block's states (block x n) stay in L1 while the
 // time loop runs. The backward recomputes each chunk's states from its checkpoint into a per-task
@@ -49,10 +55,17 @@ inline float decay<float>(float arg) {
 
 template <typename T>
 struct Args {
-  const T *x, *dt, *A, *B, *C;
-  Seq sx, sdt, sB, sC;
+  const T *x, *dt, *A, *B, *C, *D, *z;
+  Seq sx, sdt, sB, sC, sz;
   int64_t batch, length, d, n, chunk;
+  bool softplus;
 };
+
+// torch's softplus (beta 1, threshold 20) and its derivative, the sigmoid
+template <typename T>
+inline T softplus(T v) { return v > T(20) ? v : std::log1p(std::exp(v)); }
+template <typename T>
+inline T sigmoid(T v) { return T(1) / (T(1) + std::exp(-v)); }
 
 // A block of kBlock channels is the SIMD width of every inner loop (one AVX-512 register of floats):
 // states and A are kept transposed, [k][lane], so no loop needs a horizontal sum except dB and dC.
@@ -69,6 +82,19 @@ struct Block {
   }
   void store(const T* src, T* dst) const { std::copy(src, src + width, dst + c0); }
 };
+
+// Delta's lanes for one (b, t) row: dt itself, or softplus(dt) into out (raw: dt's lanes, for the
+// backward's softplus derivative).
+template <typename T>
+const T* delta_lanes(const Args<T>& a, const Block<T>& blk, int64_t t, T* raw_pad, T* out,
+                     const T** raw = nullptr) {
+  const T* r = blk.lanes(a.dt + blk.b * a.sdt.sb + t * a.sdt.sl, raw_pad);
+  if (raw) *raw = r;
+  if (!a.softplus) return r;
+#pragma omp simd
+  for (int64_t c = 0; c < kBlock; ++c) out[c] = softplus(r[c]);
+  return out;
+}
 
 template <typename T>
 void load_A(const Args<T>& a, const Block<T>& blk, T* At) {  // At[k][lane] = A[c0 + lane][k]
@@ -89,8 +115,10 @@ void store_dn(const Block<T>& blk, int64_t n, const T* src, T* dst_dn) {
 template <typename T>
 void forward_block(const Args<T>& a, const Block<T>& blk, T* y, T* h_last, T* ckpt, T* h, T* At) {
   const int64_t n = a.n, n_chunks = (a.length + a.chunk - 1) / a.chunk;
-  alignas(64) T x_pad[kBlock], dt_pad[kBlock], w[kBlock], acc[kBlock];
+  alignas(64) T x_pad[kBlock], dt_pad[kBlock], delta[kBlock], z_pad[kBlock], D_pad[kBlock], w[kBlock],
+      acc[kBlock];
   load_A(a, blk, At);
+  const T* Dv = a.D ? blk.lanes(a.D, D_pad) : nullptr;
   std::fill(h, h + n * kBlock, T(0));
   for (int64_t t = 0; t < a.length; ++t) {
     if (ckpt && t % a.chunk == 0) {
@@ -98,7 +126,7 @@ void forward_block(const Args<T>& a, const Block<T>& blk, T* y, T* h_last, T* ck
       for (int64_t k = 0; k < n; ++k) blk.store(h + k * kBlock, dst + k * a.d);
     }
     const T* xv = blk.lanes(a.x + blk.b * a.sx.sb + t * a.sx.sl, x_pad);
-    const T* dtv = blk.lanes(a.dt + blk.b * a.sdt.sb + t * a.sdt.sl, dt_pad);
+    const T* dtv = delta_lanes(a, blk, t, dt_pad, delta);
     const T* Bt = a.B + blk.b * a.sB.sb + t * a.sB.sl;
     const T* Ct = a.C + blk.b * a.sC.sb + t * a.sC.sl;
 #pragma omp simd
@@ -115,6 +143,15 @@ void forward_block(const Args<T>& a, const Block<T>& blk, T* y, T* h_last, T* ck
         hk[c] = decay(dtv[c] * Ak[c]) * hk[c] + w[c] * bk;
         acc[c] += hk[c] * ck;
       }
+    }
+    if (Dv) {
+#pragma omp simd
+      for (int64_t c = 0; c < kBlock; ++c) acc[c] += Dv[c] * xv[c];
+    }
+    if (a.z) {
+      const T* zv = blk.lanes(a.z + blk.b * a.sz.sb + t * a.sz.sl, z_pad);
+#pragma omp simd
+      for (int64_t c = 0; c < kBlock; ++c) acc[c] *= zv[c] * sigmoid(zv[c]);
     }
     blk.store(acc, y + (blk.b * a.length + t) * a.d);
   }
@@ -145,6 +182,8 @@ void forward(const Args<T>& a, T* y, T* h_last, T* ckpt, int threads) {
 // Backward of one (batch, channel block). Reverse recurrence per channel c, state k, time t:
 //   g = dL/dh[t] (+= dy[t] C[t]);  dC[t] += dy[t] h[t];  dw = g . B[t] (w = dt x);  dB[t] += w g;
 //   gaa = g h[t-1] a[t] (a = exp(dt A));  ddt[t] = gaa . A + dw x;  dA += gaa dt;  dx = dw dt;  g *= a.
+// With the optional parts, first (per t): the gate, y = sum_k h[t] C[t] + D x recomputed,
+//   dy <- dout silu(z), dz = dout y silu'(z);  then dD += dy x, dx += dy D;  and ddt <- ddt sigmoid(dt).
 // The chunk's states and decays are first recomputed from its checkpoint into hbuf / abuf.
 template <typename T>
 struct BackwardWork {
@@ -155,14 +194,22 @@ struct BackwardWork {
 };
 
 template <typename T>
+struct Grads {              // the backward's outputs (dz, dD_part null where z, D are)
+  T *dx, *ddt, *dz, *dA_part, *dD_part, *dB, *dC;
+};
+
+template <typename T>
 void backward_block(const Args<T>& a, const Block<T>& blk, const T* dy, const T* dh_last, const T* ckpt,
-                    T* dx, T* ddt, T* dA_part, T* dB, T* dC, BackwardWork<T>& ws) {
+                    const Grads<T>& out, BackwardWork<T>& ws) {
   const int64_t n = a.n, nk = n * kBlock, n_chunks = (a.length + a.chunk - 1) / a.chunk;
-  alignas(64) T x_pad[kBlock], dt_pad[kBlock], dy_pad[kBlock], w[kBlock], dw[kBlock], ddt_a[kBlock];
+  alignas(64) T x_pad[kBlock], dt_pad[kBlock], delta[kBlock], dy_pad[kBlock], z_pad[kBlock], D_pad[kBlock],
+      gy[kBlock], gz[kBlock], dD[kBlock], w[kBlock], dw[kBlock], ddt_a[kBlock];
   T *g = ws.g.data(), *At = ws.At.data(), *dA = ws.dA.data(), *hstart = ws.hstart.data();
   load_A(a, blk, At);
+  const T* Dv = a.D ? blk.lanes(a.D, D_pad) : nullptr;
   std::fill(g, g + nk, T(0));
   std::fill(dA, dA + nk, T(0));
+  std::fill(dD, dD + kBlock, T(0));
   if (dh_last)
     for (int64_t c = 0; c < blk.width; ++c)
       for (int64_t k = 0; k < n; ++k) g[k * kBlock + c] = dh_last[(blk.b * a.d + blk.c0 + c) * n + k];
@@ -176,7 +223,7 @@ void backward_block(const Args<T>& a, const Block<T>& blk, const T* dy, const T*
     }
     for (int64_t t = t0; t < t1; ++t) {   // recompute h[t], a[t]
       const T* xv = blk.lanes(a.x + blk.b * a.sx.sb + t * a.sx.sl, x_pad);
-      const T* dtv = blk.lanes(a.dt + blk.b * a.sdt.sb + t * a.sdt.sl, dt_pad);
+      const T* dtv = delta_lanes(a, blk, t, dt_pad, delta);
       const T* Bt = a.B + blk.b * a.sB.sb + t * a.sB.sl;
       const T* hp = t == t0 ? hstart : ws.hbuf.data() + (t - t0 - 1) * nk;
       T* hc = ws.hbuf.data() + (t - t0) * nk;
@@ -194,16 +241,38 @@ void backward_block(const Args<T>& a, const Block<T>& blk, const T* dy, const T*
     }
     for (int64_t t = t1 - 1; t >= t0; --t) {   // walk the chunk backwards
       const T* xv = blk.lanes(a.x + blk.b * a.sx.sb + t * a.sx.sl, x_pad);
-      const T* dtv = blk.lanes(a.dt + blk.b * a.sdt.sb + t * a.sdt.sl, dt_pad);
+      const T* raw;
+      const T* dtv = delta_lanes(a, blk, t, dt_pad, delta, &raw);
       const int64_t row = (blk.b * a.length + t) * a.d;
-      const T* gy = blk.lanes(dy + row, dy_pad);
+      const T* dout = blk.lanes(dy + row, dy_pad);
       const T* Bt = a.B + blk.b * a.sB.sb + t * a.sB.sl;
       const T* Ct = a.C + blk.b * a.sC.sb + t * a.sC.sl;
       const T* hc = ws.hbuf.data() + (t - t0) * nk;
       const T* hp = t == t0 ? hstart : ws.hbuf.data() + (t - t0 - 1) * nk;
       const T* ac = ws.abuf.data() + (t - t0) * nk;
-      T* dBt = dB + (blk.b * a.length + t) * n;
-      T* dCt = dC + (blk.b * a.length + t) * n;
+      T* dBt = out.dB + (blk.b * a.length + t) * n;
+      T* dCt = out.dC + (blk.b * a.length + t) * n;
+      if (a.z) {                            // the gate: needs y, recomputed from h[t]
+        const T* zv = blk.lanes(a.z + blk.b * a.sz.sb + t * a.sz.sl, z_pad);
+        alignas(64) T yv[kBlock];
+#pragma omp simd
+        for (int64_t c = 0; c < kBlock; ++c) yv[c] = Dv ? Dv[c] * xv[c] : T(0);
+        for (int64_t k = 0; k < n; ++k) {
+          const T ck = Ct[k];
+          const T* hk = hc + k * kBlock;
+#pragma omp simd
+          for (int64_t c = 0; c < kBlock; ++c) yv[c] += hk[c] * ck;
+        }
+#pragma omp simd
+        for (int64_t c = 0; c < kBlock; ++c) {
+          const T s = sigmoid(zv[c]);
+          gy[c] = dout[c] * (zv[c] * s);
+          gz[c] = dout[c] * yv[c] * (s * (T(1) + zv[c] * (T(1) - s)));
+        }
+        blk.store(gz, out.dz + row);
+      } else {
+        std::copy(dout, dout + kBlock, gy);
+      }
 #pragma omp simd
       for (int64_t c = 0; c < kBlock; ++c) {
         w[c] = dtv[c] * xv[c];
@@ -232,17 +301,23 @@ void backward_block(const Args<T>& a, const Block<T>& blk, const T* dy, const T*
       for (int64_t c = 0; c < kBlock; ++c) {
         ddt_a[c] += dw[c] * xv[c];
         dw[c] *= dtv[c];
+        if (a.softplus) ddt_a[c] *= raw[c] > T(20) ? T(1) : sigmoid(raw[c]);
+        if (Dv) {
+          dD[c] += gy[c] * xv[c];
+          dw[c] += gy[c] * Dv[c];
+        }
       }
-      blk.store(dw, dx + row);
-      blk.store(ddt_a, ddt + row);
+      blk.store(dw, out.dx + row);
+      blk.store(ddt_a, out.ddt + row);
     }
   }
-  store_dn(blk, n, dA, dA_part + blk.b * a.d * n);
+  store_dn(blk, n, dA, out.dA_part + blk.b * a.d * n);
+  if (Dv) blk.store(dD, out.dD_part + blk.b * a.d);
 }
 
 template <typename T>
-void backward(const Args<T>& a, const T* dy, const T* dh_last, const T* ckpt, T* dx, T* ddt,
-              T* dA_part, T* dB_part, T* dC_part, int64_t parts, int threads) {
+void backward(const Args<T>& a, const T* dy, const T* dh_last, const T* ckpt, const Grads<T>& out,
+              int64_t parts, int threads) {
   const int64_t blocks = block_count(a), per_part = (blocks + parts - 1) / parts;
   const int64_t part_size = a.batch * a.length * a.n;
 #pragma omp parallel num_threads(threads)
@@ -251,37 +326,46 @@ void backward(const Args<T>& a, const T* dy, const T* dh_last, const T* ckpt, T*
     BackwardWork<T> ws(a.chunk, a.n);
 #pragma omp for collapse(2) schedule(dynamic)
     for (int64_t b = 0; b < a.batch; ++b)
-      for (int64_t p = 0; p < parts; ++p)
+      for (int64_t p = 0; p < parts; ++p) {
+        Grads<T> part = out;
+        part.dB += p * part_size;
+        part.dC += p * part_size;
         for (int64_t i = p * per_part; i < std::min(blocks, (p + 1) * per_part); ++i)
-          backward_block(a, block(a, b, i), dy, dh_last, ckpt, dx, ddt, dA_part,
-                         dB_part + p * part_size, dC_part + p * part_size, ws);
+          backward_block(a, block(a, b, i), dy, dh_last, ckpt, part, ws);
+      }
   }
 }
 
 template <typename T>
-Args<T> make_args(const T* x, const T* dt, const T* A, const T* B, const T* C, const int64_t* strides,
-                  int64_t batch, int64_t length, int64_t d, int64_t n, int64_t chunk) {
-  return Args<T>{x, dt, A, B, C, {strides[0], strides[1]}, {strides[2], strides[3]},
-                 {strides[4], strides[5]}, {strides[6], strides[7]}, batch, length, d, n, chunk};
+Args<T> make_args(const T* x, const T* dt, const T* A, const T* B, const T* C, const T* D, const T* z,
+                  const int64_t* strides, int64_t batch, int64_t length, int64_t d, int64_t n, int64_t chunk,
+                  int softplus) {
+  return Args<T>{x, dt, A, B, C, D, z, {strides[0], strides[1]}, {strides[2], strides[3]},
+                 {strides[4], strides[5]}, {strides[6], strides[7]}, {strides[8], strides[9]},
+                 batch, length, d, n, chunk, softplus != 0};
 }
 
 }  // namespace
 
-// C entry points. strides = (x.b, x.l, dt.b, dt.l, B.b, B.l, C.b, C.l); ckpt may be null (no backward).
-#define SCAN_ENTRY_POINTS(T, SUFFIX)                                                                   \
-  extern "C" void scan_forward_##SUFFIX(const T* x, const T* dt, const T* A, const T* B, const T* C,   \
-                                         const int64_t* strides, int64_t batch, int64_t length,          \
-                                         int64_t d, int64_t n, int64_t chunk, T* y, T* h_last, T* ckpt,  \
-                                         int threads) {                                                  \
-    forward(make_args(x, dt, A, B, C, strides, batch, length, d, n, chunk), y, h_last, ckpt, threads);  \
-  }                                                                                                      \
-  extern "C" void scan_backward_##SUFFIX(const T* x, const T* dt, const T* A, const T* B, const T* C,  \
-                                          const int64_t* strides, int64_t batch, int64_t length,         \
-                                          int64_t d, int64_t n, int64_t chunk, const T* dy,              \
-                                          const T* dh_last, const T* ckpt, T* dx, T* ddt, T* dA_part,    \
-                                          T* dB_part, T* dC_part, int64_t parts, int threads) {          \
-    backward(make_args(x, dt, A, B, C, strides, batch, length, d, n, chunk), dy, dh_last, ckpt, dx, ddt, \
-             dA_part, dB_part, dC_part, parts, threads);                                                 \
+// C entry points. strides = (x.b, x.l, dt.b, dt.l, B.b, B.l, C.b, C.l, z.b, z.l); D, z may be null;
+// softplus: dt is taken before its softplus; ckpt may be null (no backward); dz, dD_part are null where
+// z, D are.
+#define SCAN_ENTRY_POINTS(T, SUFFIX)                                                                    \
+  extern "C" void scan_forward_##SUFFIX(const T* x, const T* dt, const T* A, const T* B, const T* C,    \
+                                         const T* D, const T* z, const int64_t* strides, int64_t batch,   \
+                                         int64_t length, int64_t d, int64_t n, int64_t chunk,             \
+                                         int softplus, T* y, T* h_last, T* ckpt, int threads) {           \
+    forward(make_args(x, dt, A, B, C, D, z, strides, batch, length, d, n, chunk, softplus), y, h_last,   \
+            ckpt, threads);                                                                               \
+  }                                                                                                       \
+  extern "C" void scan_backward_##SUFFIX(const T* x, const T* dt, const T* A, const T* B, const T* C,   \
+                                          const T* D, const T* z, const int64_t* strides, int64_t batch,  \
+                                          int64_t length, int64_t d, int64_t n, int64_t chunk,            \
+                                          int softplus, const T* dy, const T* dh_last, const T* ckpt,     \
+                                          T* dx, T* ddt, T* dz, T* dA_part, T* dD_part, T* dB_part,       \
+                                          T* dC_part, int64_t parts, int threads) {                       \
+    backward(make_args(x, dt, A, B, C, D, z, strides, batch, length, d, n, chunk, softplus), dy,         \
+             dh_last, ckpt, Grads<T>{dx, ddt, dz, dA_part, dD_part, dB_part, dC_part}, parts, threads);   \
   }
 
 SCAN_ENTRY_POINTS(float, f32)

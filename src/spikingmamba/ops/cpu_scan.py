@@ -1,7 +1,10 @@
 """Compiled CPU selective scan: `cpu_scan.cpp` behind an autograd Function, with chunked recomputation.
 
 The C++ kernel runs the recurrence over (batch x blocks of channels) in parallel (OpenMP, as many
-threads as `torch.get_num_threads()`), one block's states kept in L1 through the time loop. The
+threads as `torch.get_num_threads()`), one block's states kept in L1 through the time loop. It can
+also take Delta before its softplus, add the skip D x and gate the output with silu(z) (as mamba-ssm's
+kernel does), forward and backward, so the mixer's elementwise work around the scan is in the same
+passes. The
 forward keeps only the state before every `chunk` steps; the backward recomputes each chunk's states
 from that checkpoint and walks the chunk backwards (math and memory in docs/SCAN.md).
 
@@ -25,8 +28,8 @@ MIN_WORK_PER_THREAD = 1 << 18           # state updates (b l d n) below which an
 def _declare(lib: ctypes.CDLL) -> None:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     for suffix in ("f32", "f64"):
-        getattr(lib, f"scan_forward_{suffix}").argtypes = [p] * 6 + [i64] * 5 + [p] * 3 + [i32]
-        getattr(lib, f"scan_backward_{suffix}").argtypes = [p] * 6 + [i64] * 5 + [p] * 8 + [i64, i32]
+        getattr(lib, f"scan_forward_{suffix}").argtypes = [p] * 8 + [i64] * 5 + [i32] + [p] * 3 + [i32]
+        getattr(lib, f"scan_backward_{suffix}").argtypes = [p] * 8 + [i64] * 5 + [i32] + [p] * 10 + [i64, i32]
 
 
 LIBRARY = NativeLibrary("cpu_scan", "compiled CPU selective scan", COMPILE_FLAGS, _declare,
@@ -42,15 +45,15 @@ def _threads(batch: int, length: int, d: int, n: int) -> int:
     return threads_for(batch * length * d * n, MIN_WORK_PER_THREAD)
 
 
-def _strides(x, dt, B, C) -> ctypes.Array:
-    return (ctypes.c_int64 * 8)(*(s for t in (x, dt, B, C) for s in t.stride()[:2]))
+def _strides(x, dt, B, C, z) -> ctypes.Array:
+    return (ctypes.c_int64 * 10)(*(s for t in (x, dt, B, C, z if z is not None else x) for s in t.stride()[:2]))
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def _scan_forward(x, dt, A, B, C, chunk: int, keep_checkpoints: bool):
+def _scan_forward(x, dt, A, B, C, D, z, softplus: bool, chunk: int, keep_checkpoints: bool):
     """Kernel call: returns y (b, l, d), h_last (b, d, n) and the checkpoints (b, chunks, n, d) or None."""
     batch, length, d = x.shape
     n = A.shape[1]
@@ -58,8 +61,8 @@ def _scan_forward(x, dt, A, B, C, chunk: int, keep_checkpoints: bool):
     h_last = x.new_empty(batch, d, n)
     ckpt = x.new_empty(batch, -(-length // chunk), n, d) if keep_checkpoints else None
     getattr(library(), f"scan_forward_{dtype_suffix(x.dtype)}")(
-        _ptr(x), _ptr(dt), _ptr(A), _ptr(B), _ptr(C), _strides(x, dt, B, C), batch, length, d, n, chunk,
-        _ptr(y), _ptr(h_last), _ptr(ckpt), _threads(batch, length, d, n))
+        _ptr(x), _ptr(dt), _ptr(A), _ptr(B), _ptr(C), _ptr(D), _ptr(z), _strides(x, dt, B, C, z), batch, length, d,
+        n, chunk, int(softplus), _ptr(y), _ptr(h_last), _ptr(ckpt), _threads(batch, length, d, n))
     return y, h_last, ckpt
 
 
@@ -75,16 +78,16 @@ def _parts(batch: int, d: int, threads: int) -> int:
 
 class _CpuSelectiveScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, chunk):
-        y, h_last, ckpt = _scan_forward(x, dt, A, B, C, chunk, keep_checkpoints=True)
-        ctx.save_for_backward(x, dt, A, B, C, ckpt)
-        ctx.chunk = chunk
+    def forward(ctx, x, dt, A, B, C, D, z, softplus, chunk):
+        y, h_last, ckpt = _scan_forward(x, dt, A, B, C, D, z, softplus, chunk, keep_checkpoints=True)
+        ctx.save_for_backward(x, dt, A, B, C, D, z, ckpt)
+        ctx.chunk, ctx.softplus = chunk, softplus
         ctx.set_materialize_grads(False)
         return y, h_last
 
     @staticmethod
     def backward(ctx, grad_y, grad_h_last):
-        x, dt, A, B, C, ckpt = ctx.saved_tensors
+        x, dt, A, B, C, D, z, ckpt = ctx.saved_tensors
         batch, length, d = x.shape
         n = A.shape[1]
         threads = _threads(batch, length, d, n)
@@ -92,31 +95,37 @@ class _CpuSelectiveScan(torch.autograd.Function):
         dy = x.new_zeros(batch, length, d) if grad_y is None else grad_y.to(x.dtype).contiguous()
         dh = None if grad_h_last is None else grad_h_last.to(x.dtype).contiguous()
         dx, ddt = torch.empty_like(dy), torch.empty_like(dy)
-        dA = x.new_zeros(batch, d, n)                                   # per batch row, summed below
+        dz = None if z is None else torch.empty_like(dy)
+        dA = x.new_empty(batch, d, n)                                   # per batch row, summed below
+        dD = None if D is None else x.new_empty(batch, d)
         dB, dC = x.new_zeros(parts, batch, length, n), x.new_zeros(parts, batch, length, n)
         getattr(library(), f"scan_backward_{dtype_suffix(x.dtype)}")(
-            _ptr(x), _ptr(dt), _ptr(A), _ptr(B), _ptr(C), _strides(x, dt, B, C), batch, length, d, n,
-            ctx.chunk, _ptr(dy), _ptr(dh), _ptr(ckpt), _ptr(dx), _ptr(ddt), _ptr(dA), _ptr(dB), _ptr(dC),
-            parts, threads)
-        return dx, ddt, dA.sum(0), dB.sum(0), dC.sum(0), None
+            _ptr(x), _ptr(dt), _ptr(A), _ptr(B), _ptr(C), _ptr(D), _ptr(z), _strides(x, dt, B, C, z), batch, length,
+            d, n, ctx.chunk, int(ctx.softplus), _ptr(dy), _ptr(dh), _ptr(ckpt), _ptr(dx), _ptr(ddt), _ptr(dz),
+            _ptr(dA), _ptr(dD), _ptr(dB), _ptr(dC), parts, threads)
+        return (dx, ddt, dA.sum(0), dB.sum(0), dC.sum(0), None if dD is None else dD.sum(0), dz, None, None)
 
 
-def _kernel_layout(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _kernel_layout(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    if t is None:
+        return None
     t = t.to(dtype)
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def cpu_selective_scan(x, dt, A, B, C, chunk: int = CHUNK):
-    """Scan part of the selective scan (no D skip): x, dt (b, l, d); A (d, n); B, C (b, l, n).
+def cpu_selective_scan(x, dt, A, B, C, D=None, z=None, delta_softplus: bool = False, chunk: int = CHUNK):
+    """x, dt (b, l, d); A (d, n); B, C (b, l, n); optional D (d,) and z (b, l, d).
 
-    Returns (y (b, l, d), h_last (b, d, n)) in x's dtype. float64 inputs run in float64, everything
-    else (float32, bf16, fp16) in float32. Needs `library()` to be available.
+    y = (scan + D x) * silu(z), with Delta = softplus(dt) when `delta_softplus`, else dt (no D: no
+    skip, no z: no gate). Returns (y (b, l, d), h_last (b, d, n)) in x's dtype. float64 inputs run in
+    float64, everything else (float32, bf16, fp16) in float32. Needs `library()` to be available.
     """
-    dtype = torch.float64 if torch.float64 in (x.dtype, dt.dtype, A.dtype, B.dtype, C.dtype) else torch.float32
-    args = (_kernel_layout(x, dtype), _kernel_layout(dt, dtype), A.to(dtype).contiguous(),
-            _kernel_layout(B, dtype), _kernel_layout(C, dtype))
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, dt, A, B, C)):
-        y, h_last = _CpuSelectiveScan.apply(*args, chunk)
+    inputs = (x, dt, A, B, C, D, z)
+    dtype = torch.float64 if any(t is not None and t.dtype == torch.float64 for t in inputs) else torch.float32
+    args = (_kernel_layout(x, dtype), _kernel_layout(dt, dtype), A.to(dtype).contiguous(), _kernel_layout(B, dtype),
+            _kernel_layout(C, dtype), None if D is None else D.to(dtype).contiguous(), _kernel_layout(z, dtype))
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
+        y, h_last = _CpuSelectiveScan.apply(*args, bool(delta_softplus), chunk)
     else:
-        y, h_last, _ = _scan_forward(*args, chunk, keep_checkpoints=False)
+        y, h_last, _ = _scan_forward(*args, bool(delta_softplus), chunk, keep_checkpoints=False)
     return y.to(x.dtype), h_last.to(x.dtype)

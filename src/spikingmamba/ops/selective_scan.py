@@ -2,7 +2,8 @@
 
 Glossary (Gu & Dao 2023, Algorithm 2; shapes use b=batch, l=length, d=d_inner, n=d_state):
     x   (b, l, d)   input sequence u after conv1d + SiLU
-    dt  (b, l, d)   step size Delta, already biased and softplus'ed
+    dt  (b, l, d)   step size Delta, already biased and softplus'ed (before the softplus with delta_softplus)
+    z   (b, l, d)   optional gate: the output is y * silu(z)
     A   (d, n)      state matrix, A = -exp(A_log)
     B   (b, l, n)   input matrix (selective)
     C   (b, l, n)   output matrix (selective)
@@ -19,6 +20,9 @@ Backends (docs/SCAN.md):
     "auto"       on CUDA tensors "cuda" when mamba-ssm is installed, else "triton", else "loop";
                  "cpu" on CPU tensors
 
+Around the scan (`delta_softplus`, `z`): Delta = softplus(dt), and the gated output y * silu(z), as
+the mixer uses them and as mamba-ssm's kernel takes them; "cpu" computes both inside its kernel.
+
 Initial state: `h0` (b, d, n) starts the recurrence from a given state instead of zero (scoring
 tokens that follow a context read earlier). "reference" runs it in its loop; for every other backend
 the scan from zero is corrected by h0's contribution, which the linear recurrence adds on top:
@@ -33,6 +37,7 @@ x's dtype, the last state in float32.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from spikingmamba.ops import cpu_scan
 from spikingmamba.ops.fused_scan import fused_selective_scan
@@ -62,9 +67,8 @@ def selective_scan_loop(x, dt, A, B, C, D):
 
 
 def selective_scan_cpu(x, dt, A, B, C, D):
-    """Compiled CPU kernel (`cpu_scan.py`). Returns (y, h_last)."""
-    y, h_last = cpu_scan.cpu_selective_scan(x, dt, A, B, C)
-    return y + x * D, h_last
+    """Compiled CPU kernel (`cpu_scan.py`), the skip D x in the kernel. Returns (y, h_last)."""
+    return cpu_scan.cpu_selective_scan(x, dt, A, B, C, D)
 
 
 def initial_state_response(h0, dt, A, C):
@@ -138,9 +142,12 @@ _IMPLS = {"reference": selective_scan_reference, "loop": selective_scan_loop, "c
           "cuda": selective_scan_cuda, "triton": selective_scan_triton}
 
 
-def selective_scan(x, dt, A, B, C, D, backend: str = "auto", h0=None):
+def selective_scan(x, dt, A, B, C, D, backend: str = "auto", h0=None, z=None, delta_softplus: bool = False):
     """y[t] = C[t] h[t] + D x[t], h[t] = exp(dt[t] A) h[t-1] + dt[t] B[t] x[t], h[-1] = h0 (or 0).
 
+    With `delta_softplus`, dt is taken before its softplus (Delta = softplus(dt), computed in the
+    state's precision); with z (b, l, d), the output is gated: y * silu(z). The "cpu" backend does
+    both in its kernel (from a zero state), every other one by torch ops around the scan.
     Returns (y (b, l, d) in x's dtype, last state h (b, d, n) in float32, or float64 for float64
     inputs). See the module docstring for shapes and precision.
     """
@@ -148,6 +155,12 @@ def selective_scan(x, dt, A, B, C, D, backend: str = "auto", h0=None):
     state = torch.promote_types(x.dtype, torch.float32)
     work = x.dtype if name in _READ_LOW_PRECISION else state
     with torch.autocast(x.device.type, enabled=False):       # the kernels choose their own precision
+        if name == "cpu" and h0 is None:                       # softplus and gate inside the kernel
+            y, h = cpu_scan.cpu_selective_scan(x.to(work), dt.to(work), A.to(state), B.to(work), C.to(work),
+                                               D.to(state), None if z is None else z.to(work), delta_softplus)
+            return y.to(x.dtype), h.to(state)
+        if delta_softplus:
+            dt = F.softplus(dt.to(state))
         args = (x.to(work), dt.to(work), A.to(state), B.to(work), C.to(work), D.to(state))
         h0 = None if h0 is None else h0.to(state)
         if name == "reference":                                # the oracle runs h0 through its loop
@@ -157,7 +170,8 @@ def selective_scan(x, dt, A, B, C, D, backend: str = "auto", h0=None):
             if h0 is not None:
                 y0, h0_last = initial_state_response(h0, dt.to(state), A.to(state), C.to(state))
                 y, h = y.to(state) + y0, h.to(state) + h0_last
-    return y.to(x.dtype), h.to(state)
+    y = y.to(x.dtype)
+    return (y if z is None else y * F.silu(z)), h.to(state)
 
 
 def selective_state_update(h, x, dt, A, B, C, D):
