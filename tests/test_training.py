@@ -157,8 +157,9 @@ def test_thresholds_get_their_own_learning_rate_and_no_decay():
 
 
 def test_optimizer_is_fused_and_equals_per_tensor_adamw_to_rounding():
-    """The fused AdamW kernel rounds differently from torch's per-tensor AdamW (the reference, with the
-    same groups), not more: after 20 steps of random gradients the weights agree to float rounding."""
+    """The training optimiser (on CPU float32: the compiled AdamW, every tensor in one kernel call)
+    against torch's per-tensor AdamW (the reference, with the same groups): after 20 steps of random
+    gradients the weights and the optimiser states agree to float rounding."""
     from spikingmamba.model import SpikingMambaConfig, SpikingMambaForCausalLM
     from spikingmamba.training.config import TrainConfig
     from spikingmamba.training.loop import make_optimizer
@@ -184,6 +185,54 @@ def test_optimizer_is_fused_and_equals_per_tensor_adamw_to_rounding():
     for (name, a), b in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
         assert not torch.equal(a, start[name]), name
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=name)
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(fused.state[a][key], reference.state[b][key], rtol=1e-6, atol=1e-6)
+
+
+def _adamw_pair(dtype, **kw):
+    from spikingmamba.ops.cpu_adamw import CpuAdamW
+
+    gen = torch.Generator().manual_seed(0)
+    a = [torch.randn(shape, generator=gen, dtype=dtype) for shape in ((70000,), (3, 5), (1,))]
+    b = [t.clone() for t in a]
+    opts = (CpuAdamW([{"params": a[:2]}, {"params": a[2:], "lr": 0.05}], lr=1e-2, weight_decay=0.1, fused=True, **kw),
+            torch.optim.AdamW([{"params": b[:2]}, {"params": b[2:], "lr": 0.05}], lr=1e-2, weight_decay=0.1,
+                              foreach=False, **kw))
+    for _ in range(5):
+        for x, y in zip(a, b):
+            x.grad = torch.randn(x.shape, generator=gen, dtype=dtype)
+            y.grad = x.grad.clone()
+        for opt in opts:
+            opt.step()
+    return a, b, opts
+
+
+def test_compiled_adamw_states_bit_identical_weights_to_rounding():
+    """The compiled AdamW against torch's per-tensor AdamW, two groups: the moments equal it exactly
+    (the same float operations, FMAs where torch's have them), the weights to float rounding."""
+    a, b, (opt, ref) = _adamw_pair(torch.float32)
+    for x, y in zip(a, b):
+        assert torch.equal(opt.state[x]["exp_avg"], ref.state[y]["exp_avg"])
+        assert torch.equal(opt.state[x]["exp_avg_sq"], ref.state[y]["exp_avg_sq"])
+        assert torch.equal(opt.state[x]["step"], ref.state[y]["step"])
+        torch.testing.assert_close(x, y)
+
+
+def test_compiled_adamw_hands_what_it_cannot_run_to_torch(monkeypatch, tmp_path):
+    """float64 parameters, amsgrad, or no compiler (one warning): torch's own step runs."""
+    from spikingmamba.ops import cpu_adamw
+
+    for dtype, kw in ((torch.float64, {}), (torch.float32, {"amsgrad": True})):
+        a, b, _ = _adamw_pair(dtype, **kw)
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y)
+    monkeypatch.setattr(cpu_adamw.LIBRARY, "loaded", {})
+    monkeypatch.setenv("SPIKINGMAMBA_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    with pytest.warns(RuntimeWarning, match="compiled CPU AdamW unavailable, using torch's AdamW"):
+        a, b, _ = _adamw_pair(torch.float32)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y)
 
 
 def test_the_seed_changes_the_order_but_not_the_heldout_split(tokenizer):

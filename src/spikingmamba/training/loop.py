@@ -33,6 +33,7 @@ from torch import nn
 
 from spikingmamba.data.order import BatchOrder, ShuffledOrder, row_order
 from spikingmamba.errors import UserError
+from spikingmamba.ops.cpu_adamw import CpuAdamW
 from spikingmamba.model.loading import RUN_MODEL_DIR as MODEL_DIR
 from spikingmamba.training.checkpoint import CHECKPOINT_DIR, full_state_dicts, load_checkpoint, save_checkpoint
 from spikingmamba.training.config import TrainConfig
@@ -113,12 +114,14 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     groups = _param_groups(model, cfg.weight_decay, cfg.lr, cfg.theta_lr_scale)
     if not any(g["params"] for g in groups):
         raise UserError("nothing to train: every parameter of the model is frozen")
-    # fused: one kernel per parameter tensor for the whole update (instead of ~8 elementwise ops each);
-    # equal to the per-tensor AdamW to float rounding (tests/test_training.py). FSDP's sharded
+    # CpuAdamW: on CPU float32 parameters one compiled kernel call for every tensor (ops/cpu_adamw.py),
+    # elsewhere torch's fused AdamW (one kernel per parameter tensor instead of ~8 elementwise ops each);
+    # both equal to the per-tensor AdamW to float rounding (tests/test_training.py). FSDP's sharded
     # parameters (DTensor) keep the per-tensor AdamW, which its equality test with one process holds to.
-    sharded = any(isinstance(p, DTensor) for g in groups for p in g["params"])
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
-                             foreach=False if sharded else None, fused=None if sharded else True)
+    kwargs = dict(lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+    if any(isinstance(p, DTensor) for g in groups for p in g["params"]):
+        return torch.optim.AdamW(groups, foreach=False, **kwargs)
+    return CpuAdamW(groups, fused=True, **kwargs)
 
 
 def enable_grad_checkpointing(model: nn.Module) -> None:
