@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from spikingmamba.distill.losses import hidden_state_loss, kl_divergence
+from spikingmamba.distill.losses import hidden_state_loss, hidden_state_loss_ref, kl_divergence, kl_divergence_ref
+from spikingmamba.ops import cpu_losses
 from spikingmamba.neurons.rate import SpikeRateProbe, rate_excess, spike_rate, spike_summary, spike_totals
 from spikingmamba.neurons.sgc import sgc_lambda
 from spikingmamba.neurons.silif import SpikingNeuron
@@ -48,6 +49,85 @@ def test_kl_gradient_reaches_only_the_student():
     # d KL / d z_s = p_s - p_t = (0.5 - 0.75, 0.5 - 0.25)
     torch.testing.assert_close(student.grad, torch.tensor([[[-0.25, 0.25]]]))
     assert teacher.grad is None
+
+
+def _logits(dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    zs = (torch.randn(3, 5, 37, generator=g, dtype=dtype) * 3).requires_grad_()
+    zt = torch.randn(3, 5, 37, generator=g, dtype=dtype) * 3
+    mask = torch.rand(3, 5, generator=g) > 0.3
+    return zs, zt, mask
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+@pytest.mark.parametrize("masked", [False, True])
+def test_compiled_kl_equals_torch_form_to_rounding(temperature, masked):
+    """The compiled KL (CPU float32) against `kl_divergence_ref`: the loss and the student's gradient."""
+    zs, zt, mask = _logits(torch.float32)
+    mask = mask if masked else None
+    zs_ref = zs.detach().clone().requires_grad_()
+    loss = kl_divergence(zs, zt, temperature, mask)
+    ref = kl_divergence_ref(zs_ref, zt, temperature, mask)
+    assert loss.grad_fn is not None and "CpuKL" in type(loss.grad_fn).__name__        # the kernel ran
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+    (loss * 3).backward()
+    (ref * 3).backward()
+    torch.testing.assert_close(zs.grad, zs_ref.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_compiled_kl_gradcheck_float64():
+    zs, zt, mask = _logits(torch.float64, seed=1)
+    assert torch.autograd.gradcheck(lambda z: cpu_losses.cpu_kl_divergence(z, zt, 1.5, mask), (zs,))
+
+
+def _hidden(dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h_s = [(torch.randn(2, 3, 6, generator=g, dtype=dtype) * 2).requires_grad_() for _ in range(3)]
+    h_t = [torch.randn(2, 3, 6, generator=g, dtype=dtype) * 2 for _ in range(3)]
+    return h_s, h_t, torch.rand(2, 3, generator=g) > 0.3
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("weights,masked", [(None, False), ([1.0, 0.0, 3.0], True)])
+def test_compiled_hidden_state_loss_equals_torch_form_to_rounding(normalize, weights, masked):
+    """The compiled hidden-state term (CPU float32) against `hidden_state_loss_ref`: the loss and the
+    student's gradients (a layer of weight 0 gets none)."""
+    h_s, h_t, mask = _hidden(torch.float32)
+    mask = mask if masked else None
+    h_ref = [h.detach().clone().requires_grad_() for h in h_s]
+    loss = hidden_state_loss(h_s, h_t, weights, normalize, mask)
+    ref = hidden_state_loss_ref(h_ref, h_t, weights, normalize, mask)
+    assert "CpuHiddenLoss" in type(loss.grad_fn).__name__                                # the kernel ran
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+    (loss * 2).backward()
+    (ref * 2).backward()
+    for a, b in zip(h_s, h_ref):
+        if b.grad is None:
+            assert a.grad is None
+        else:
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_compiled_hidden_state_loss_gradcheck_float64(normalize):
+    h_s, h_t, mask = _hidden(torch.float64, seed=1)
+    assert torch.autograd.gradcheck(
+        lambda *h: cpu_losses.cpu_hidden_state_loss(h, h_t, [0.2, 0.5, 0.3], normalize, mask, 1e-6), tuple(h_s))
+
+
+def test_compiled_losses_fall_back_with_one_warning(monkeypatch, tmp_path):
+    """No compiler: both losses run their torch forms, after one warning."""
+    monkeypatch.setattr(cpu_losses.LIBRARY, "loaded", {})
+    monkeypatch.setenv("SPIKINGMAMBA_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    zs, zt, mask = _logits(torch.float32)
+    h_s, h_t, _ = _hidden(torch.float32)
+    with pytest.warns(RuntimeWarning, match="compiled CPU distillation losses unavailable") as caught:
+        kl = kl_divergence(zs, zt, 1.0, mask)
+        hidden = hidden_state_loss(h_s, h_t)
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
+    assert kl.item() == kl_divergence_ref(zs, zt, 1.0, mask).item()
+    assert hidden.item() == hidden_state_loss_ref(h_s, h_t).item()
 
 
 def test_cross_entropy_ignores_minus_100():

@@ -17,6 +17,10 @@ is `spikingmamba.neurons.rate.rate_excess`.
 
 Every term is a mean over positions of a per-position quantity, so the loss of a global batch is
 the same however it is cut into micro-batches (gradient accumulation) or processes (DDP).
+
+`kl_divergence` and `hidden_state_loss` run the compiled CPU kernels of ops/cpu_losses.py on CPU
+float32 inputs (one pass each way instead of many torch ops), elsewhere their torch forms,
+`kl_divergence_ref` and `hidden_state_loss_ref` (the kernels' oracles).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from spikingmamba.ops import cpu_losses
 from spikingmamba.training.losses import masked_mean
 
 
@@ -39,6 +44,14 @@ def kl_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, te
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if student_logits.shape == teacher_logits.shape and cpu_losses.usable(student_logits, teacher_logits):
+        return cpu_losses.cpu_kl_divergence(student_logits, teacher_logits, temperature, mask)
+    return kl_divergence_ref(student_logits, teacher_logits, temperature, mask)
+
+
+def kl_divergence_ref(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
+                      mask: torch.Tensor | None = None) -> torch.Tensor:
+    """`kl_divergence` in torch ops, autograd for the backward (the compiled kernel's oracle)."""
     scale = (lambda z: z) if temperature == 1 else (lambda z: z / temperature)    # z / 1 == z: no copy
     log_p_s = F.log_softmax(scale(student_logits.float()), dim=-1)
     log_p_t = F.log_softmax(scale(teacher_logits.detach().float()), dim=-1)
@@ -57,15 +70,31 @@ def hidden_state_loss(student_hidden: Sequence[torch.Tensor], teacher_hidden: Se
     mean of e over counted positions. `layer_weights` default to uniform and are renormalised to
     sum to 1.
     """
-    if len(student_hidden) != len(teacher_hidden):
-        raise ValueError(f"{len(student_hidden)} student vs {len(teacher_hidden)} teacher hidden states")
-    n = len(student_hidden)
+    weights = _layer_weights(len(student_hidden), len(teacher_hidden), layer_weights)
+    hidden = [*student_hidden, *teacher_hidden]
+    if len({tuple(h.shape) for h in hidden}) == 1 and cpu_losses.usable(*hidden):
+        return cpu_losses.cpu_hidden_state_loss(student_hidden, teacher_hidden, weights, normalize, mask, eps)
+    return hidden_state_loss_ref(student_hidden, teacher_hidden, weights, normalize, mask, eps)
+
+
+def _layer_weights(n_student: int, n_teacher: int, layer_weights: Sequence[float] | None) -> list[float]:
+    """The per-layer weights, checked and renormalised to sum to 1."""
+    if n_student != n_teacher:
+        raise ValueError(f"{n_student} student vs {n_teacher} teacher hidden states")
+    n = n_student
     weights = torch.tensor([1.0] * n if layer_weights is None else list(layer_weights), dtype=torch.float32)
     if weights.numel() != n or (weights < 0).any() or weights.sum() <= 0:
         raise ValueError(f"layer_weights must be {n} non-negative numbers with a positive sum, got {layer_weights}")
-    weights = weights / weights.sum()
+    return (weights / weights.sum()).tolist()
+
+
+def hidden_state_loss_ref(student_hidden: Sequence[torch.Tensor], teacher_hidden: Sequence[torch.Tensor],
+                          layer_weights: Sequence[float] | None = None, normalize: bool = True,
+                          mask: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
+    """`hidden_state_loss` in torch ops, autograd for the backward (the compiled kernel's oracle)."""
+    weights = _layer_weights(len(student_hidden), len(teacher_hidden), layer_weights)
     total = student_hidden[0].new_zeros((), dtype=torch.float32)
-    for w, h_s, h_t in zip(weights.tolist(), student_hidden, teacher_hidden, strict=True):
+    for w, h_s, h_t in zip(weights, student_hidden, teacher_hidden, strict=True):
         if w == 0:
             continue
         h_t = h_t.detach().float()
