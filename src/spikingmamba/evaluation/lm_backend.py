@@ -120,6 +120,7 @@ class SpikingMambaLM(HFLM):
         if dtype is not None and dtype != "auto":
             model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
         model = model.to(device or "cpu").eval()
+        self._encodings: dict[tuple[str, bool | None], list[int]] | None = None  # see `loglikelihood`
 
         # HFLM, given a model object, skips its own loading and every hub call but one (below).
         super().__init__(
@@ -142,6 +143,29 @@ class SpikingMambaLM(HFLM):
             "model_num_parameters": sum(p.numel() for p in model.parameters()),
             "model_dtype": str(next(model.parameters()).dtype),
         }
+
+    # ---- tokenising each distinct string once ----
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """HFLM's, with each distinct string tokenised once: lm-eval tokenises context + continuation
+        and the context of every request, so a multiple-choice context is otherwise tokenised twice
+        per choice."""
+        self._encodings = {}
+        try:
+            return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+        finally:
+            self._encodings = None
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, left_truncate_len: int | None = None,
+                   **kwargs) -> list[int]:
+        """HFLM's `tok_encode`, remembered per (string, add_special_tokens) within `loglikelihood`."""
+        if self._encodings is None or kwargs:
+            return super().tok_encode(string, add_special_tokens, left_truncate_len, **kwargs)
+        key = (string, add_special_tokens)
+        ids = self._encodings.get(key)
+        if ids is None:
+            ids = self._encodings[key] = super().tok_encode(string, add_special_tokens)
+        return ids[-left_truncate_len:] if left_truncate_len else list(ids)
 
     # ---- scoring with shared context prefixes ----
 
@@ -218,19 +242,25 @@ class SpikingMambaLM(HFLM):
             targets = torch.zeros(len(rows), width, dtype=torch.long, device=self.device)  # (rows, width)
             for i, r in enumerate(rows):
                 targets[i, : lengths[r]] = torch.tensor(continuations[r], dtype=torch.long)
-            logits = first[pick].unsqueeze(1)  # (rows, 1, vocab)
+            token, greedy = self._token_scores(first[pick].unsqueeze(1), targets[:, :1])  # (rows, 1) x2
             if width > 1:
                 later, _ = self.model.extend(targets[:, :-1], _index_state(state, pick))  # (rows, width - 1, vocab)
-                logits = torch.cat([logits, later], dim=1)  # (rows, width, vocab)
-            logprobs = F.log_softmax(logits.float(), dim=-1, dtype=self.softmax_dtype)
+                later_token, later_greedy = self._token_scores(later, targets[:, 1:])
+                token, greedy = torch.cat([token, later_token], 1), torch.cat([greedy, later_greedy], 1)
             real = torch.arange(width, device=self.device) < torch.tensor([lengths[r] for r in rows],
                                                                           device=self.device)[:, None]
-            token = logprobs.gather(2, targets[..., None]).squeeze(2).double()  # (rows, width)
             total = torch.where(real, token, 0.0).sum(1)
-            greedy = ((logprobs.argmax(-1) == targets) | ~real).all(1)
+            greedy = (greedy | ~real).all(1)
             for i, r in enumerate(rows):
                 answers[r] = (float(total[i]), bool(greedy[i]))
         return answers
+
+    def _token_scores(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """logits (rows, w, vocab) predicting targets (rows, w) -> each target's log-probability
+        (float64) and whether it is the most likely token (rows, w), as HFLM computes them."""
+        logprobs = F.log_softmax(logits.float(), dim=-1, dtype=self.softmax_dtype)
+        token = logprobs.gather(2, targets[..., None]).squeeze(2).double()
+        return token, logprobs.argmax(-1) == targets
 
 
 def _same_length_batches(contexts: list[tuple[int, ...]], batch_size: int):

