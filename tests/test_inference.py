@@ -166,7 +166,24 @@ def test_deployed_step_matches_model_step(which, kernel, dense, student, student
 @pytest.mark.parametrize("which", ["dense", "student", "student_all"])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_fused_step_matches_the_modules_step(which, batch, dense, student, student_all):
-    model = {"dense": dense, "student": student, "student_all": student_all}[which]
+    _check_fused_step({"dense": dense, "student": student, "student_all": student_all}[which], batch)
+
+
+@pytest.mark.parametrize("state_size, conv_kernel, conv_bias", [(16, 4, True), (20, 2, False), (40, 3, True)])
+def test_fused_step_matches_the_modules_step_at_other_shapes(state_size, conv_kernel, conv_bias):
+    """State sizes of one SIMD block of the scan (16), a block and a part (20) and several (40);
+    other conv kernels, with and without the conv bias; every site spiking."""
+    torch.manual_seed(3)
+    config = spikingmamba.SpikingMambaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                                             state_size=state_size, conv_kernel=conv_kernel,
+                                             use_conv_bias=conv_bias, initializer_range=0.2)
+    model = spikingmamba.SpikingMambaForCausalLM(config).eval()
+    for batch in (1, 2):
+        _check_fused_step(make_student(model, "all"), batch)
+
+
+def _check_fused_step(model, batch):
+    """deploy's compiled step == the modules' step: logits, states, spike counts, foreign and older states."""
     fused, modules = deploy(model, mode="sparse"), deploy(model, mode="sparse", step_kernel="modules")
     assert fused.step_kernel == "fused" and modules.step_kernel == "modules"
     ids = torch.randint(0, VOCAB, (batch, 10), generator=torch.Generator().manual_seed(5))

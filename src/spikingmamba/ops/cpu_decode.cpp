@@ -63,13 +63,18 @@ struct Model {
 
 // Scratch memory of one thread, grown on demand and kept (no allocation per step once warm).
 struct Workspace {
-  std::vector<float> h, hn, xz, xc, dbc, dt, y, out, val;
+  std::vector<float> h, hn, xz, xc, dbc, dt, gate, y, out, spikes, val;
   std::vector<int32_t> idx;
   void fit(const Model& m, int64_t b) {
     const int64_t widest = std::max({m.d_model, 2 * m.d_inner, m.dt_rank + 2 * m.n});
     h.resize(b * m.d_model), hn.resize(b * m.d_model), out.resize(b * m.d_model);
     xz.resize(b * 2 * m.d_inner), xc.resize(b * m.d_inner), dt.resize(b * m.d_inner), y.resize(b * m.d_inner);
-    dbc.resize(b * (m.dt_rank + 2 * m.n)), val.resize(b * widest), idx.resize(widest);
+    gate.resize(b * m.d_inner), dbc.resize(b * (m.dt_rank + 2 * m.n));
+    fit_projection(widest, b);
+  }
+  void fit_projection(int64_t c_in, int64_t b) {
+    if (static_cast<int64_t>(idx.size()) < c_in) idx.resize(c_in);
+    if (static_cast<int64_t>(val.size()) < c_in * b) val.resize(c_in * b), spikes.resize(c_in * b);
   }
 };
 
@@ -87,9 +92,13 @@ inline float softplus(float v) {
 }
 
 // The active input channels of x (b rows, row stride sx): their count k, their channels idx (k,)
-// and values val (k, b). Dense: every channel, v = x.
-int64_t select_active(const Projection& p, const float* x, int64_t sx, int64_t b, int32_t* idx, float* val) {
+// and values val (k, b). Dense: every channel, v = x. Two passes: the spikes of every channel
+// (vectorised: the division and rounding are most of the work), then the compaction of the active
+// ones (loads and stores only).
+int64_t select_active(const Projection& p, const float* x, int64_t sx, int64_t b, Workspace& w) {
   const int64_t c = p.c_in;
+  int32_t* __restrict idx = w.idx.data();
+  float* __restrict val = w.val.data();
   if (p.theta == nullptr) {
     for (int64_t i = 0; i < c; ++i) {
       idx[i] = static_cast<int32_t>(i);
@@ -97,21 +106,43 @@ int64_t select_active(const Projection& p, const float* x, int64_t sx, int64_t b
     }
     return c;
   }
-  const bool shared = p.theta_numel == 1;
-  int64_t k = 0, nonzero = 0;
-  for (int64_t i = 0; i < c; ++i) {
-    const float th = p.theta[shared ? 0 : i];
-    bool any = false;
-    for (int64_t r = 0; r < b; ++r) {
-      // clip(round(q), lo, hi) == round(clip(q, lo, hi)) for integer lo, hi
-      const float q = std::min(std::max(x[r * sx + i] / th, p.lo), p.hi);
-      const float s = std::nearbyint(q);          // round half to even, as torch.round
-      val[k * b + r] = s;
-      nonzero += s != 0.f;
-      any |= s != 0.f;
+  float* __restrict spikes = w.spikes.data();                 // (b, c)
+  const float lo = p.lo, hi = p.hi;
+  for (int64_t r = 0; r < b; ++r) {
+    const float* xr = x + r * sx;
+    float* sr = spikes + r * c;
+    if (p.theta_numel == 1) {
+      const float th = p.theta[0];
+#pragma omp simd
+      for (int64_t i = 0; i < c; ++i) sr[i] = std::nearbyint(std::min(std::max(xr[i] / th, lo), hi));
+    } else {
+      const float* th = p.theta;
+      // clip(round(q), lo, hi) == round(clip(q, lo, hi)) for integer lo, hi; nearbyint rounds half
+      // to even, as torch.round
+#pragma omp simd
+      for (int64_t i = 0; i < c; ++i) sr[i] = std::nearbyint(std::min(std::max(xr[i] / th[i], lo), hi));
     }
-    idx[k] = static_cast<int32_t>(i);
-    k += any;                                     // branch-free compaction
+  }
+  int64_t k = 0, nonzero = 0;
+  if (b == 1) {
+    for (int64_t i = 0; i < c; ++i) {
+      val[k] = spikes[i];
+      idx[k] = static_cast<int32_t>(i);
+      k += spikes[i] != 0.f;                      // branch-free compaction
+    }
+    nonzero = k;
+  } else {
+    for (int64_t i = 0; i < c; ++i) {
+      bool any = false;
+      for (int64_t r = 0; r < b; ++r) {
+        const float s = spikes[r * c + i];
+        val[k * b + r] = s;
+        nonzero += s != 0.f;
+        any |= s != 0.f;
+      }
+      idx[k] = static_cast<int32_t>(i);
+      k += any;
+    }
   }
   if (p.counts != nullptr) {
     p.counts[0] += nonzero;
@@ -163,7 +194,7 @@ constexpr int64_t kTileFloats = 8192;   // output columns x batch rows per tile:
 // y (b, c_out) = p(x); x (b rows of stride sx).
 void project(const Projection& p, const float* x, int64_t sx, int64_t b, float* y, Workspace& w, int threads) {
   const int64_t c_out = p.c_out;
-  const int64_t k = select_active(p, x, sx, b, w.idx.data(), w.val.data());
+  const int64_t k = select_active(p, x, sx, b, w);
   for (int64_t r = 0; r < b; ++r) {
     if (p.bias != nullptr) std::memcpy(y + r * c_out, p.bias, c_out * sizeof(float));
     else std::memset(y + r * c_out, 0, c_out * sizeof(float));
@@ -196,6 +227,67 @@ void rmsnorm(const float* x, const float* weight, int64_t b, int64_t d, float ep
   }
 }
 
+// The conv window of one batch row: xc = silu(sum_k window_k taps_k + bias) with window = [conv_in, x],
+// and conv_out = the window's last K-1 columns; conv (d_inner, K-1), which may alias. Each pass runs
+// over the channels (vectorised: strided loads of the state and taps).
+void conv_step(const Model& m, const Layer& L, const float* x, const float* conv_in, float* conv_out, float* xc) {
+  const int64_t di = m.d_inner, K = m.kernel, S = K - 1;
+#pragma omp simd
+  for (int64_t d = 0; d < di; ++d) xc[d] = 0.f;
+  for (int64_t j = 0; j < S; ++j) {
+#pragma omp simd
+    for (int64_t d = 0; d < di; ++d) xc[d] += conv_in[d * S + j] * L.taps[d * K + j];
+  }
+  const float* bias = L.conv_bias;
+#pragma omp simd
+  for (int64_t d = 0; d < di; ++d) {
+    const float acc = xc[d] + x[d] * L.taps[d * K + S];
+    xc[d] = silu(bias != nullptr ? acc + bias[d] : acc);
+  }
+  if (S == 0) return;
+  // conv_out[i] = conv_in[i + 1] over the flat (d_inner, K-1) state, then each channel's last column = x
+  std::memmove(conv_out, conv_in + 1, (di * S - 1) * sizeof(float));
+  for (int64_t d = 0; d < di; ++d) conv_out[d * S + S - 1] = x[d];
+}
+
+constexpr int64_t kStateBlock = 16;     // state entries per SIMD block of the scan step
+
+// The SSM state update and readout of one batch row: h_out = exp(dt A) h_in + dt x B (h (d_inner, n),
+// which may alias) and y = C . h_out per channel. The state row of a channel is taken in blocks of
+// kStateBlock (one AVX-512 register of floats, two AVX2 ones): each block's C-weighted terms are
+// summed by halving, so that no channel waits on a chain of n dependent additions.
+void scan_step(const Model& m, const Layer& L, const float* dt, const float* xc, const float* Bv, const float* Cv,
+               const float* h_in, float* h_out, float* y) {
+  const int64_t di = m.d_inner, n = m.n;
+  alignas(64) float terms[kStateBlock];
+  for (int64_t d = 0; d < di; ++d) {
+    const float* hin = h_in + d * n;
+    float* hout = h_out + d * n;
+    const float* a = L.A + d * n;
+    const float dtv = dt[d], dbx = dtv * xc[d];
+    float acc = 0.f;
+    for (int64_t j0 = 0; j0 < n; j0 += kStateBlock) {
+      const int64_t width = std::min(kStateBlock, n - j0);
+#pragma omp simd
+      for (int64_t j = 0; j < kStateBlock; ++j) {
+        float term = 0.f;
+        if (j < width) {
+          const float hv = exp_approx(dtv * a[j0 + j]) * hin[j0 + j] + dbx * Bv[j0 + j];
+          hout[j0 + j] = hv;
+          term = hv * Cv[j0 + j];
+        }
+        terms[j] = term;
+      }
+      for (int64_t half = kStateBlock / 2; half >= 1; half /= 2) {
+#pragma omp simd
+        for (int64_t j = 0; j < half; ++j) terms[j] += terms[j + half];
+      }
+      acc += terms[0];
+    }
+    y[d] = acc;
+  }
+}
+
 // One block on the residual stream w.h (b, d_model), in place; conv/ssm: this layer's state in and out
 // (b, d_inner, K-1) and (b, d_inner, n), which may alias.
 void layer_step(const Model& m, const Layer& L, int64_t b, const float* conv_in, const float* ssm_in,
@@ -203,48 +295,26 @@ void layer_step(const Model& m, const Layer& L, int64_t b, const float* conv_in,
   const int64_t di = m.d_inner, n = m.n, K = m.kernel, R = m.dt_rank, P = R + 2 * n;
   rmsnorm(w.h.data(), L.norm_w, b, m.d_model, m.eps, w.hn.data());
   project(L.in_proj, w.hn.data(), m.d_model, b, w.xz.data(), w, threads);       // (b, 2 d_inner)
-  for (int64_t r = 0; r < b; ++r) {                                              // conv window + silu
-    const float* x = w.xz.data() + r * 2 * di;
-    for (int64_t d = 0; d < di; ++d) {
-      const float* cin = conv_in + (r * di + d) * (K - 1);
-      float* cout = conv_out + (r * di + d) * (K - 1);
-      const float* tap = L.taps + d * K;
-      float acc = 0.f;
-      for (int64_t j = 0; j < K - 1; ++j) acc += cin[j] * tap[j];
-      acc += x[d] * tap[K - 1];
-      if (L.conv_bias != nullptr) acc += L.conv_bias[d];
-      for (int64_t j = 0; j + 1 < K - 1; ++j) cout[j] = cin[j + 1];
-      if (K > 1) cout[K - 2] = x[d];
-      w.xc[r * di + d] = acc;
-    }
-    float* xc = w.xc.data() + r * di;
-#pragma omp simd
-    for (int64_t d = 0; d < di; ++d) xc[d] = silu(xc[d]);
-  }
+  for (int64_t r = 0; r < b; ++r)                                                // conv window + silu
+    conv_step(m, L, w.xz.data() + r * 2 * di, conv_in + r * di * (K - 1), conv_out + r * di * (K - 1),
+              w.xc.data() + r * di);
   project(L.x_proj, w.xc.data(), di, b, w.dbc.data(), w, threads);               // (b, R + 2n)
   project(L.dt_proj, w.dbc.data(), P, b, w.dt.data(), w, threads);               // (b, d_inner)
   for (int64_t r = 0; r < b; ++r) {                                              // scan step + gate
     float* dt = w.dt.data() + r * di;
-#pragma omp simd
-    for (int64_t d = 0; d < di; ++d) dt[d] = softplus(dt[d]);
-    const float* Bv = w.dbc.data() + r * P + R;
-    const float* Cv = Bv + n;
-    const float* xc = w.xc.data() + r * di;
+    float* gate = w.gate.data() + r * di;
     const float* z = w.xz.data() + r * 2 * di + di;
+#pragma omp simd
     for (int64_t d = 0; d < di; ++d) {
-      const float* hin = ssm_in + (r * di + d) * n;
-      float* hout = ssm_out + (r * di + d) * n;
-      const float* a = L.A + d * n;
-      const float dtv = dt[d], dbx = dtv * xc[d];
-      float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t j = 0; j < n; ++j) {
-        const float hv = exp_approx(dtv * a[j]) * hin[j] + dbx * Bv[j];
-        hout[j] = hv;
-        acc += hv * Cv[j];
-      }
-      w.y[r * di + d] = (acc + xc[d] * L.D[d]) * silu(z[d]);
+      dt[d] = softplus(dt[d]);
+      gate[d] = silu(z[d]);
     }
+    const float* xc = w.xc.data() + r * di;
+    float* y = w.y.data() + r * di;
+    const float* Bv = w.dbc.data() + r * P + R;
+    scan_step(m, L, dt, xc, Bv, Bv + n, ssm_in + r * di * n, ssm_out + r * di * n, y);
+#pragma omp simd
+    for (int64_t d = 0; d < di; ++d) y[d] = (y[d] + xc[d] * L.D[d]) * gate[d];
   }
   project(L.out_proj, w.y.data(), di, b, w.out.data(), w, threads);             // (b, d_model)
   for (int64_t i = 0; i < b * m.d_model; ++i) w.h[i] += w.out[i];
@@ -280,7 +350,7 @@ int decode_step(const Model* m, const int64_t* tokens, int64_t b, const float* c
 // One projection on its own: y (b, c_out) = p(x), x (b, c_in) contiguous.
 void project_f32(const Projection* p, const float* x, int64_t b, float* y, int threads) {
   thread_local Workspace w;
-  w.idx.resize(p->c_in), w.val.resize(p->c_in * b);
+  w.fit_projection(p->c_in, b);
   project(*p, x, p->c_in, b, y, w, threads);
 }
 
