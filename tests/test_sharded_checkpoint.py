@@ -78,8 +78,9 @@ def check_continues(one: Path, resumed: Path, steps: int) -> None:
     assert [r["tokens"] for r in records] == [r["tokens"] for r in reference]
 
 
-# slow: besides its run time under torchrun, a child was seen aborting at exit (-6) about once in five
-# runs; kept out of the default run until that teardown abort is found.
+# slow: its run time under torchrun. A child was once seen aborting at exit (-6): FSDP kept the gloo
+# group alive past destroy_process_group until interpreter exit; `shutdown` now frees it
+# (tests/test_process_teardown.py checks that directly).
 @pytest.mark.slow
 def test_two_processes_save_shards_three_resume_them(tmp_path, teacher, shards):
     """2 -> 3 processes (global batch 6 = 2 x 3 = 3 x 2), with the teacher sharded too."""

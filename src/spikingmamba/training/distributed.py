@@ -7,6 +7,7 @@ the process group is NCCL on CUDA and gloo on the CPU.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from collections.abc import Callable
@@ -30,6 +31,7 @@ class DistEnv:
     local_rank: int
     device: torch.device
     initialized_here: bool = False
+    mesh: Any = None  # FSDP's one-dimensional DeviceMesh over all processes, made by the first `fully_shard`
 
     @property
     def is_main(self) -> bool:
@@ -55,8 +57,21 @@ def init_distributed(device_name: str) -> DistEnv:
 
 
 def shutdown(env: DistEnv) -> None:
+    """Leave the process group, and free it now rather than at interpreter exit.
+
+    `destroy_process_group` alone does not free a group that FSDP has used: the DeviceMesh holds it
+    (`_pg_registry`) and DTensor's caches hold the mesh; the sharded modules that hold it too sit in
+    reference cycles. The gloo worker threads then outlive the program and are torn down during
+    interpreter finalisation, where a process now and then aborts ("terminate called without an
+    active exception", exit -6). Dropping the mesh's reference and collecting the cycles destroys
+    the group, and joins its threads, here."""
     if env.initialized_here and dist.is_initialized():
         dist.destroy_process_group()
+    if env.mesh is not None:
+        getattr(env.mesh, "_pg_registry", {}).clear()
+        env.mesh = None
+    if env.distributed:
+        gc.collect()
 
 
 def wrap_model(model: nn.Module, env: DistEnv, strategy: str) -> nn.Module:
@@ -73,7 +88,7 @@ def wrap_model(model: nn.Module, env: DistEnv, strategy: str) -> nn.Module:
         ids = [env.device.index] if env.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
     if strategy == "fsdp":
-        return _fully_shard(model)
+        return _fully_shard(model, env)
     raise ConfigError(f"distributed must be ddp or fsdp, got {strategy!r}")
 
 
@@ -104,16 +119,20 @@ def materialize(model: nn.Module, env: DistEnv, full_state: dict[str, torch.Tens
 def shard_frozen(model: nn.Module, env: DistEnv) -> nn.Module:
     """FSDP-shard a frozen, forward-only model (a distillation teacher) like the trained one: every
     process keeps 1/N of its weights and gathers one block at a time during the forward."""
-    return _fully_shard(model) if env.distributed else model
+    return _fully_shard(model, env) if env.distributed else model
 
 
-def _fully_shard(model: nn.Module) -> nn.Module:
-    """FSDP2 `fully_shard` in place: one unit per Mamba block, plus the root (embedding, norm, head)."""
+def _fully_shard(model: nn.Module, env: DistEnv) -> nn.Module:
+    """FSDP2 `fully_shard` in place: one unit per Mamba block, plus the root (embedding, norm, head),
+    on the process's one mesh (`env.mesh`, the same mesh FSDP would make by default)."""
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    if env.mesh is None:
+        env.mesh = init_device_mesh(env.device.type, (env.world_size,))
     for layer in model.backbone.layers:
-        fully_shard(layer)
-    fully_shard(model)
+        fully_shard(layer, mesh=env.mesh)
+    fully_shard(model, mesh=env.mesh)
     return model
 
 
