@@ -77,9 +77,11 @@ def test_cpu_any_chunk_matches_reference(chunk):
 
 
 def gated_inputs(b, l, d, n, dtype=torch.float64, seed=0):
-    """scan_inputs with dt before its softplus (one channel beyond softplus's threshold, 20) and a gate
-    z, the second half of a (b, l, 2d) leaf (the mixer's layout: a strided view)."""
+    """scan_inputs with A_log instead of A, dt before its softplus (one channel beyond softplus's
+    threshold, 20) and a gate z, the second half of a (b, l, 2d) leaf (the mixer's layout: a strided
+    view)."""
     x, dt, A, B, C, D = (t.detach() for t in scan_inputs(b, l, d, n, dtype=dtype, seed=seed))
+    A = torch.log(-A)                                          # A_log
     g = torch.Generator().manual_seed(seed + 100)
     dt = torch.randn(b, l, d, generator=g, dtype=dtype) * 2
     dt[..., 0] += 22
@@ -88,24 +90,24 @@ def gated_inputs(b, l, d, n, dtype=torch.float64, seed=0):
 
 
 def test_cpu_gradcheck_softplus_skip_gate():
-    """The kernel's optional parts (Delta = softplus(dt), D x, the gate silu(z)) against finite
-    differences, over several chunks, both outputs used."""
+    """The kernel's optional parts (A = -exp(A_log), Delta = softplus(dt), D x, the gate silu(z))
+    against finite differences, over several chunks, both outputs used."""
     x, dt, A, B, C, D, xz = gated_inputs(2, 5, 3, 2, seed=1)
     dt.detach()[..., 0] -= 22                                  # the threshold's kink is not differentiable
     assert torch.autograd.gradcheck(
-        lambda x, dt, A, B, C, D, xz: cpu_scan.cpu_selective_scan(x, dt, A, B, C, D, xz[..., 3:], True, chunk=2),
+        lambda x, dt, A, B, C, D, xz: cpu_scan.cpu_selective_scan(x, dt, A, B, C, D, xz[..., 3:], True, True, chunk=2),
         (x, dt, A, B, C, D, xz))
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
 @pytest.mark.parametrize("shape", [(2, 70, 33, 4), (1, 3, 16, 2)])
 def test_cpu_softplus_and_gate_match_reference(dtype, tol, shape):
-    """selective_scan(..., z, delta_softplus=True): "cpu" (inside its kernel) == "reference" (torch ops
-    around the oracle), outputs and every gradient."""
+    """selective_scan(..., z, delta_softplus=True, A_is_log=True): "cpu" (inside its kernel) ==
+    "reference" (torch ops around the oracle), outputs and every gradient."""
     ref_args = gated_inputs(*shape, dtype=dtype)
     args = [t.detach().clone().requires_grad_() for t in ref_args]
     d = shape[2]
-    outs = [selective_scan(*a[:6], backend=backend, z=a[6][..., d:], delta_softplus=True)
+    outs = [selective_scan(*a[:6], backend=backend, z=a[6][..., d:], delta_softplus=True, A_is_log=True)
             for a, backend in ((ref_args, "reference"), (args, "cpu"))]
     for r, f in zip(*outs):
         torch.testing.assert_close(f, r, rtol=tol, atol=tol)
@@ -113,7 +115,7 @@ def test_cpu_softplus_and_gate_match_reference(dtype, tol, shape):
     grads = [torch.randn(t.shape, generator=g, dtype=dtype) for t in outs[0]]
     for y, h in outs:
         ((y * grads[0]).sum() + (h * grads[1]).sum()).backward()
-    for name, r, f in zip(("x", "dt", "A", "B", "C", "D", "xz"), ref_args, args):
+    for name, r, f in zip(("x", "dt", "A_log", "B", "C", "D", "xz"), ref_args, args):
         assert f.grad is not None and torch.isfinite(f.grad).all(), name
         torch.testing.assert_close(f.grad, r.grad, rtol=10 * tol, atol=10 * tol, msg=lambda m: f"d{name}: {m}")
 

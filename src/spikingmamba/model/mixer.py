@@ -97,10 +97,11 @@ class MambaMixer(nn.Module):
             start = conv_in.shape[-1] - length                                # outputs of the l new positions
             xc = F.silu(self.conv1d(conv_in)[..., start : start + length].transpose(1, 2))  # (b, l, d_inner)
         dt, B, C = self._ssm_params(xc)                                       # (b,l,d_inner), (b,l,n) x2
-        A = self.ssm_A()                                                      # (d_inner, n)
-        # Delta = softplus(dt) (in float32, as under CUDA autocast); y * silu(z): in the scan's kernel where it can
-        y, h_last = selective_scan(xc, dt, A, B, C, self.D, backend=self.scan_backend,
-                                   h0=None if state is None else state.ssm, z=z, delta_softplus=True)  # (b, l, d_inner)
+        # A = -exp(A_log) (ssm_A), Delta = softplus(dt) (in float32, as under CUDA autocast), the gate y * silu(z):
+        # in the scan's kernel where it can
+        y, h_last = selective_scan(xc, dt, self.A_log.float(), B, C, self.D, backend=self.scan_backend,
+                                   h0=None if state is None else state.ssm, z=z, delta_softplus=True,
+                                   A_is_log=True)                             # (b, l, d_inner)
         out = self.project("out_proj", y)                                     # (b, l, d_model)
         if not return_state:
             return out

@@ -6,12 +6,13 @@
 // the others are given as strides (in elements):
 //   x, dt, z (b, l, d)   A (d, n)   B, C (b, l, n)   D (d)   y, dy, dx, ddt, dz (b, l, d), contiguous
 //   h_last, dh_last (b, d, n), contiguous   ckpt (b, n_chunks, n, d): the state before each chunk
-//   dA_part (b, d, n), dD_part (b, d), dB_part, dC_part (P, b, l, n): per-task partial sums, reduced
-//   in Python
+//   dA (d, n), dD (d), dB, dC (b, l, n): sums of per-task partial sums (per batch row for dA, dD; per
+//   group of channel blocks for dB, dC), kept by the kernel and reduced at its end
 //
-// Optional parts (mamba-ssm's selective_scan_fn has the same three): with `softplus` the kernel
+// Optional parts (mamba-ssm's selective_scan_fn has the first three): with `softplus` the kernel
 // takes dt before its softplus (Delta = softplus(dt)); D (may be null) adds the skip D x to y; z
-// (may be null) gates the output, y * silu(z). The backward recomputes the ungated y from the
+// (may be null) gates the output, y * silu(z); with `a_log` the A argument is A_log, A = -exp(A_log)
+// (its gradient dA A). The backward recomputes the ungated y from the
 // chunk's states, so nothing beyond the checkpoints is stored for them.
 //
 // Work is split over (batch, block of channels); a block's states (block x n) stay in L1 while the
@@ -58,8 +59,11 @@ struct Args {
   const T *x, *dt, *A, *B, *C, *D, *z;
   Seq sx, sdt, sB, sC, sz;
   int64_t batch, length, d, n, chunk;
-  bool softplus;
+  bool softplus, a_log;
+  T a_at(int64_t i) const { return a_log ? -std::exp(A[i]) : A[i]; }   // A[i] of the flat (d, n) A
 };
+
+constexpr int kSoftplus = 1, kALog = 2;  // bits of the entry points' `options`
 
 // torch's softplus (beta 1, threshold 20) and its derivative, the sigmoid
 template <typename T>
@@ -100,7 +104,7 @@ template <typename T>
 void load_A(const Args<T>& a, const Block<T>& blk, T* At) {  // At[k][lane] = A[c0 + lane][k]
   std::fill(At, At + a.n * kBlock, T(0));
   for (int64_t c = 0; c < blk.width; ++c)
-    for (int64_t k = 0; k < a.n; ++k) At[k * kBlock + c] = a.A[(blk.c0 + c) * a.n + k];
+    for (int64_t k = 0; k < a.n; ++k) At[k * kBlock + c] = a.a_at((blk.c0 + c) * a.n + k);
 }
 
 // Transposed copies between the [k][lane] workspace and a (d, n) slice (h_last, dA) or an (n, d) one.
@@ -194,8 +198,8 @@ struct BackwardWork {
 };
 
 template <typename T>
-struct Grads {              // the backward's outputs (dz, dD_part null where z, D are)
-  T *dx, *ddt, *dz, *dA_part, *dD_part, *dB, *dC;
+struct Grads {              // the backward's outputs (dz, dD_part null where z, D are); per task: dA_part,
+  T *dx, *ddt, *dz, *dA_part, *dD_part, *dB, *dC;   // dD_part per batch row, dB, dC per group of blocks
 };
 
 template <typename T>
@@ -319,7 +323,12 @@ template <typename T>
 void backward(const Args<T>& a, const T* dy, const T* dh_last, const T* ckpt, const Grads<T>& out,
               int64_t parts, int threads) {
   const int64_t blocks = block_count(a), per_part = (blocks + parts - 1) / parts;
-  const int64_t part_size = a.batch * a.length * a.n;
+  const int64_t part_size = a.batch * a.length * a.n, dn = a.d * a.n;
+  // per-task partial sums: every (batch row, block) writes its own dA, dD rows; dB, dC accumulate per part
+  std::vector<T> dA_rows(a.batch * dn), dD_rows(a.D ? a.batch * a.d : 0), dB_parts(parts * part_size, T(0)),
+      dC_parts(parts * part_size, T(0));
+  const Grads<T> work{out.dx, out.ddt, out.dz, dA_rows.data(), a.D ? dD_rows.data() : nullptr, dB_parts.data(),
+                      dC_parts.data()};
 #pragma omp parallel num_threads(threads)
   {
     FlushDenormals ftz;
@@ -327,45 +336,70 @@ void backward(const Args<T>& a, const T* dy, const T* dh_last, const T* ckpt, co
 #pragma omp for collapse(2) schedule(dynamic)
     for (int64_t b = 0; b < a.batch; ++b)
       for (int64_t p = 0; p < parts; ++p) {
-        Grads<T> part = out;
+        Grads<T> part = work;
         part.dB += p * part_size;
         part.dC += p * part_size;
         for (int64_t i = p * per_part; i < std::min(blocks, (p + 1) * per_part); ++i)
           backward_block(a, block(a, b, i), dy, dh_last, ckpt, part, ws);
       }
+    // the reductions, in the same parallel region (after the loop's barrier)
+#pragma omp for schedule(static) nowait
+    for (int64_t i = 0; i < dn; ++i) {
+      T s = 0;
+      for (int64_t b = 0; b < a.batch; ++b) s += dA_rows[b * dn + i];
+      out.dA_part[i] = a.a_log ? s * a.a_at(i) : s;          // dA_log = dA A
+    }
+    if (a.D) {
+#pragma omp for schedule(static) nowait
+      for (int64_t c = 0; c < a.d; ++c) {
+        T s = 0;
+        for (int64_t b = 0; b < a.batch; ++b) s += dD_rows[b * a.d + c];
+        out.dD_part[c] = s;
+      }
+    }
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < part_size; ++i) {
+      T sb = 0, sc = 0;
+      for (int64_t p = 0; p < parts; ++p) {
+        sb += dB_parts[p * part_size + i];
+        sc += dC_parts[p * part_size + i];
+      }
+      out.dB[i] = sb;
+      out.dC[i] = sc;
+    }
   }
 }
 
 template <typename T>
 Args<T> make_args(const T* x, const T* dt, const T* A, const T* B, const T* C, const T* D, const T* z,
                   const int64_t* strides, int64_t batch, int64_t length, int64_t d, int64_t n, int64_t chunk,
-                  int softplus) {
+                  int options) {
   return Args<T>{x, dt, A, B, C, D, z, {strides[0], strides[1]}, {strides[2], strides[3]},
                  {strides[4], strides[5]}, {strides[6], strides[7]}, {strides[8], strides[9]},
-                 batch, length, d, n, chunk, softplus != 0};
+                 batch, length, d, n, chunk, (options & kSoftplus) != 0, (options & kALog) != 0};
 }
 
 }  // namespace
 
 // C entry points. strides = (x.b, x.l, dt.b, dt.l, B.b, B.l, C.b, C.l, z.b, z.l); D, z may be null;
-// softplus: dt is taken before its softplus; ckpt may be null (no backward); dz, dD_part are null where
-// z, D are.
+// options: kSoftplus (dt is taken before its softplus) | kALog (A is A_log); ckpt may be null (no
+// backward); dz, dD are null where z, D are; dA (d, n), dD (d), dB, dC (b, l, n) are the full sums.
 #define SCAN_ENTRY_POINTS(T, SUFFIX)                                                                    \
   extern "C" void scan_forward_##SUFFIX(const T* x, const T* dt, const T* A, const T* B, const T* C,    \
                                          const T* D, const T* z, const int64_t* strides, int64_t batch,   \
                                          int64_t length, int64_t d, int64_t n, int64_t chunk,             \
-                                         int softplus, T* y, T* h_last, T* ckpt, int threads) {           \
-    forward(make_args(x, dt, A, B, C, D, z, strides, batch, length, d, n, chunk, softplus), y, h_last,   \
+                                         int options, T* y, T* h_last, T* ckpt, int threads) {              \
+    forward(make_args(x, dt, A, B, C, D, z, strides, batch, length, d, n, chunk, options), y, h_last,     \
             ckpt, threads);                                                                               \
   }                                                                                                       \
   extern "C" void scan_backward_##SUFFIX(const T* x, const T* dt, const T* A, const T* B, const T* C,   \
                                           const T* D, const T* z, const int64_t* strides, int64_t batch,  \
                                           int64_t length, int64_t d, int64_t n, int64_t chunk,            \
-                                          int softplus, const T* dy, const T* dh_last, const T* ckpt,     \
-                                          T* dx, T* ddt, T* dz, T* dA_part, T* dD_part, T* dB_part,       \
-                                          T* dC_part, int64_t parts, int threads) {                       \
-    backward(make_args(x, dt, A, B, C, D, z, strides, batch, length, d, n, chunk, softplus), dy,         \
-             dh_last, ckpt, Grads<T>{dx, ddt, dz, dA_part, dD_part, dB_part, dC_part}, parts, threads);   \
+                                          int options, const T* dy, const T* dh_last, const T* ckpt,      \
+                                          T* dx, T* ddt, T* dz, T* dA, T* dD, T* dB, T* dC, int64_t parts, \
+                                          int threads) {                                                  \
+    backward(make_args(x, dt, A, B, C, D, z, strides, batch, length, d, n, chunk, options), dy,          \
+             dh_last, ckpt, Grads<T>{dx, ddt, dz, dA, dD, dB, dC}, parts, threads);                       \
   }
 
 SCAN_ENTRY_POINTS(float, f32)

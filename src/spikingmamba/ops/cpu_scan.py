@@ -3,8 +3,8 @@
 The C++ kernel runs the recurrence over (batch x blocks of channels) in parallel (OpenMP, as many
 threads as `torch.get_num_threads()`), one block's states kept in L1 through the time loop. It can
 also take Delta before its softplus, add the skip D x and gate the output with silu(z) (as mamba-ssm's
-kernel does), forward and backward, so the mixer's elementwise work around the scan is in the same
-passes. The
+kernel does), and take A as A_log (A = -exp(A_log)), forward and backward, so the mixer's elementwise
+work around the scan is in the same passes. The
 forward keeps only the state before every `chunk` steps; the backward recomputes each chunk's states
 from that checkpoint and walks the chunk backwards (math and memory in docs/SCAN.md).
 
@@ -23,6 +23,7 @@ from spikingmamba.ops.native import NativeLibrary, dtype_suffix, threads_for
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffast-math", "-fPIC", "-std=c++17")
 CHUNK = 64                              # time steps between stored states
 MIN_WORK_PER_THREAD = 1 << 18           # state updates (b l d n) below which another thread costs more than it saves
+SOFTPLUS, A_LOG = 1, 2                  # bits of the kernel's options (kSoftplus, kALog in cpu_scan.cpp)
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -53,7 +54,7 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def _scan_forward(x, dt, A, B, C, D, z, softplus: bool, chunk: int, keep_checkpoints: bool):
+def _scan_forward(x, dt, A, B, C, D, z, options: int, chunk: int, keep_checkpoints: bool):
     """Kernel call: returns y (b, l, d), h_last (b, d, n) and the checkpoints (b, chunks, n, d) or None."""
     batch, length, d = x.shape
     n = A.shape[1]
@@ -62,13 +63,13 @@ def _scan_forward(x, dt, A, B, C, D, z, softplus: bool, chunk: int, keep_checkpo
     ckpt = x.new_empty(batch, -(-length // chunk), n, d) if keep_checkpoints else None
     getattr(library(), f"scan_forward_{dtype_suffix(x.dtype)}")(
         _ptr(x), _ptr(dt), _ptr(A), _ptr(B), _ptr(C), _ptr(D), _ptr(z), _strides(x, dt, B, C, z), batch, length, d,
-        n, chunk, int(softplus), _ptr(y), _ptr(h_last), _ptr(ckpt), _threads(batch, length, d, n))
+        n, chunk, options, _ptr(y), _ptr(h_last), _ptr(ckpt), _threads(batch, length, d, n))
     return y, h_last, ckpt
 
 
 def _parts(batch: int, d: int, threads: int) -> int:
     """Channel groups per batch row in the backward: enough (batch x groups) tasks to keep every thread
-    busy and evenly loaded. Each group accumulates its own dB, dC (summed afterwards)."""
+    busy and evenly loaded. Each group accumulates its own dB, dC (summed at the kernel's end)."""
     blocks = -(-d // 16)                           # kBlock in cpu_scan.cpp
     parts = 1
     while parts < blocks and (batch * parts) % threads and batch * parts < 4 * threads:
@@ -78,10 +79,10 @@ def _parts(batch: int, d: int, threads: int) -> int:
 
 class _CpuSelectiveScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, z, softplus, chunk):
-        y, h_last, ckpt = _scan_forward(x, dt, A, B, C, D, z, softplus, chunk, keep_checkpoints=True)
+    def forward(ctx, x, dt, A, B, C, D, z, options, chunk):
+        y, h_last, ckpt = _scan_forward(x, dt, A, B, C, D, z, options, chunk, keep_checkpoints=True)
         ctx.save_for_backward(x, dt, A, B, C, D, z, ckpt)
-        ctx.chunk, ctx.softplus = chunk, softplus
+        ctx.chunk, ctx.options = chunk, options
         ctx.set_materialize_grads(False)
         return y, h_last
 
@@ -96,14 +97,13 @@ class _CpuSelectiveScan(torch.autograd.Function):
         dh = None if grad_h_last is None else grad_h_last.to(x.dtype).contiguous()
         dx, ddt = torch.empty_like(dy), torch.empty_like(dy)
         dz = None if z is None else torch.empty_like(dy)
-        dA = x.new_empty(batch, d, n)                                   # per batch row, summed below
-        dD = None if D is None else x.new_empty(batch, d)
-        dB, dC = x.new_zeros(parts, batch, length, n), x.new_zeros(parts, batch, length, n)
+        dA, dD = x.new_empty(d, n), None if D is None else x.new_empty(d)    # summed over rows by the kernel
+        dB, dC = x.new_empty(batch, length, n), x.new_empty(batch, length, n)
         getattr(library(), f"scan_backward_{dtype_suffix(x.dtype)}")(
             _ptr(x), _ptr(dt), _ptr(A), _ptr(B), _ptr(C), _ptr(D), _ptr(z), _strides(x, dt, B, C, z), batch, length,
-            d, n, ctx.chunk, int(ctx.softplus), _ptr(dy), _ptr(dh), _ptr(ckpt), _ptr(dx), _ptr(ddt), _ptr(dz),
+            d, n, ctx.chunk, ctx.options, _ptr(dy), _ptr(dh), _ptr(ckpt), _ptr(dx), _ptr(ddt), _ptr(dz),
             _ptr(dA), _ptr(dD), _ptr(dB), _ptr(dC), parts, threads)
-        return (dx, ddt, dA.sum(0), dB.sum(0), dC.sum(0), None if dD is None else dD.sum(0), dz, None, None)
+        return dx, ddt, dA, dB, dC, dD, dz, None, None
 
 
 def _kernel_layout(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -113,19 +113,21 @@ def _kernel_layout(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor |
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def cpu_selective_scan(x, dt, A, B, C, D=None, z=None, delta_softplus: bool = False, chunk: int = CHUNK):
+def cpu_selective_scan(x, dt, A, B, C, D=None, z=None, delta_softplus: bool = False, A_is_log: bool = False,
+                       chunk: int = CHUNK):
     """x, dt (b, l, d); A (d, n); B, C (b, l, n); optional D (d,) and z (b, l, d).
 
     y = (scan + D x) * silu(z), with Delta = softplus(dt) when `delta_softplus`, else dt (no D: no
-    skip, no z: no gate). Returns (y (b, l, d), h_last (b, d, n)) in x's dtype. float64 inputs run in
+    skip, no z: no gate); with `A_is_log` the A argument is A_log, and the scan uses -exp(A_log). Returns (y (b, l, d), h_last (b, d, n)) in x's dtype. float64 inputs run in
     float64, everything else (float32, bf16, fp16) in float32. Needs `library()` to be available.
     """
     inputs = (x, dt, A, B, C, D, z)
     dtype = torch.float64 if any(t is not None and t.dtype == torch.float64 for t in inputs) else torch.float32
     args = (_kernel_layout(x, dtype), _kernel_layout(dt, dtype), A.to(dtype).contiguous(), _kernel_layout(B, dtype),
             _kernel_layout(C, dtype), None if D is None else D.to(dtype).contiguous(), _kernel_layout(z, dtype))
+    options = SOFTPLUS * bool(delta_softplus) | A_LOG * bool(A_is_log)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
-        y, h_last = _CpuSelectiveScan.apply(*args, bool(delta_softplus), chunk)
+        y, h_last = _CpuSelectiveScan.apply(*args, options, chunk)
     else:
-        y, h_last, _ = _scan_forward(*args, bool(delta_softplus), chunk, keep_checkpoints=False)
+        y, h_last, _ = _scan_forward(*args, options, chunk, keep_checkpoints=False)
     return y.to(x.dtype), h_last.to(x.dtype)

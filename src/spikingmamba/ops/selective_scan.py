@@ -4,7 +4,7 @@ Glossary (Gu & Dao 2023, Algorithm 2; shapes use b=batch, l=length, d=d_inner, n
     x   (b, l, d)   input sequence u after conv1d + SiLU
     dt  (b, l, d)   step size Delta, already biased and softplus'ed (before the softplus with delta_softplus)
     z   (b, l, d)   optional gate: the output is y * silu(z)
-    A   (d, n)      state matrix, A = -exp(A_log)
+    A   (d, n)      state matrix, A = -exp(A_log) (A_log itself with A_is_log)
     B   (b, l, n)   input matrix (selective)
     C   (b, l, n)   output matrix (selective)
     D   (d,)        skip connection
@@ -20,8 +20,9 @@ Backends (docs/SCAN.md):
     "auto"       on CUDA tensors "cuda" when mamba-ssm is installed, else "triton", else "loop";
                  "cpu" on CPU tensors
 
-Around the scan (`delta_softplus`, `z`): Delta = softplus(dt), and the gated output y * silu(z), as
-the mixer uses them and as mamba-ssm's kernel takes them; "cpu" computes both inside its kernel.
+Around the scan (`delta_softplus`, `z`, `A_is_log`): Delta = softplus(dt), the gated output
+y * silu(z) (as mamba-ssm's kernel takes them), A = -exp(A_log), as the mixer uses them; "cpu"
+computes them inside its kernel.
 
 Initial state: `h0` (b, d, n) starts the recurrence from a given state instead of zero (scoring
 tokens that follow a context read earlier). "reference" runs it in its loop; for every other backend
@@ -142,12 +143,14 @@ _IMPLS = {"reference": selective_scan_reference, "loop": selective_scan_loop, "c
           "cuda": selective_scan_cuda, "triton": selective_scan_triton}
 
 
-def selective_scan(x, dt, A, B, C, D, backend: str = "auto", h0=None, z=None, delta_softplus: bool = False):
+def selective_scan(x, dt, A, B, C, D, backend: str = "auto", h0=None, z=None, delta_softplus: bool = False,
+                   A_is_log: bool = False):
     """y[t] = C[t] h[t] + D x[t], h[t] = exp(dt[t] A) h[t-1] + dt[t] B[t] x[t], h[-1] = h0 (or 0).
 
     With `delta_softplus`, dt is taken before its softplus (Delta = softplus(dt), computed in the
-    state's precision); with z (b, l, d), the output is gated: y * silu(z). The "cpu" backend does
-    both in its kernel (from a zero state), every other one by torch ops around the scan.
+    state's precision); with z (b, l, d), the output is gated: y * silu(z); with `A_is_log`, the A
+    argument is A_log and the scan uses -exp(A_log). The "cpu" backend does these in its kernel
+    (from a zero state), every other one by torch ops around the scan.
     Returns (y (b, l, d) in x's dtype, last state h (b, d, n) in float32, or float64 for float64
     inputs). See the module docstring for shapes and precision.
     """
@@ -157,8 +160,11 @@ def selective_scan(x, dt, A, B, C, D, backend: str = "auto", h0=None, z=None, de
     with torch.autocast(x.device.type, enabled=False):       # the kernels choose their own precision
         if name == "cpu" and h0 is None:                       # softplus and gate inside the kernel
             y, h = cpu_scan.cpu_selective_scan(x.to(work), dt.to(work), A.to(state), B.to(work), C.to(work),
-                                               D.to(state), None if z is None else z.to(work), delta_softplus)
+                                               D.to(state), None if z is None else z.to(work), delta_softplus,
+                                               A_is_log)
             return y.to(x.dtype), h.to(state)
+        if A_is_log:
+            A = -torch.exp(A.to(state))
         if delta_softplus:
             dt = F.softplus(dt.to(state))
         args = (x.to(work), dt.to(work), A.to(state), B.to(work), C.to(work), D.to(state))
