@@ -115,6 +115,32 @@ def test_compiled_hidden_state_loss_gradcheck_float64(normalize):
         lambda *h: cpu_losses.cpu_hidden_state_loss(h, h_t, [0.2, 0.5, 0.3], normalize, mask, 1e-6), tuple(h_s))
 
 
+def test_compiled_losses_split_rows_over_threads(monkeypatch):
+    """3 threads over uneven parts of the rows (each with its own partial sum) against 1 thread."""
+    monkeypatch.setattr(cpu_losses, "MIN_WORK_PER_THREAD", 1)
+    zs, zt, mask = _logits(torch.float64)
+    h_s, h_t, h_mask = _hidden(torch.float64)
+
+    def run():
+        for t in (zs, *h_s):
+            t.grad = None
+        kl = cpu_losses.cpu_kl_divergence(zs, zt, 1.0, mask)
+        hidden = cpu_losses.cpu_hidden_state_loss(h_s, h_t, [0.2, 0.5, 0.3], True, h_mask, 1e-6)
+        (kl + hidden).backward()
+        return [kl.detach(), hidden.detach(), zs.grad, *(h.grad for h in h_s)]
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(3)
+        three = run()
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, three):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
 def test_compiled_losses_fall_back_with_one_warning(monkeypatch, tmp_path):
     """No compiler: both losses run their torch forms, after one warning."""
     monkeypatch.setattr(cpu_losses.LIBRARY, "loaded", {})

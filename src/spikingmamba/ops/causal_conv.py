@@ -15,10 +15,10 @@ import ctypes
 import torch
 import torch.nn.functional as F
 
-from spikingmamba.ops.native import NativeLibrary, dtype_suffix, threads_for
+from spikingmamba.ops.native import ELEMENTWISE_WORK_PER_THREAD, NativeLibrary, dtype_suffix, threads_for
 
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffast-math", "-fPIC", "-std=c++17")
-MIN_WORK_PER_THREAD = 1 << 15          # elements below which another thread costs more than it saves
+MIN_WORK_PER_THREAD = ELEMENTWISE_WORK_PER_THREAD   # elements per thread (native.py)
 
 
 def _declare(lib: ctypes.CDLL) -> None:

@@ -16,11 +16,11 @@ from collections.abc import Sequence
 
 import torch
 
-from spikingmamba.ops.native import NativeLibrary, dtype_suffix, threads_for
+from spikingmamba.ops.native import ELEMENTWISE_WORK_PER_THREAD, NativeLibrary, dtype_suffix, threads_for
 
 # no -ffast-math: finite-math assumptions would break on infinite logits; exp is cpu_math.h's
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fPIC", "-std=c++17")
-MIN_WORK_PER_THREAD = 1 << 15          # elements below which another thread costs more than it saves
+MIN_WORK_PER_THREAD = ELEMENTWISE_WORK_PER_THREAD   # elements per thread (native.py)
 
 
 def _declare(lib: ctypes.CDLL) -> None:

@@ -14,11 +14,11 @@ import ctypes
 
 import torch
 
-from spikingmamba.ops.native import NativeLibrary, dtype_suffix, threads_for
+from spikingmamba.ops.native import ELEMENTWISE_WORK_PER_THREAD, NativeLibrary, dtype_suffix, threads_for
 
 # no -ffast-math and no FMA contraction: every element rounds exactly as the torch ops of silif_ref
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-ffp-contract=off", "-fPIC", "-std=c++17")
-MIN_WORK_PER_THREAD = 1 << 15          # elements below which another thread costs more than it saves
+MIN_WORK_PER_THREAD = ELEMENTWISE_WORK_PER_THREAD   # elements per thread (native.py)
 SGC_CODES = {None: 0, "residual": 1, "gradient": 2}
 
 

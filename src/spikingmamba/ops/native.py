@@ -26,6 +26,14 @@ import torch
 LINK_FLAGS = ("-shared", "-fopenmp")   # no -ffast-math here: it would link crtfastmath (process-wide FTZ)
 
 
+# Elements of a memory-bound pass per thread below which a kernel runs on fewer threads. A parallel
+# region ends when every one of its threads has been scheduled and done its share: on an idle machine
+# that wait is negligible, but on cores shared with other jobs it is a scheduling delay per region,
+# far longer than such a pass takes on one thread (docs/PERFORMANCE.md). So the elementwise kernels
+# (neuron, conv1d, RMSNorm, losses, AdamW) take a second thread only for large passes.
+ELEMENTWISE_WORK_PER_THREAD = 1 << 20
+
+
 def threads_for(work: int, min_work_per_thread: int) -> int:
     """Threads for a kernel call: torch's thread count, but at least `min_work_per_thread` elements each."""
     return max(1, min(torch.get_num_threads(), work // min_work_per_thread))
