@@ -292,6 +292,66 @@ def test_compiled_rms_norm_gradients_by_finite_differences():
     assert torch.autograd.gradcheck(cpu_rms_norm, (x.requires_grad_(), weight, 1e-5))
 
 
+def run_add_norm(fn, h, m, weight, grads):
+    h, m = h.clone().requires_grad_(), m.clone().requires_grad_()
+    weight.grad = None
+    x, y = fn(h, m, weight, 1e-5)
+    torch.autograd.backward((x, y), grads)
+    return x.detach(), y.detach(), h.grad, m.grad, weight.grad.clone()
+
+
+def test_compiled_add_rms_norm_equals_the_torch_form():
+    """(h + m, its norm) in one pass, with gradients reaching both outputs: the sum bit-identical (the
+    same float add), the norm and every gradient to float rounding."""
+    from spikingmamba.ops.rms_norm import add_rms_norm, add_rms_norm_ref
+
+    h, weight, g_x = norm_case()
+    m, _, g_y = norm_case(rows=51 + 3)
+    m, g_y = m[:, :17], g_y[:, :17]
+    fast = run_add_norm(add_rms_norm, h, m, weight, (g_x, g_y))
+    ref = run_add_norm(add_rms_norm_ref, h, m, weight, (g_x, g_y))
+    assert torch.equal(fast[0], ref[0])
+    for a, b in zip(fast[1:], ref[1:], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6 * b.abs().max().item())
+
+
+def test_compiled_add_rms_norm_gradients_by_finite_differences():
+    from spikingmamba.ops.rms_norm import _CpuAddRMSNorm
+
+    h, weight, _ = norm_case(torch.float64, rows=6, d=5)
+    m, _, _ = norm_case(torch.float64, rows=6, d=5)
+    m = (m * 0.7 + 1).detach()
+    assert torch.autograd.gradcheck(lambda h, m, w: _CpuAddRMSNorm.apply(h, m, w, 1e-5),
+                                    (h.requires_grad_(), m.requires_grad_(), weight))
+
+
+def test_fused_residual_chain_equals_the_blocks():
+    """The full-sequence forward with the residual adds fused into the next norms (`_fused_chain`)
+    against the blocks called one by one (forced by a no-op hook on a block): logits, hidden states
+    and every parameter gradient."""
+    model = spikingmamba.SpikingMambaForCausalLM(spikingmamba.SpikingMambaConfig(
+        vocab_size=40, hidden_size=16, num_hidden_layers=3, state_size=4, spiking={"levels": 2}))
+    ids = torch.randint(0, 40, (2, 9), generator=torch.Generator().manual_seed(0))
+    h0 = model.backbone.embeddings(ids)
+    assert model._chain_fusable(h0)
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        out = model(ids, output_hidden_states=True)
+        (out.logits.square().mean() + sum(h.square().mean() for h in out.hidden_states)).backward()
+        return [out.logits, *out.hidden_states], {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    fused = run()
+    handle = model.backbone.layers[1].register_forward_pre_hook(lambda *_: None)
+    assert not model._chain_fusable(h0)
+    blocks = run()
+    handle.remove()
+    for a, b in zip(fused[0], blocks[0], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    for name, g in blocks[1].items():
+        torch.testing.assert_close(fused[1][name], g, rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_compiled_rms_norm_splits_rows_over_threads(monkeypatch):
     from spikingmamba.ops import rms_norm
 

@@ -29,7 +29,8 @@ from spikingmamba.model.state import LayerState, MambaState
 from spikingmamba.neurons import SpikingConfig, SpikingNeuron, set_spike_mode, spiking_linear
 from spikingmamba.neurons.config import SGC_MODES
 from spikingmamba.neurons.sites import HEAD_SITES
-from spikingmamba.ops.rms_norm import rms_norm
+from spikingmamba.ops.rms_norm import add_rms_norm, rms_norm
+from spikingmamba.ops.rms_norm import usable as rms_norm_usable
 
 
 class RMSNorm(nn.Module):
@@ -253,6 +254,8 @@ class SpikingMambaForCausalLM(PreTrainedModel, GenerationMixin):
         [and the state after the last position]; appends every block's output to `hidden_states`.
         `state` continues a sequence from that state (`MambaMixer.forward`)."""
         h = self.backbone.embeddings(input_ids)                              # (b, l, d_model)
+        if not return_state and state is None and self._chain_fusable(h):
+            return self._fused_chain(h, hidden_states), None
         states = []
         for i, layer in enumerate(self.backbone.layers):
             layer_state = None if state is None else state.layers[i]
@@ -264,6 +267,31 @@ class SpikingMambaForCausalLM(PreTrainedModel, GenerationMixin):
             if hidden_states is not None:
                 hidden_states.append(h)
         return h, (MambaState(states) if return_state else None)
+
+    def _chain_fusable(self, h: torch.Tensor) -> bool:
+        """Whether `_fused_chain` equals calling the blocks: the compiled norm runs (CPU float32), and no
+        block is checkpointed or hooked (FSDP's units are)."""
+        layers = self.backbone.layers
+        return (rms_norm_usable(h, *(layer.norm.weight for layer in layers))
+                and not any(layer.gradient_checkpointing or layer._forward_hooks or layer._forward_pre_hooks
+                            for layer in layers))
+
+    def _fused_chain(self, h: torch.Tensor, hidden_states: list | None) -> torch.Tensor:
+        """The blocks' residual chain (`MambaBlock.forward`, its oracle) with every residual add fused into
+        the next block's RMSNorm: one compiled pass computes h + mixer output and its norm, and the
+        backward of that pass also adds the gradient h receives from the rest of the chain."""
+        layers = self.backbone.layers
+        normed = layers[0].norm(h)
+        for i, layer in enumerate(layers):
+            out = layer.mixer(normed)                                        # (b, l, d_model)
+            if i + 1 < len(layers):
+                norm = layers[i + 1].norm
+                h, normed = add_rms_norm(h, out, norm.weight, norm.eps)
+            else:
+                h = h + out
+            if hidden_states is not None:
+                hidden_states.append(h)
+        return h
 
     def _continue(self, input_ids: torch.LongTensor, state: MambaState, hidden_states: list | None = None):
         """Tokens (b, l) after `state`, one step each: residual stream (b, l, d_model), new state."""

@@ -6,6 +6,10 @@
 //
 // Shapes: x, g, y, dx (rows, d) contiguous; w (d); r (rows) saved by the forward; dw_part (parts, d)
 // double, per-thread partial sums reduced in Python. Row sums are taken in double.
+//
+// With a residual (add_rms_norm): the forward takes h and m (may be null: x is given) and writes
+// x = h + m before normalising it; the backward adds g_x, the gradient reaching x from its other uses
+// (may be null), to dx: dh = dm = g_x + dx.
 
 #include <omp.h>
 
@@ -22,13 +26,19 @@ inline void rows_of(int64_t rows, int part, int parts, int64_t* row0, int64_t* r
 }
 
 template <typename T>
-void forward(const T* x, const T* w, int64_t rows, int64_t d, double eps, T* y, T* r_out, int threads) {
+void forward(const T* h, const T* m, T* x, const T* w, int64_t rows, int64_t d, double eps, T* y, T* r_out,
+             int threads) {
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int part = 0; part < threads; ++part) {
     int64_t row0, row1;
     rows_of(rows, part, threads, &row0, &row1);
     for (int64_t i = row0; i < row1; ++i) {
-      const T* xr = x + i * d;
+      T* xr = x + i * d;
+      if (m) {
+        const T *hr = h + i * d, *mr = m + i * d;
+#pragma omp simd
+        for (int64_t c = 0; c < d; ++c) xr[c] = hr[c] + mr[c];
+      }
       double ss = 0;
 #pragma omp simd reduction(+ : ss)
       for (int64_t c = 0; c < d; ++c) ss += double(xr[c]) * double(xr[c]);
@@ -42,8 +52,8 @@ void forward(const T* x, const T* w, int64_t rows, int64_t d, double eps, T* y, 
 }
 
 template <typename T>
-void backward(const T* x, const T* w, const T* r_in, const T* g, int64_t rows, int64_t d, T* dx, double* dw_part,
-              int threads) {
+void backward(const T* x, const T* w, const T* r_in, const T* g, const T* g_x, int64_t rows, int64_t d, T* dx,
+              double* dw_part, int threads) {
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int part = 0; part < threads; ++part) {
     int64_t row0, row1;
@@ -63,29 +73,27 @@ void backward(const T* x, const T* w, const T* r_in, const T* g, int64_t rows, i
       T* dxr = dx + i * d;
 #pragma omp simd
       for (int64_t c = 0; c < d; ++c) dxr[c] = r * (w[c] * gr[c]) - xr[c] * k;
+      if (g_x) {
+        const T* gxr = g_x + i * d;
+#pragma omp simd
+        for (int64_t c = 0; c < d; ++c) dxr[c] = gxr[c] + dxr[c];
+      }
     }
   }
 }
 
 }  // namespace
 
-extern "C" {
+// x: the input (h, m null), or the output h + m; g_x may be null.
+#define NORM_ENTRY_POINTS(T, SUFFIX)                                                                        \
+  extern "C" void norm_forward_##SUFFIX(const T* h, const T* m, T* x, const T* w, int64_t rows, int64_t d,  \
+                                         double eps, T* y, T* r, int threads) {                              \
+    forward(h, m, x, w, rows, d, eps, y, r, threads);                                                       \
+  }                                                                                                          \
+  extern "C" void norm_backward_##SUFFIX(const T* x, const T* w, const T* r, const T* g, const T* g_x,      \
+                                          int64_t rows, int64_t d, T* dx, double* dw_part, int threads) {    \
+    backward(x, w, r, g, g_x, rows, d, dx, dw_part, threads);                                               \
+  }
 
-void norm_forward_f32(const float* x, const float* w, int64_t rows, int64_t d, double eps, float* y, float* r,
-                      int threads) {
-  forward(x, w, rows, d, eps, y, r, threads);
-}
-void norm_forward_f64(const double* x, const double* w, int64_t rows, int64_t d, double eps, double* y, double* r,
-                      int threads) {
-  forward(x, w, rows, d, eps, y, r, threads);
-}
-void norm_backward_f32(const float* x, const float* w, const float* r, const float* g, int64_t rows, int64_t d,
-                       float* dx, double* dw_part, int threads) {
-  backward(x, w, r, g, rows, d, dx, dw_part, threads);
-}
-void norm_backward_f64(const double* x, const double* w, const double* r, const double* g, int64_t rows, int64_t d,
-                       double* dx, double* dw_part, int threads) {
-  backward(x, w, r, g, rows, d, dx, dw_part, threads);
-}
-
-}  // extern "C"
+NORM_ENTRY_POINTS(float, f32)
+NORM_ENTRY_POINTS(double, f64)
