@@ -152,18 +152,25 @@ int64_t select_active(const Projection& p, const float* x, int64_t sx, int64_t b
   return k;
 }
 
-// y[:, j0:j1] += sum_q val[q] Wt[idx[q], j0:j1] for one batch row, four rows of Wt at a time.
+// y[:, j0:j1] += sum_q val[q] Wt[idx[q], j0:j1] for one batch row, eight rows of Wt at a time (eight
+// streams from memory in flight, one pass over y per eight rows), then the rest one by one.
 void accumulate_row(const float* __restrict wt, int64_t c_out, const int32_t* idx, const float* val, int64_t k,
                     float* __restrict y, int64_t j0, int64_t j1) {
   int64_t q = 0;
-  for (; q + 4 <= k; q += 4) {
+  for (; q + 8 <= k; q += 8) {
     const float* __restrict w0 = wt + idx[q] * c_out;
     const float* __restrict w1 = wt + idx[q + 1] * c_out;
     const float* __restrict w2 = wt + idx[q + 2] * c_out;
     const float* __restrict w3 = wt + idx[q + 3] * c_out;
-    const float a0 = val[q], a1 = val[q + 1], a2 = val[q + 2], a3 = val[q + 3];
+    const float* __restrict w4 = wt + idx[q + 4] * c_out;
+    const float* __restrict w5 = wt + idx[q + 5] * c_out;
+    const float* __restrict w6 = wt + idx[q + 6] * c_out;
+    const float* __restrict w7 = wt + idx[q + 7] * c_out;
+    const float* a = val + q;
 #pragma omp simd
-    for (int64_t j = j0; j < j1; ++j) y[j] += a0 * w0[j] + a1 * w1[j] + a2 * w2[j] + a3 * w3[j];
+    for (int64_t j = j0; j < j1; ++j)
+      y[j] += (a[0] * w0[j] + a[1] * w1[j] + a[2] * w2[j] + a[3] * w3[j]) +
+              (a[4] * w4[j] + a[5] * w5[j] + a[6] * w6[j] + a[7] * w7[j]);
   }
   for (; q < k; ++q) {
     const float* __restrict w = wt + idx[q] * c_out;
