@@ -346,6 +346,9 @@ def test_weight_bytes_per_step_accounting(dense, student):
     none = {name: (0, 0) for name in proj}
     all_proj_bytes = sum(p.weight_t.numel() * 4 for p in proj.values())
     assert weight_bytes_per_step(sparse, 1, none) == weight_bytes_per_step(sparse, 1) - all_proj_bytes
+    # no spike: every weight but the sites' matrices, plus each neuron's theta (a student parameter)
+    student_params = sum(p.numel() * 4 for p in student.parameters())
+    assert weight_bytes_per_step(sparse, 1, none) == student_params + one_row - all_proj_bytes
     assert weight_bytes_per_step(sparse, 1, full) == (weight_bytes_per_step(sparse, 1)
                                                       + 12 * sum(p.in_features for p in proj.values()))
     assert resident_bytes(sparse) > all_proj_bytes

@@ -18,8 +18,9 @@ blocks + final norm, no head; fastest dense deployed variant).
 
 Bytes bound: decoding one token at batch 1 moves the weights it reads and the recurrent state (read and
 written). `bytes_per_step` counts both, each distinct active weight row of a sparse projection once
-(plus 12 bytes of index and value per spike), so dense bytes / sparse bytes is the speed-up a decoder
-bound by memory traffic would reach; efficiency = measured speed-up / that bound.
+(plus its neuron's theta, and 12 bytes of index and value per spike), so dense bytes / sparse bytes
+is the speed-up a decoder bound by memory traffic would reach; efficiency = measured speed-up / that
+bound.
 
 Firing rate (fraction of non-zero spikes) is set, not learned: `set_firing_rate` runs the student
 once on random tokens and, at each neuron in forward order (so each sees the activations the
@@ -132,19 +133,20 @@ def _bytes(t: torch.Tensor | None) -> int:
 def weight_bytes_per_step(decoder: DecodeModel, batch: int,
                           nonzero_per_step: dict[str, tuple[float, float]] | None = None, head: bool = True) -> int:
     """Bytes of weights one decode step reads from memory (all batch rows): dense tensors once per
-    step; for a sparse projection, each distinct active row once (c_out weights; the other batch
-    rows that share it read it from the cache) plus an 8-byte index and a 4-byte value per spike.
+    step; for a sparse projection, its neuron's theta, each distinct active row once (c_out weights;
+    the other batch rows that share it read it from the cache) plus an 8-byte index and a 4-byte
+    value per spike.
     `nonzero_per_step` maps a sparse projection's name (as in `decoder.sparse_projections()`) to
     (distinct active rows, non-zero spikes) per step; a projection not in it counts as dense."""
     nonzero_per_step = nonzero_per_step or {}
 
     def projection(name: str, proj: nn.Module) -> int:
-        if isinstance(proj, SparseSpikeLinear):
-            w = proj.weight_t
+        if isinstance(proj, SparseSpikeLinear):             # its neuron reads theta for every input channel
+            w, small = proj.weight_t, _bytes(proj.bias) + _bytes(proj.theta)
             if name in nonzero_per_step and proj.mode != "dense":
                 distinct, spikes = nonzero_per_step[name]
-                return int(distinct * w.shape[1] * w.element_size() + 12 * spikes) + _bytes(proj.bias)
-            return _bytes(w) + _bytes(proj.bias)
+                return int(distinct * w.shape[1] * w.element_size() + 12 * spikes) + small
+            return _bytes(w) + small
         if isinstance(proj, (nn.Linear, ColumnLinear)):
             return _bytes(proj.weight) + _bytes(proj.bias)
         return 0
