@@ -61,6 +61,12 @@ VARIANTS = {
                            rate_cost="accumulates"),
     "d2-sparser-acc": dict(levels=2, rate_weight=8.0, rate_target=0.02, theta_lr_scale=30.0,
                            rate_cost="accumulates"),
+    # every weight matrix spiking (x_proj, dt_proj and the LM head too; issue 15's frontier): the penalty
+    # weighted by cost, the head (no cost in the blocks) held at 0.5
+    "all-mid-acc": dict(levels=4, sites="all", rate_weight=1.0, rate_target=0.15, rate_site_targets=("lm_head=0.5",),
+                        theta_lr_scale=30.0, rate_cost="accumulates"),
+    "all-strong-acc": dict(levels=4, sites="all", rate_weight=2.0, rate_target=0.1,
+                           rate_site_targets=("lm_head=0.5",), theta_lr_scale=30.0, rate_cost="accumulates"),
 }
 # issue 14's per-site ablation: the energy-first recipe (`distill_sparse`: the -sparse rows' settings) with
 # the paper's sites (in_proj, out_proj), each extra site added alone, and every site; D = 4 first, then D = 2
@@ -245,10 +251,11 @@ def frontier_table(frontier: dict) -> str:
     return "\n".join(lines)
 
 
-def energy_ceilings() -> tuple[float, float]:
-    """The bundled teacher's energy ratio (blocks, with head) for a student whose in_proj / out_proj
-    neurons never fire: what the dense rest of the network (conv1d, x_proj, dt_proj, scan, norms,
-    gating; embedding + head) leaves, the most any firing rate at these two sites can reach."""
+def energy_ceilings(sites: tuple[str, ...] | str) -> tuple[float, float]:
+    """The bundled teacher's energy ratio (blocks, with head) for a student whose neurons at `sites`
+    never fire: what the dense rest of the network leaves (with the paper's in_proj / out_proj:
+    conv1d, x_proj, dt_proj, scan, norms, gating, embedding + head; with every site: conv1d, scan,
+    norms, gating), the most any firing rate at these sites can reach."""
     from spikingmamba import from_pretrained
     from spikingmamba.assets import resolve_teacher
     from spikingmamba.energy import load_table
@@ -256,50 +263,59 @@ def energy_ceilings() -> tuple[float, float]:
     from spikingmamba.energy.counting import MambaShape
 
     shape = MambaShape.from_config(from_pretrained(resolve_teacher("default")).config)
-    report = analytic_report(shape, load_table("45nm-fp32"), levels=4, firing_rate=0.0, mean_abs_spike=0.0)
+    report = analytic_report(shape, load_table("45nm-fp32"), levels=4, firing_rate=0.0, mean_abs_spike=0.0,
+                             sites=sites)
     return report.blocks.ratio, report.with_head.ratio
 
 
 def frontier_figure(frontier: dict, path: Path) -> None:
     """Energy ratio (blocks: filled, with head: open) against the held-out perplexity gap; the
-    frontier of each scope as a step line; the target box; the paper's ratio as a reference line;
-    the ceilings of `energy_ceilings` as grey lines."""
+    frontier of each scope as a step line, its rows named (the rest are in the table); the target box;
+    the paper's ratio as a reference line; the ceilings of `energy_ceilings` (the paper's two sites,
+    every site) as grey lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows, target = frontier["rows"], frontier["target"]
+    ceilings = [(value, f"{scope}: no spike at {label}")
+                for sites, label in ((("in_proj", "out_proj"), "in_proj / out_proj"), ("all", "any site (--sites all)"))
+                for value, scope in zip(energy_ceilings(sites), ("blocks", "with head"))]
+    top = max(max(v for v, _ in ceilings), max(r["ratio_blocks"] for r in rows)) + 0.6
     fig, ax = plt.subplots(figsize=(8, 5.2))
+    named = set()
     for key, style, label in (("ratio_blocks", dict(color="tab:blue"), "blocks"),
                               ("ratio_with_head", dict(color="tab:orange", facecolors="none"), "with embedding + head")):
         ax.scatter([gap_pct(r) for r in rows], [r[key] for r in rows], label=f"energy ratio, {label}", zorder=3,
                    **style)
         front = pareto_rows(rows, key)
         ax.step([gap_pct(r) for r in front], [r[key] for r in front], where="post", color=style["color"], alpha=0.5)
+        for r in front:
+            if id(r) not in named:
+                named.add(id(r))
+                ax.annotate(r["name"], (gap_pct(r), r[key]), textcoords="offset points", xytext=(4, 3), fontsize=7)
     for r in rows:
-        ax.annotate(r["name"], (gap_pct(r), r["ratio_blocks"]), textcoords="offset points", xytext=(4, 3), fontsize=7)
         ax.plot([gap_pct(r)] * 2, [r["ratio_with_head"], r["ratio_blocks"]], color="grey", lw=0.5, alpha=0.5)
     ax.axvline(target["max_gap_pct"], color="tab:green", ls="--", lw=1)
     ax.axhline(target["min_ratio_blocks"], color="tab:green", ls="--", lw=1)
-    ax.fill_between([0, target["max_gap_pct"]], target["min_ratio_blocks"], ax.get_ylim()[1] + 1, color="tab:green",
+    ax.fill_between([0, target["max_gap_pct"]], target["min_ratio_blocks"], top, color="tab:green",
                     alpha=0.08, label=f"target: >= {target['min_ratio_blocks']:g}x (blocks) at <= "
                                       f"+{target['max_gap_pct']:g}% perplexity")
     paper = frontier["paper"]
     ax.axhline(paper["ratio"], color="tab:red", ls=":", lw=1.2,
                label=f"paper: {paper['ratio']:g}x ({paper['note']}; not the same scale or accounting)")
-    blocks_max, head_max = energy_ceilings()
-    for value, scope in ((blocks_max, "blocks"), (head_max, "with head")):
-        ax.axhline(value, color="grey", lw=1, alpha=0.7)
-        ax.annotate(f"ceiling, {scope}: no spike at in_proj / out_proj ({value:.2f}x)", (ax.get_xlim()[1], value),
-                    xytext=(-4, 3), textcoords="offset points", ha="right", fontsize=7, color="grey")
     ax.set_xlim(left=0)
-    ax.set_ylim(1, max(blocks_max, max(r["ratio_blocks"] for r in rows)) + 0.6)
+    for value, text in ceilings:
+        ax.axhline(value, color="grey", lw=1, alpha=0.7)
+        ax.annotate(f"ceiling, {text} ({value:.2f}x)", (ax.get_xlim()[1], value),
+                    xytext=(-4, 3), textcoords="offset points", ha="right", fontsize=7, color="grey")
+    ax.set_ylim(1, top)
     ax.set_xlabel(f"held-out perplexity gap to the teacher (%; teacher {rows[0]['teacher_ppl']:.2f})")
     ax.set_ylabel("energy benefit (teacher pJ / student pJ per token)")
     ax.set_title("Accuracy-energy frontier on the bundled teacher (45 nm FP32)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="center right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
