@@ -315,7 +315,7 @@ def frontier_figure(frontier: dict, path: Path) -> None:
     ax.set_ylabel("energy benefit (teacher pJ / student pJ per token)")
     ax.set_title("Accuracy-energy frontier on the bundled teacher (45 nm FP32)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center right")
+    ax.legend(fontsize=7, loc="upper right", bbox_to_anchor=(1, 0.95))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

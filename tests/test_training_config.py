@@ -150,7 +150,7 @@ def test_every_shipped_yaml_is_registered():
 
 
 @pytest.mark.parametrize("name", ["pretrain_default_teacher", "distill_default", "distill_quick", "distill_sparse",
-                                  "distill_sparse_long", "rl_preferences", "rl_dpo"])
+                                  "distill_sparse_long", "distill_sparse_all", "rl_preferences", "rl_dpo"])
 def test_shipped_recipes_load_through_the_cli(name):
     """Each shipped YAML, by name, through its verb's parser and typed config (unknown or mistyped keys
     would raise); every key of the file is a field and keeps its value."""

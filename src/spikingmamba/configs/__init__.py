@@ -19,6 +19,7 @@ SHIPPED: dict[str, str] = {
     "distill_quick": "distill",
     "distill_sparse": "distill",
     "distill_sparse_long": "distill",
+    "distill_sparse_all": "distill",
     "rl_preferences": "make-preferences",
     "rl_dpo": "rl",
 }
