@@ -2,7 +2,7 @@
 
     python scripts/energy_sites.py --out docs/results/energy_sites.json [--shapes 130m,1.4b]
                                    [--rates 0,0.05,0.1,0.2] [--levels 4] [--table 45nm-fp32]
-    python scripts/energy_sites.py --out FILE --rates-from RUN/energy.json [--shapes 130m,1.4b]
+    python scripts/energy_sites.py --out FILE --rates-from RUN/energy.json [--rates-from ...] [--shapes 130m,1.4b]
     python scripts/energy_sites.py --out FILE --rates in_proj=0.3,x_proj=0.1,... [--levels 4]
 
 For each shape, site set and firing rate, `spikingmamba.energy.analytic_report` with that rate at
@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shapes", default="130m,1.4b")
     parser.add_argument("--rates", default=None, help="R,... one rate at every neuron, a row each (default "
                         "0,0.05,0.1,0.2), or SITE=R,... one rate per site (mean |s| = R)")
-    parser.add_argument("--rates-from", type=Path, help="a trained student's measured energy report "
-                        "(energy.json): its per-site firing and levels")
+    parser.add_argument("--rates-from", type=Path, action="append", help="a trained student's measured energy "
+                        "report (energy.json): its per-site firing and levels; repeat for several students")
     parser.add_argument("--levels", type=int, default=None, help="D (default 4, or the --rates-from student's)")
     parser.add_argument("--table", default="45nm-fp32")
     args = parser.parse_args(argv)
@@ -121,8 +121,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.rates_from is not None:
             if args.rates is not None:
                 raise UserError("give --rates or --rates-from, not both")
-            profile, levels = read_profile(args.rates_from)
-            table = profile_rows(shapes, profile, args.levels or levels, args.table, str(args.rates_from))
+            table = []
+            for path in args.rates_from:
+                profile, levels = read_profile(path)
+                table += profile_rows(shapes, profile, args.levels or levels, args.table, str(path))
         else:
             rates = parse_rates(args.rates or "0,0.05,0.1,0.2")
             levels = args.levels or 4

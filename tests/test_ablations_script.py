@@ -33,3 +33,18 @@ def test_site_variants_are_the_energy_first_recipe_with_their_sites():
         seen.add((config.levels, config.sites))
     extra = [tuple(s for s in SITES if s in {*DEFAULT_SITES, site}) for site in SITES if site not in DEFAULT_SITES]
     assert seen == {(d, sites) for d in (4, 2) for sites in [DEFAULT_SITES, resolve_sites("all"), *extra]}
+
+
+def test_readme_sites_table_is_the_recorded_ablation():
+    """README's per-site ablation table is `ablations.py --sites-table docs/results/sites_ablation.json`,
+    and each recorded row is one of the script's site variants with its own command."""
+    import json
+
+    script = _script()
+    rows = json.loads((ROOT / "docs" / "results" / "sites_ablation.json").read_text(encoding="utf-8"))
+    assert script.sites_table(rows) in (ROOT / "README.md").read_text(encoding="utf-8")
+    for row in rows:
+        overrides = script.SITE_VARIANTS[row["variant"]]
+        assert row["levels"] == overrides["levels"] and tuple(row["sites"]) == resolve_sites(overrides["sites"])
+        assert row["command"].endswith(f"--variants {row['variant']}") and "--sites-ablation" in row["command"]
+        assert row["fully_spike_driven"] == (tuple(row["sites"]) == SITES)

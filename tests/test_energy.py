@@ -439,6 +439,24 @@ def test_measured_site_profile_prices_the_student_like_its_own_report(tmp_path, 
     capsys.readouterr()
 
 
+def test_recorded_measured_site_energies_are_what_the_script_computes():
+    """docs/results/energy_sites_measured.json is `energy_sites.py --rates-from` the per-site ablation's
+    students (README "Per-site ablation"); recompute each student's rows from the rates it records."""
+    from pathlib import Path
+
+    script = _energy_sites_script()
+    recorded = json.loads((Path(__file__).resolve().parents[1] / "docs" / "results"
+                           / "energy_sites_measured.json").read_text())
+    sources = list(dict.fromkeys(r["rates_from"] for r in recorded))
+    assert len(sources) >= 2 and any(r["sites"] == "all" and r["fully_spike_driven"] for r in recorded)
+    for source in sources:
+        rows = [r for r in recorded if r["rates_from"] == source]
+        rates = {site: at for r in rows for site, at in r["site_rates"].items()}
+        profile = {site: SiteSpikes(**rates[site]) for site in ("in_proj", "x_proj", "dt_proj", "out_proj", "lm_head")
+                   if site in rates}
+        shapes = list(dict.fromkeys(r["shape"] for r in rows))
+        assert script.profile_rows(shapes, profile, rows[0]["levels"], rows[0]["table"], source) == rows
+
 @pytest.mark.parametrize("args, message", [
     (["--rates", "in_proj=0.1,conv1d=0.2"], "sites of --rates"),
     (["--rates", "0.1,in_proj=0.2"], "numbers, or SITE=R"),
