@@ -99,6 +99,17 @@ def test_cpu_gradcheck_softplus_skip_gate():
         (x, dt, A, B, C, D, xz))
 
 
+def test_cpu_gradcheck_from_initial_state():
+    """The kernel started from h0 against finite differences, h0's gradient included, over several
+    chunks (chunk 2, length 5), with its optional parts on."""
+    x, dt, A, B, C, D, xz = gated_inputs(2, 5, 3, 2, seed=4)
+    h0 = torch.randn(2, 3, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda x, dt, A, B, C, D, xz, h0: cpu_scan.cpu_selective_scan(x, dt, A, B, C, D, xz[..., 3:], True, chunk=2,
+                                                                      h0=h0),
+        (x, dt, A, B, C, D, xz, h0))
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
 @pytest.mark.parametrize("shape", [(2, 70, 33, 4), (1, 3, 16, 2)])
 def test_cpu_softplus_and_gate_match_reference(dtype, tol, shape):
@@ -233,11 +244,14 @@ def test_reference_from_initial_state_continues_the_scan():
 
 @pytest.mark.parametrize("backend", ["loop", "cpu"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
-def test_initial_state_matches_reference(backend, dtype, tol):
-    """Every backend from a non-zero h0 (the zero-state scan plus `initial_state_response`) agrees
-    with the oracle's loop from h0: y, h_last and every gradient, h0's included."""
-    ref_args = scan_inputs(3, 7, 5, 4, dtype=dtype, dt_scale=2.0)
-    h0_ref = torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(2), dtype=dtype).requires_grad_()
+@pytest.mark.parametrize("shape", [(3, 7, 5, 4), (2, 150, 40, 16)])
+def test_initial_state_matches_reference(backend, dtype, tol, shape):
+    """Every backend from a non-zero h0 ("loop": the zero-state scan plus `initial_state_response`;
+    "cpu": its kernel's loop starts from h0) agrees with the oracle's loop from h0: y, h_last and every
+    gradient, h0's included; also across chunks (length 150) and a partial channel block (40)."""
+    ref_args = scan_inputs(*shape, dtype=dtype, dt_scale=2.0)
+    b, _, d, n = shape
+    h0_ref = torch.randn(b, d, n, generator=torch.Generator().manual_seed(2), dtype=dtype).requires_grad_()
     args = [t.detach().clone().requires_grad_() for t in ref_args]
     h0 = h0_ref.detach().clone().requires_grad_()
     y_ref, h_ref = selective_scan(*ref_args, backend="reference", h0=h0_ref)

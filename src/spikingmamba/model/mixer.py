@@ -93,9 +93,9 @@ class MambaMixer(nn.Module):
         if state is None:
             xc = causal_conv_silu(x, self.conv1d.weight, self.conv1d.bias)   # (b, l, d_inner)
         else:
-            conv_in = torch.cat([state.conv.to(conv_in.dtype), conv_in], dim=-1)  # (b, d_inner, k + l)
-            start = conv_in.shape[-1] - length                                # outputs of the l new positions
-            xc = F.silu(self.conv1d(conv_in)[..., start : start + length].transpose(1, 2))  # (b, l, d_inner)
+            window = torch.cat([state.conv.transpose(1, 2).to(x.dtype), x], dim=1)  # (b, k - 1 + l, d_inner)
+            conv_in = window.transpose(1, 2)                                  # (b, d_inner, k - 1 + l), a view
+            xc = causal_conv_silu(window, self.conv1d.weight, self.conv1d.bias)[:, window.shape[1] - length :]
         dt, B, C = self._ssm_params(xc)                                       # (b,l,d_inner), (b,l,n) x2
         # A = -exp(A_log) (ssm_A), Delta = softplus(dt) (in float32, as under CUDA autocast), the gate y * silu(z):
         # in the scan's kernel where it can

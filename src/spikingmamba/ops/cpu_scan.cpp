@@ -56,7 +56,7 @@ inline float decay<float>(float arg) {
 
 template <typename T>
 struct Args {
-  const T *x, *dt, *A, *B, *C, *D, *z;
+  const T *x, *dt, *A, *B, *C, *D, *z, *h0;  // h0 (b, d, n): the state before the first step, or null (zero)
   Seq sx, sdt, sB, sC, sz;
   int64_t batch, length, d, n, chunk;
   bool softplus, a_log;
@@ -124,6 +124,9 @@ void forward_block(const Args<T>& a, const Block<T>& blk, T* y, T* h_last, T* ck
   load_A(a, blk, At);
   const T* Dv = a.D ? blk.lanes(a.D, D_pad) : nullptr;
   std::fill(h, h + n * kBlock, T(0));
+  if (a.h0)  // h[k][lane] = h0[b][c0 + lane][k]
+    for (int64_t c = 0; c < blk.width; ++c)
+      for (int64_t k = 0; k < n; ++k) h[k * kBlock + c] = a.h0[(blk.b * a.d + blk.c0 + c) * n + k];
   for (int64_t t = 0; t < a.length; ++t) {
     if (ckpt && t % a.chunk == 0) {
       T* dst = ckpt + (blk.b * n_chunks + t / a.chunk) * n * a.d;
@@ -198,8 +201,8 @@ struct BackwardWork {
 };
 
 template <typename T>
-struct Grads {              // the backward's outputs (dz, dD_part null where z, D are); per task: dA_part,
-  T *dx, *ddt, *dz, *dA_part, *dD_part, *dB, *dC;   // dD_part per batch row, dB, dC per group of blocks
+struct Grads {              // the backward's outputs (dz, dD_part, dh0 null where z, D, h0 are); per task:
+  T *dx, *ddt, *dz, *dA_part, *dD_part, *dB, *dC, *dh0;  // dA_part, dD_part per batch row, dB, dC per group
 };
 
 template <typename T>
@@ -317,6 +320,7 @@ void backward_block(const Args<T>& a, const Block<T>& blk, const T* dy, const T*
   }
   store_dn(blk, n, dA, out.dA_part + blk.b * a.d * n);
   if (Dv) blk.store(dD, out.dD_part + blk.b * a.d);
+  if (out.dh0) store_dn(blk, n, g, out.dh0 + blk.b * a.d * n);  // g = dL/dh[-1] after the walk
 }
 
 template <typename T>
@@ -328,7 +332,7 @@ void backward(const Args<T>& a, const T* dy, const T* dh_last, const T* ckpt, co
   std::vector<T> dA_rows(a.batch * dn), dD_rows(a.D ? a.batch * a.d : 0), dB_parts(parts * part_size, T(0)),
       dC_parts(parts * part_size, T(0));
   const Grads<T> work{out.dx, out.ddt, out.dz, dA_rows.data(), a.D ? dD_rows.data() : nullptr, dB_parts.data(),
-                      dC_parts.data()};
+                      dC_parts.data(), out.dh0};
 #pragma omp parallel num_threads(threads)
   {
     FlushDenormals ftz;
@@ -372,9 +376,9 @@ void backward(const Args<T>& a, const T* dy, const T* dh_last, const T* ckpt, co
 
 template <typename T>
 Args<T> make_args(const T* x, const T* dt, const T* A, const T* B, const T* C, const T* D, const T* z,
-                  const int64_t* strides, int64_t batch, int64_t length, int64_t d, int64_t n, int64_t chunk,
-                  int options) {
-  return Args<T>{x, dt, A, B, C, D, z, {strides[0], strides[1]}, {strides[2], strides[3]},
+                  const T* h0, const int64_t* strides, int64_t batch, int64_t length, int64_t d, int64_t n,
+                  int64_t chunk, int options) {
+  return Args<T>{x, dt, A, B, C, D, z, h0, {strides[0], strides[1]}, {strides[2], strides[3]},
                  {strides[4], strides[5]}, {strides[6], strides[7]}, {strides[8], strides[9]},
                  batch, length, d, n, chunk, (options & kSoftplus) != 0, (options & kALog) != 0};
 }
@@ -383,23 +387,25 @@ Args<T> make_args(const T* x, const T* dt, const T* A, const T* B, const T* C, c
 
 // C entry points. strides = (x.b, x.l, dt.b, dt.l, B.b, B.l, C.b, C.l, z.b, z.l); D, z may be null;
 // options: kSoftplus (dt is taken before its softplus) | kALog (A is A_log); ckpt may be null (no
-// backward); dz, dD are null where z, D are; dA (d, n), dD (d), dB, dC (b, l, n) are the full sums.
+// backward); h0 (b, d, n), contiguous, may be null (a zero state); dz, dD, dh0 are null where z, D, h0
+// are; dA (d, n), dD (d), dB, dC (b, l, n) are the full sums.
 #define SCAN_ENTRY_POINTS(T, SUFFIX)                                                                    \
   extern "C" void scan_forward_##SUFFIX(const T* x, const T* dt, const T* A, const T* B, const T* C,    \
-                                         const T* D, const T* z, const int64_t* strides, int64_t batch,   \
-                                         int64_t length, int64_t d, int64_t n, int64_t chunk,             \
-                                         int options, T* y, T* h_last, T* ckpt, int threads) {              \
-    forward(make_args(x, dt, A, B, C, D, z, strides, batch, length, d, n, chunk, options), y, h_last,     \
+                                         const T* D, const T* z, const T* h0, const int64_t* strides,     \
+                                         int64_t batch, int64_t length, int64_t d, int64_t n,             \
+                                         int64_t chunk, int options, T* y, T* h_last, T* ckpt,            \
+                                         int threads) {                                                   \
+    forward(make_args(x, dt, A, B, C, D, z, h0, strides, batch, length, d, n, chunk, options), y, h_last, \
             ckpt, threads);                                                                               \
   }                                                                                                       \
   extern "C" void scan_backward_##SUFFIX(const T* x, const T* dt, const T* A, const T* B, const T* C,   \
-                                          const T* D, const T* z, const int64_t* strides, int64_t batch,  \
-                                          int64_t length, int64_t d, int64_t n, int64_t chunk,            \
-                                          int options, const T* dy, const T* dh_last, const T* ckpt,      \
-                                          T* dx, T* ddt, T* dz, T* dA, T* dD, T* dB, T* dC, int64_t parts, \
-                                          int threads) {                                                  \
-    backward(make_args(x, dt, A, B, C, D, z, strides, batch, length, d, n, chunk, options), dy,          \
-             dh_last, ckpt, Grads<T>{dx, ddt, dz, dA, dD, dB, dC}, parts, threads);                       \
+                                          const T* D, const T* z, const T* h0, const int64_t* strides,    \
+                                          int64_t batch, int64_t length, int64_t d, int64_t n,            \
+                                          int64_t chunk, int options, const T* dy, const T* dh_last,      \
+                                          const T* ckpt, T* dx, T* ddt, T* dz, T* dA, T* dD, T* dB,       \
+                                          T* dC, T* dh0, int64_t parts, int threads) {                    \
+    backward(make_args(x, dt, A, B, C, D, z, h0, strides, batch, length, d, n, chunk, options), dy,      \
+             dh_last, ckpt, Grads<T>{dx, ddt, dz, dA, dD, dB, dC, dh0}, parts, threads);                  \
   }
 
 SCAN_ENTRY_POINTS(float, f32)

@@ -29,8 +29,8 @@ SOFTPLUS, A_LOG = 1, 2                  # bits of the kernel's options (kSoftplu
 def _declare(lib: ctypes.CDLL) -> None:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     for suffix in ("f32", "f64"):
-        getattr(lib, f"scan_forward_{suffix}").argtypes = [p] * 8 + [i64] * 5 + [i32] + [p] * 3 + [i32]
-        getattr(lib, f"scan_backward_{suffix}").argtypes = [p] * 8 + [i64] * 5 + [i32] + [p] * 10 + [i64, i32]
+        getattr(lib, f"scan_forward_{suffix}").argtypes = [p] * 9 + [i64] * 5 + [i32] + [p] * 3 + [i32]
+        getattr(lib, f"scan_backward_{suffix}").argtypes = [p] * 9 + [i64] * 5 + [i32] + [p] * 11 + [i64, i32]
 
 
 LIBRARY = NativeLibrary("cpu_scan", "compiled CPU selective scan", COMPILE_FLAGS, _declare,
@@ -54,7 +54,7 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def _scan_forward(x, dt, A, B, C, D, z, options: int, chunk: int, keep_checkpoints: bool):
+def _scan_forward(x, dt, A, B, C, D, z, h0, options: int, chunk: int, keep_checkpoints: bool):
     """Kernel call: returns y (b, l, d), h_last (b, d, n) and the checkpoints (b, chunks, n, d) or None."""
     batch, length, d = x.shape
     n = A.shape[1]
@@ -62,8 +62,8 @@ def _scan_forward(x, dt, A, B, C, D, z, options: int, chunk: int, keep_checkpoin
     h_last = x.new_empty(batch, d, n)
     ckpt = x.new_empty(batch, -(-length // chunk), n, d) if keep_checkpoints else None
     getattr(library(), f"scan_forward_{dtype_suffix(x.dtype)}")(
-        _ptr(x), _ptr(dt), _ptr(A), _ptr(B), _ptr(C), _ptr(D), _ptr(z), _strides(x, dt, B, C, z), batch, length, d,
-        n, chunk, options, _ptr(y), _ptr(h_last), _ptr(ckpt), _threads(batch, length, d, n))
+        _ptr(x), _ptr(dt), _ptr(A), _ptr(B), _ptr(C), _ptr(D), _ptr(z), _ptr(h0), _strides(x, dt, B, C, z), batch,
+        length, d, n, chunk, options, _ptr(y), _ptr(h_last), _ptr(ckpt), _threads(batch, length, d, n))
     return y, h_last, ckpt
 
 
@@ -79,16 +79,16 @@ def _parts(batch: int, d: int, threads: int) -> int:
 
 class _CpuSelectiveScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, z, options, chunk):
-        y, h_last, ckpt = _scan_forward(x, dt, A, B, C, D, z, options, chunk, keep_checkpoints=True)
-        ctx.save_for_backward(x, dt, A, B, C, D, z, ckpt)
+    def forward(ctx, x, dt, A, B, C, D, z, h0, options, chunk):
+        y, h_last, ckpt = _scan_forward(x, dt, A, B, C, D, z, h0, options, chunk, keep_checkpoints=True)
+        ctx.save_for_backward(x, dt, A, B, C, D, z, h0, ckpt)
         ctx.chunk, ctx.options = chunk, options
         ctx.set_materialize_grads(False)
         return y, h_last
 
     @staticmethod
     def backward(ctx, grad_y, grad_h_last):
-        x, dt, A, B, C, D, z, ckpt = ctx.saved_tensors
+        x, dt, A, B, C, D, z, h0, ckpt = ctx.saved_tensors
         batch, length, d = x.shape
         n = A.shape[1]
         threads = _threads(batch, length, d, n)
@@ -99,11 +99,12 @@ class _CpuSelectiveScan(torch.autograd.Function):
         dz = None if z is None else torch.empty_like(dy)
         dA, dD = x.new_empty(d, n), None if D is None else x.new_empty(d)    # summed over rows by the kernel
         dB, dC = x.new_empty(batch, length, n), x.new_empty(batch, length, n)
+        dh0 = None if h0 is None else torch.empty_like(h0)
         getattr(library(), f"scan_backward_{dtype_suffix(x.dtype)}")(
-            _ptr(x), _ptr(dt), _ptr(A), _ptr(B), _ptr(C), _ptr(D), _ptr(z), _strides(x, dt, B, C, z), batch, length,
-            d, n, ctx.chunk, ctx.options, _ptr(dy), _ptr(dh), _ptr(ckpt), _ptr(dx), _ptr(ddt), _ptr(dz),
-            _ptr(dA), _ptr(dD), _ptr(dB), _ptr(dC), parts, threads)
-        return dx, ddt, dA, dB, dC, dD, dz, None, None
+            _ptr(x), _ptr(dt), _ptr(A), _ptr(B), _ptr(C), _ptr(D), _ptr(z), _ptr(h0), _strides(x, dt, B, C, z), batch,
+            length, d, n, ctx.chunk, ctx.options, _ptr(dy), _ptr(dh), _ptr(ckpt), _ptr(dx), _ptr(ddt), _ptr(dz),
+            _ptr(dA), _ptr(dD), _ptr(dB), _ptr(dC), _ptr(dh0), parts, threads)
+        return dx, ddt, dA, dB, dC, dD, dz, dh0, None, None
 
 
 def _kernel_layout(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -114,17 +115,18 @@ def _kernel_layout(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor |
 
 
 def cpu_selective_scan(x, dt, A, B, C, D=None, z=None, delta_softplus: bool = False, A_is_log: bool = False,
-                       chunk: int = CHUNK):
-    """x, dt (b, l, d); A (d, n); B, C (b, l, n); optional D (d,) and z (b, l, d).
+                       chunk: int = CHUNK, h0=None):
+    """x, dt (b, l, d); A (d, n); B, C (b, l, n); optional D (d,), z (b, l, d) and h0 (b, d, n).
 
     y = (scan + D x) * silu(z), with Delta = softplus(dt) when `delta_softplus`, else dt (no D: no
-    skip, no z: no gate); with `A_is_log` the A argument is A_log, and the scan uses -exp(A_log). Returns (y (b, l, d), h_last (b, d, n)) in x's dtype. float64 inputs run in
+    skip, no z: no gate); with `A_is_log` the A argument is A_log, and the scan uses -exp(A_log); the scan starts from the state h0 (none: zero). Returns (y (b, l, d), h_last (b, d, n)) in x's dtype. float64 inputs run in
     float64, everything else (float32, bf16, fp16) in float32. Needs `library()` to be available.
     """
-    inputs = (x, dt, A, B, C, D, z)
+    inputs = (x, dt, A, B, C, D, z, h0)
     dtype = torch.float64 if any(t is not None and t.dtype == torch.float64 for t in inputs) else torch.float32
     args = (_kernel_layout(x, dtype), _kernel_layout(dt, dtype), A.to(dtype).contiguous(), _kernel_layout(B, dtype),
-            _kernel_layout(C, dtype), None if D is None else D.to(dtype).contiguous(), _kernel_layout(z, dtype))
+            _kernel_layout(C, dtype), None if D is None else D.to(dtype).contiguous(), _kernel_layout(z, dtype),
+            None if h0 is None else h0.to(dtype).contiguous())
     options = SOFTPLUS * bool(delta_softplus) | A_LOG * bool(A_is_log)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
         y, h_last = _CpuSelectiveScan.apply(*args, options, chunk)

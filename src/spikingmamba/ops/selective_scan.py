@@ -25,9 +25,10 @@ y * silu(z) (as mamba-ssm's kernel takes them), A = -exp(A_log), as the mixer us
 computes them inside its kernel.
 
 Initial state: `h0` (b, d, n) starts the recurrence from a given state instead of zero (scoring
-tokens that follow a context read earlier). "reference" runs it in its loop; for every other backend
-the scan from zero is corrected by h0's contribution, which the linear recurrence adds on top:
-h0 decayed by exp(A * cumsum(dt)) (`initial_state_response`).
+tokens that follow a context read earlier). "reference" and "cpu" start their loops from it (the "cpu"
+kernel also returns its gradient); for every other backend the scan from zero is corrected by h0's
+contribution, which the linear recurrence adds on top: h0 decayed by exp(A * cumsum(dt))
+(`initial_state_response`, one (b, l, d, n) tensor).
 
 Precision: x, dt, B, C may be bfloat16 (under autocast dt arrives in float32 while x is bfloat16).
 Every backend keeps the state in float32 (float64 inputs stay float64): "cuda" and "triton" read
@@ -150,7 +151,7 @@ def selective_scan(x, dt, A, B, C, D, backend: str = "auto", h0=None, z=None, de
     With `delta_softplus`, dt is taken before its softplus (Delta = softplus(dt), computed in the
     state's precision); with z (b, l, d), the output is gated: y * silu(z); with `A_is_log`, the A
     argument is A_log and the scan uses -exp(A_log). The "cpu" backend does these in its kernel
-    (from a zero state), every other one by torch ops around the scan.
+    (from h0 too), every other one by torch ops around the scan.
     Returns (y (b, l, d) in x's dtype, last state h (b, d, n) in float32, or float64 for float64
     inputs). See the module docstring for shapes and precision.
     """
@@ -158,10 +159,10 @@ def selective_scan(x, dt, A, B, C, D, backend: str = "auto", h0=None, z=None, de
     state = torch.promote_types(x.dtype, torch.float32)
     work = x.dtype if name in _READ_LOW_PRECISION else state
     with torch.autocast(x.device.type, enabled=False):       # the kernels choose their own precision
-        if name == "cpu" and h0 is None:                       # softplus and gate inside the kernel
+        if name == "cpu":                                      # softplus, gate, A_log and h0 inside the kernel
             y, h = cpu_scan.cpu_selective_scan(x.to(work), dt.to(work), A.to(state), B.to(work), C.to(work),
                                                D.to(state), None if z is None else z.to(work), delta_softplus,
-                                               A_is_log)
+                                               A_is_log, h0=None if h0 is None else h0.to(state))
             return y.to(x.dtype), h.to(state)
         if A_is_log:
             A = -torch.exp(A.to(state))
