@@ -270,11 +270,12 @@ class SpikingMambaForCausalLM(PreTrainedModel, GenerationMixin):
 
     def _chain_fusable(self, h: torch.Tensor) -> bool:
         """Whether `_fused_chain` equals calling the blocks: the compiled norm runs (CPU float32), and no
-        block is checkpointed or hooked (FSDP's units are)."""
+        block is checkpointed, and no block or norm module is hooked (FSDP's units are; the fused chain
+        does not call the norm modules)."""
         layers = self.backbone.layers
-        return (rms_norm_usable(h, *(layer.norm.weight for layer in layers))
-                and not any(layer.gradient_checkpointing or layer._forward_hooks or layer._forward_pre_hooks
-                            for layer in layers))
+        hooked = any(m._forward_hooks or m._forward_pre_hooks for layer in layers for m in (layer, layer.norm))
+        return (rms_norm_usable(h, *(layer.norm.weight for layer in layers)) and not hooked
+                and not any(layer.gradient_checkpointing for layer in layers))
 
     def _fused_chain(self, h: torch.Tensor, hidden_states: list | None) -> torch.Tensor:
         """The blocks' residual chain (`MambaBlock.forward`, its oracle) with every residual add fused into
