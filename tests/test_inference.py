@@ -368,6 +368,11 @@ def test_decode_benchmark_runs_and_break_even(dense):
                                        "sparse (modules)", "sparse (fused)", "sparse blocks"}
         assert r.bound > 1 and r.efficiency == pytest.approx(r.speedup / r.bound)
         assert r.bound_blocks > r.bound and r.efficiency_blocks == pytest.approx(r.speedup_blocks / r.bound_blocks)
+        assert set(r.cpu_tokens_per_s) == set(r.tokens_per_s) and all(t > 0 for t in r.cpu_tokens_per_s.values())
+        assert r.speedup_cpu == pytest.approx(r.cpu_tokens_per_s["sparse (fused)"] / max(
+            t for name, t in r.cpu_tokens_per_s.items() if name.startswith("dense (")))
+        assert r.efficiency_cpu == pytest.approx(r.speedup_cpu / r.bound)
+        assert r.efficiency_blocks_cpu == pytest.approx(r.speedup_blocks_cpu / r.bound_blocks)
 
     def fake(rate, speedup):
         return DecodeResult(1, rate, rate, {}, speedup, speedup, {}, {}, {}, 0.0)

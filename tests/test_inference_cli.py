@@ -91,13 +91,14 @@ def test_bench_decode(folders, capsys, tmp_path):
     result = json.loads((tmp_path / "p.json").read_text())["results"][0]
     assert result["target_rate"] == {"in_proj": 0.4, "out_proj": 0.1}
     assert result["efficiency"] == pytest.approx(result["speedup"] / result["bound"]) and result["bound"] > 1
+    assert result["efficiency_cpu"] == pytest.approx(result["speedup_cpu"] / result["bound"])
     code, out, _ = _run(capsys, "bench-decode", folders / "dense", "--rates", "out_proj=0.2,in_proj=0.3,in_proj=0.1,"
                         "out_proj=0.05,0.2", "--batch-sizes", "1", "--tokens", 2, "--repeats", 1, "--warmup", 1,
                         "--threads", 1)
     rows = [line for line in out.splitlines() if line.startswith("| 1 |")]
     assert code == 0 and "1 threads" in out and "sites in_proj,out_proj" in out
     assert [row.split(" | ")[1] for row in rows[:3]] == ["out_proj=0.2,in_proj=0.3", "in_proj=0.1,out_proj=0.05", "0.20"]
-    assert all(row.count("%") == 2 for row in rows)                       # efficiency, whole step and blocks
+    assert all(row.count("%") == 4 for row in rows)     # efficiency, whole step and blocks, wall and CPU time
     code, out, _ = _run(capsys, "bench-decode", folders / "dense", "--sites", "all", "--rates",
                         "0.1,in_proj=0.2,x_proj=0.1,dt_proj=0.3,out_proj=0.1,lm_head=0.05", "--batch-sizes", "1",
                         "--tokens", 2, "--repeats", 1, "--warmup", 1, "--json", tmp_path / "all.json")

@@ -95,7 +95,8 @@ def bench_decode_cli(args: argparse.Namespace) -> int:
     the sparse deployed decoder, side by side (interleaved repetitions, same threads, same dtype),
     and print a markdown table: tokens/s, speed-up for the whole step and for the blocks alone
     (no LM head), the bytes-bound speed-up (dense / sparse bytes moved per token: weights read plus the
-    recurrent state) and the efficiency (measured / bound), MB per token, resident and peak memory.
+    recurrent state) and the efficiency (measured / bound), the speed-ups and efficiencies also from
+    CPU time (comparable on a loaded machine), MB per token, resident and peak memory.
     With --shape, the weights
     are random and each neuron's threshold is set from a quantile of its activations on random
     tokens so that the fraction of non-zero spikes hits each --rates value (see

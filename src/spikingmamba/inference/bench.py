@@ -22,6 +22,12 @@ written). `bytes_per_step` counts both, each distinct active weight row of a spa
 is the speed-up a decoder bound by memory traffic would reach; efficiency = measured speed-up / that
 bound.
 
+Time: every chunk is timed by the wall clock and by the process's CPU time (`time.process_time`).
+Wall-clock ratios are what a user waits for; on a machine shared with other jobs, a chunk's wall
+time also counts the time it waited for a core, which differs between short sparse and long dense
+chunks, so the speed-up and efficiency are also reported from CPU time (with one thread, the step's
+own compute time).
+
 Firing rate (fraction of non-zero spikes) is set, not learned: `set_firing_rate` runs the student
 once on random tokens and, at each neuron in forward order (so each sees the activations the
 earlier spiking layers produce), sets theta_c = 2 * quantile(|x_c|, 1 - rate), so that
@@ -226,11 +232,11 @@ class _Run:
         self.state = variant.model.init_state(tokens.shape[1])
         self.chunk(warmup)
 
-    def chunk(self, steps: int) -> float:
-        """Seconds for the next `steps` steps."""
+    def chunk(self, steps: int) -> tuple[float, float]:
+        """Wall-clock and CPU seconds for the next `steps` steps."""
         model, head = self.variant.model, self.variant.head
         _synchronize(self.tokens.device)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         for _ in range(steps):
             token = self.tokens[self.t % self.tokens.shape[0]]
             if head:
@@ -239,7 +245,7 @@ class _Run:
                 _, self.state = model.step(token, self.state, head=False)
             self.t += 1
         _synchronize(self.tokens.device)
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - start_cpu
 
 
 def _synchronize(device: torch.device) -> None:
@@ -262,6 +268,9 @@ class DecodeResult:
     state_mb: float
     decode_growth_mb: dict[str, float | None] = field(default_factory=dict)
     process_peak_mb: float | None = None
+    cpu_tokens_per_s: dict[str, float] = field(default_factory=dict)   # tokens per CPU second
+    speedup_cpu: float | None = None
+    speedup_blocks_cpu: float | None = None
 
     @property
     def bound(self) -> float | None:
@@ -281,6 +290,15 @@ class DecodeResult:
     @property
     def efficiency_blocks(self) -> float | None:
         return None if self.speedup_blocks is None else self.speedup_blocks / self.bound_blocks
+
+    @property
+    def efficiency_cpu(self) -> float | None:
+        """`efficiency` from CPU time."""
+        return None if self.speedup_cpu is None else self.speedup_cpu / self.bound
+
+    @property
+    def efficiency_blocks_cpu(self) -> float | None:
+        return None if self.speedup_blocks_cpu is None else self.speedup_blocks_cpu / self.bound_blocks
 
 
 def _decoders(model: SpikingMambaForCausalLM, kind: str, **kwargs) -> dict[str, DecodeModel]:
@@ -328,11 +346,13 @@ def run_decode_benchmark(dense: SpikingMambaForCausalLM, student: SpikingMambaFo
                 variants.append(Variant("sparse blocks", sparse, head=False))
                 sparse.reset_counts()
             runs = {v.name: _Run(v, ids, warmup) for v in variants}
-            times: dict[str, list[float]] = {v.name: [] for v in variants}
+            times: dict[str, list[tuple[float, float]]] = {v.name: [] for v in variants}
             for _ in range(repeats):
                 for name, run in runs.items():
                     times[name].append(run.chunk(tokens))
-            tps = {name: b * tokens / statistics.median(ts) for name, ts in times.items()}
+            tps = {name: b * tokens / statistics.median(wall for wall, _ in ts) for name, ts in times.items()}
+            cpu_tps = {name: b * tokens / max(statistics.median(cpu for _, cpu in ts), 1e-9)
+                       for name, ts in times.items()}
             measured = None
             nonzero: dict[str, tuple[float, float]] = {}
             if sparse is not None:
@@ -341,6 +361,7 @@ def run_decode_benchmark(dense: SpikingMambaForCausalLM, student: SpikingMambaFo
                 nonzero = {n: (m.count_distinct / steps, m.count_nonzero / steps)
                            for n, m in sparse.sparse_projections()}
             best_dense = max(t for name, t in tps.items() if name.startswith("dense ("))
+            best_dense_cpu = max(t for name, t in cpu_tps.items() if name.startswith("dense ("))
             dense_deploy = dense_decoders[dense_best]
             mb = {"dense": bytes_per_step(dense_deploy, b) / b / MB}
             mb_blocks = {"dense": bytes_per_step(dense_deploy, b, head=False) / b / MB}
@@ -357,7 +378,10 @@ def run_decode_benchmark(dense: SpikingMambaForCausalLM, student: SpikingMambaFo
                 speedup=tps[sparse_name] / best_dense if sparse is not None else None,
                 speedup_blocks=tps["sparse blocks"] / tps["dense blocks"] if sparse is not None else None,
                 mb_per_token=mb, mb_per_token_blocks=mb_blocks, resident_mb=resident,
-                state_mb=dense.init_state(b).nbytes() / MB, decode_growth_mb=growth, process_peak_mb=peak)
+                state_mb=dense.init_state(b).nbytes() / MB, decode_growth_mb=growth, process_peak_mb=peak,
+                cpu_tokens_per_s=cpu_tps,
+                speedup_cpu=cpu_tps[sparse_name] / best_dense_cpu if sparse is not None else None,
+                speedup_blocks_cpu=cpu_tps["sparse blocks"] / cpu_tps["dense blocks"] if sparse is not None else None)
             results.append(result)
             log(format_row(result))
         del sparse, sparse_decoders
@@ -376,8 +400,9 @@ def break_even(results: list[DecodeResult], batch: int, key: str = "speedup") ->
 
 TABLE_HEADERS = ("batch", "target rate", "measured rate", "dense tok/s (model.step / modules / fused)",
                  "sparse tok/s (modules / fused)", "speed-up", "bytes bound", "efficiency", "speed-up blocks",
-                 "bytes bound blocks", "efficiency blocks", "MB/token dense / sparse", "resident MB dense / sparse",
-                 "decode growth MB dense / sparse")
+                 "bytes bound blocks", "efficiency blocks", "speed-up (CPU time)", "efficiency (CPU time)",
+                 "speed-up blocks (CPU time)", "efficiency blocks (CPU time)", "MB/token dense / sparse",
+                 "resident MB dense / sparse", "decode growth MB dense / sparse")
 
 
 def _f(x, fmt):
@@ -399,7 +424,8 @@ def format_row(r: DecodeResult) -> str:
         return "-" if v is None else f"{100 * v:.0f}%"
     cells = [str(r.batch), target, _f(r.measured_rate, ".3f"), tokens("dense", ("model.step", "modules", "fused")),
              tokens("sparse", ("modules", "fused")), x(r.speedup), x(r.bound), pct(r.efficiency),
-             x(r.speedup_blocks), x(r.bound_blocks), pct(r.efficiency_blocks),
+             x(r.speedup_blocks), x(r.bound_blocks), pct(r.efficiency_blocks), x(r.speedup_cpu), pct(r.efficiency_cpu),
+             x(r.speedup_blocks_cpu), pct(r.efficiency_blocks_cpu),
              f"{r.mb_per_token['dense']:.1f} / {_f(r.mb_per_token.get('sparse'), '.1f')}",
              f"{r.resident_mb['dense']:.0f} / {_f(r.resident_mb.get('sparse'), '.0f')}",
              f"{_f(r.decode_growth_mb.get('dense'), '.1f')} / {_f(r.decode_growth_mb.get('sparse'), '.1f')}"]
@@ -414,4 +440,5 @@ def markdown_table(results: list[DecodeResult]) -> str:
 
 def results_to_json(results: list[DecodeResult]) -> list[dict]:
     return [{**asdict(r), "bound": r.bound, "efficiency": r.efficiency, "bound_blocks": r.bound_blocks,
-             "efficiency_blocks": r.efficiency_blocks} for r in results]
+             "efficiency_blocks": r.efficiency_blocks, "efficiency_cpu": r.efficiency_cpu,
+             "efficiency_blocks_cpu": r.efficiency_blocks_cpu} for r in results]
