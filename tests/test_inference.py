@@ -11,6 +11,7 @@ from spikingmamba.inference.sparse_linear import ColumnLinear
 from spikingmamba.inference.bench import (DecodeResult, break_even, bytes_per_step, resident_bytes, run_decode_benchmark,
                                           SiteRates, set_firing_rate, weight_bytes_per_step)
 from spikingmamba.inference.generation import filter_logits
+from spikingmamba.model.state import MambaState
 from spikingmamba.neurons import SpikingNeuron
 
 VOCAB = 101
@@ -207,6 +208,38 @@ def _check_fused_step(model, batch):
     hidden_m, _ = modules.step(ids[:, 0], newer, head=False)
     assert hidden_f.shape == (batch, model.config.hidden_size)
     torch.testing.assert_close(hidden_f, hidden_m, rtol=1e-4, atol=1e-4)
+
+
+def test_fused_step_writes_only_into_state_buffers_nobody_holds(student):
+    """A decode loop that drops each state alternates between two state buffers (nothing allocated per
+    step); a state, its layer list, a layer, a tensor or a view of one that the caller keeps is never
+    overwritten by later steps."""
+    fused = deploy(student, mode="sparse")
+    ids = torch.randint(0, VOCAB, (40, 1), generator=torch.Generator().manual_seed(2))
+    state, addresses = fused.init_state(1), set()
+    for t in range(6):
+        _, state = fused.step(ids[t], state)
+        addresses.add(state.layers[0].ssm.data_ptr())
+    assert len(addresses) == 2
+
+    def tensors(kept):
+        if isinstance(kept, torch.Tensor):
+            return [kept]
+        layers = kept.layers if isinstance(kept, MambaState) else kept if isinstance(kept, list) else [kept]
+        return [t for layer in layers for t in (layer.conv, layer.ssm)]
+    keeps = (lambda s: s, lambda s: s.layers, lambda s: s.layers[1], lambda s: s.layers[1].conv,
+             lambda s: s.layers[0].ssm, lambda s: s.layers[1].ssm[0, :3])
+    t = 6
+    for keep in keeps:
+        _, state = fused.step(ids[t], state)
+        kept = keep(state)
+        snapshot = [x.clone() for x in tensors(kept)]
+        assert any(x.abs().sum() > 0 for x in snapshot)
+        for _ in range(4):
+            t += 1
+            _, state = fused.step(ids[t], state)
+        for before, now in zip(snapshot, tensors(kept), strict=True):
+            assert torch.equal(before, now)
 
 
 def test_fused_step_refuses_bad_ids_and_states(student):

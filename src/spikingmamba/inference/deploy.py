@@ -41,7 +41,7 @@ from spikingmamba.errors import InputError
 from spikingmamba.inference.sparse_linear import PROJECTION_MODES, ColumnLinear, SparseSpikeLinear
 from spikingmamba.model.lm import SpikingMambaForCausalLM, check_token_ids
 from spikingmamba.model.mixer import MambaMixer
-from spikingmamba.model.state import LayerState, MambaState
+from spikingmamba.model.state import MambaState
 from spikingmamba.neurons.sites import NEURON_ATTR, iter_sites, site_owner
 from spikingmamba.ops import cpu_decode
 
@@ -108,7 +108,6 @@ class DecodeModel(nn.Module):
             setattr(owner, NEURON_ATTR[ref.site], None)               # folded into SparseSpikeLinear
         self._model = (model,)                   # for `prefill`; a tuple keeps it out of the module tree
         self._fused = self._build_fused(step_kernel)
-        self._last_state: tuple | None = None    # the fused step's last new state, see `_fused_step`
 
     # --- the compiled step ------------------------------------------------------------------
     @property
@@ -138,24 +137,13 @@ class DecodeModel(nn.Module):
                                     self.config.layer_norm_epsilon, _projection_spec(self.lm_head))
 
     def _fused_step(self, token_ids: torch.Tensor, state: MambaState, head: bool) -> tuple[torch.Tensor, MambaState]:
-        """`step` by the compiled kernel. A state this decoder returned last is passed by its pointers
-        (no checks needed: its tensors are the ones the kernel wrote); any other state is checked."""
+        """`step` by the compiled kernel (a state it returned is read in place, any other one checked)."""
         if not isinstance(token_ids, torch.Tensor) or token_ids.dtype not in (torch.long, torch.int32):
             check_token_ids(token_ids, self.config.vocab_size)                  # raises the usual error
-        last = self._last_state
-        pointers = None
-        if (last is not None and len(state.layers) == len(last[0]) and token_ids.shape[0] == last[2]
-                and all(s.conv is c and s.ssm is m for s, (c, m) in zip(state.layers, last[0]))):
-            pointers = last[1]
         try:
-            out, (conv, ssm, conv_ptrs, ssm_ptrs) = self._fused.step(
-                token_ids, [s.conv for s in state.layers] if pointers is None else None,
-                [s.ssm for s in state.layers] if pointers is None else None, pointers, head, torch.get_num_threads())
+            return self._fused.step(token_ids, state, head, torch.get_num_threads())
         except ValueError as err:
             raise InputError(str(err)) from None
-        layers = [LayerState(c, m) for c, m in zip(conv.unbind(0), ssm.unbind(0))]
-        self._last_state = (tuple((s.conv, s.ssm) for s in layers), (conv_ptrs, ssm_ptrs), token_ids.shape[0])
-        return out, MambaState(layers)
 
     # --- the decoding interface shared with SpikingMambaForCausalLM ------------------------
     def init_state(self, batch_size: int) -> MambaState:

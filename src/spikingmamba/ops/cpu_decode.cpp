@@ -17,6 +17,11 @@
 // xc = silu(sum_k window_k taps_k + bias);  dt_low, B, C = x_proj(xc);  dt = softplus(dt_proj(dt_low));
 // h_ssm = exp(dt A) h_ssm + dt x B;  y = (C . h_ssm + D x) silu(z);  h += out_proj(y).
 //
+// State layout: the kernel keeps each layer's recurrent state channels-last, conv (b, K-1, d_inner) and
+// ssm (b, n, d_inner) (the transpose of MambaState's (b, d_inner, K-1) / (b, d_inner, n)), and reads
+// the conv taps and A transposed likewise, so that the conv window and the scan step run over the
+// channels with contiguous loads (cpu_decode.py owns such states and hands out transposed views).
+//
 // Compiled without -ffast-math: the neuron's division and rounding must match torch's bit for bit.
 
 #include <omp.h>
@@ -46,9 +51,9 @@ struct Projection {
 struct Layer {
   const float* norm_w;   // (d_model,)
   Projection in_proj, x_proj, dt_proj, out_proj;
-  const float* taps;     // (d_inner, K)
+  const float* taps;     // (K, d_inner), the conv taps transposed
   const float* conv_bias;// (d_inner,) or null
-  const float* A;        // (d_inner, n), A = -exp(A_log)
+  const float* A;        // (n, d_inner), A = -exp(A_log) transposed
   const float* D;        // (d_inner,)
 };
 
@@ -235,68 +240,56 @@ void rmsnorm(const float* x, const float* weight, int64_t b, int64_t d, float ep
 }
 
 // The conv window of one batch row: xc = silu(sum_k window_k taps_k + bias) with window = [conv_in, x],
-// and conv_out = the window's last K-1 columns; conv (d_inner, K-1), which may alias. Each pass runs
-// over the channels (vectorised: strided loads of the state and taps).
+// and conv_out = the window's last K-1 columns. The conv state is stored (K-1, d_inner) and the taps
+// (K, d_inner) (channels contiguous), so every pass is one contiguous vector loop over the channels;
+// conv_in and conv_out may alias.
 void conv_step(const Model& m, const Layer& L, const float* x, const float* conv_in, float* conv_out, float* xc) {
   const int64_t di = m.d_inner, K = m.kernel, S = K - 1;
 #pragma omp simd
   for (int64_t d = 0; d < di; ++d) xc[d] = 0.f;
   for (int64_t j = 0; j < S; ++j) {
+    const float* c = conv_in + j * di;
+    const float* t = L.taps + j * di;
 #pragma omp simd
-    for (int64_t d = 0; d < di; ++d) xc[d] += conv_in[d * S + j] * L.taps[d * K + j];
+    for (int64_t d = 0; d < di; ++d) xc[d] += c[d] * t[d];
   }
+  const float* last = L.taps + S * di;
   const float* bias = L.conv_bias;
 #pragma omp simd
   for (int64_t d = 0; d < di; ++d) {
-    const float acc = xc[d] + x[d] * L.taps[d * K + S];
+    const float acc = xc[d] + x[d] * last[d];
     xc[d] = silu(bias != nullptr ? acc + bias[d] : acc);
   }
   if (S == 0) return;
-  // conv_out[i] = conv_in[i + 1] over the flat (d_inner, K-1) state, then each channel's last column = x
-  std::memmove(conv_out, conv_in + 1, (di * S - 1) * sizeof(float));
-  for (int64_t d = 0; d < di; ++d) conv_out[d * S + S - 1] = x[d];
+  std::memmove(conv_out, conv_in + di, (S - 1) * di * sizeof(float));    // rows 1.. move up one
+  std::memcpy(conv_out + (S - 1) * di, x, di * sizeof(float));
 }
 
-constexpr int64_t kStateBlock = 16;     // state entries per SIMD block of the scan step
-
-// The SSM state update and readout of one batch row: h_out = exp(dt A) h_in + dt x B (h (d_inner, n),
-// which may alias) and y = C . h_out per channel. The state row of a channel is taken in blocks of
-// kStateBlock (one AVX-512 register of floats, two AVX2 ones): each block's C-weighted terms are
-// summed by halving, so that no channel waits on a chain of n dependent additions.
+// The SSM state update and readout of one batch row: h_out = exp(dt A) h_in + dt x B and
+// y = C . h_out per channel. The state is stored (n, d_inner) and A (n, d_inner), so each state entry j
+// is one contiguous pass over the channels (channels across the SIMD lanes): no per-channel reduction,
+// y accumulates over j in registers' worth of channels. h_in and h_out may alias.
 void scan_step(const Model& m, const Layer& L, const float* dt, const float* xc, const float* Bv, const float* Cv,
-               const float* h_in, float* h_out, float* y) {
+               const float* h_in, float* h_out, float* __restrict y) {
   const int64_t di = m.d_inner, n = m.n;
-  alignas(64) float terms[kStateBlock];
-  for (int64_t d = 0; d < di; ++d) {
-    const float* hin = h_in + d * n;
-    float* hout = h_out + d * n;
-    const float* a = L.A + d * n;
-    const float dtv = dt[d], dbx = dtv * xc[d];
-    float acc = 0.f;
-    for (int64_t j0 = 0; j0 < n; j0 += kStateBlock) {
-      const int64_t width = std::min(kStateBlock, n - j0);
 #pragma omp simd
-      for (int64_t j = 0; j < kStateBlock; ++j) {
-        float term = 0.f;
-        if (j < width) {
-          const float hv = exp_approx(dtv * a[j0 + j]) * hin[j0 + j] + dbx * Bv[j0 + j];
-          hout[j0 + j] = hv;
-          term = hv * Cv[j0 + j];
-        }
-        terms[j] = term;
-      }
-      for (int64_t half = kStateBlock / 2; half >= 1; half /= 2) {
+  for (int64_t d = 0; d < di; ++d) y[d] = 0.f;
+  for (int64_t j = 0; j < n; ++j) {
+    const float* a = L.A + j * di;
+    const float* hin = h_in + j * di;
+    float* hout = h_out + j * di;
+    const float bj = Bv[j], cj = Cv[j];
 #pragma omp simd
-        for (int64_t j = 0; j < half; ++j) terms[j] += terms[j + half];
-      }
-      acc += terms[0];
+    for (int64_t d = 0; d < di; ++d) {
+      const float hv = exp_approx(dt[d] * a[d]) * hin[d] + dt[d] * xc[d] * bj;
+      hout[d] = hv;
+      y[d] += hv * cj;
     }
-    y[d] = acc;
   }
 }
 
 // One block on the residual stream w.h (b, d_model), in place; conv/ssm: this layer's state in and out
-// (b, d_inner, K-1) and (b, d_inner, n), which may alias.
+// in the kernel's layout (b, K-1, d_inner) and (b, n, d_inner), which may alias.
 void layer_step(const Model& m, const Layer& L, int64_t b, const float* conv_in, const float* ssm_in,
                 float* conv_out, float* ssm_out, Workspace& w, int threads) {
   const int64_t di = m.d_inner, n = m.n, K = m.kernel, R = m.dt_rank, P = R + 2 * n;
@@ -332,7 +325,8 @@ void layer_step(const Model& m, const Layer& L, int64_t b, const float* conv_in,
 extern "C" {
 
 // One decode step: tokens (b,) -> out (b, V) logits (head != 0) or (b, d_model) normed hidden state.
-// conv_in/ssm_in/conv_out/ssm_out: one pointer per layer. Returns 0, or 1 for a token id out of range.
+// conv_in/ssm_in/conv_out/ssm_out: one pointer per layer, in the kernel's state layout (may alias).
+// Returns 0, or 1 for a token id out of range.
 int decode_step(const Model* m, const int64_t* tokens, int64_t b, const float* const* conv_in,
                 const float* const* ssm_in, float* const* conv_out, float* const* ssm_out, float* out,
                 int head, int threads) {

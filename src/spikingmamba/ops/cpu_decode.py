@@ -3,8 +3,9 @@
 The kernel (float32, CPU) runs every block of a deployed Mamba LM and its head in one call: the
 per-layer small operations (RMSNorm, conv window, SiLU, softplus, the SSM state update, the gate)
 and every projection, a spiking one with its neuron folded in (spikes, the active input channels
-and the accumulation of their weight rows in one pass). Nothing is allocated per step but the new
-state and the output; the scratch buffers live in the library. See the .cpp for the math.
+and the accumulation of their weight rows in one pass). Nothing is allocated per step but the output:
+the scratch buffers live in the library, and a new state is written into state buffers nobody
+holds any more (`_Buffers`), not into the state stepped from. See the .cpp for the math and layout.
 
 `FusedStep` describes a model once (pointers into its tensors, which it keeps alive); its `step`
 is `MambaMixer.step` through the deployed modules, computed in one call. That module path is the
@@ -16,10 +17,13 @@ warning and the decoder uses its module path.
 from __future__ import annotations
 
 import ctypes
+import sys
+import weakref
 from dataclasses import dataclass
 
 import torch
 
+from spikingmamba.model.state import LayerState, MambaState
 from spikingmamba.ops.native import NativeLibrary
 
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fPIC", "-std=c++17")
@@ -118,11 +122,72 @@ class LayerSpec:
     D: torch.Tensor                        # (d_inner,)
 
 
+class KernelState(MambaState):
+    """A `MambaState` handed out by `FusedStep.step`: its layers are views of one buffer pair in the
+    kernel's layout (`_Buffers`), shaped as every MambaState's, and a later step from it passes the
+    kernel their pointers (nothing to check or copy)."""
+
+    def __init__(self, layers: list[LayerState], buffers: _Buffers):
+        super().__init__(layers)
+        self.buffers = buffers
+
+
+class _Buffers:
+    """The storage of one state in the kernel's layout: conv (layers, b, K-1, d_inner) and ssm (layers, b,
+    n, d_inner), channels last; the per-layer views a `MambaState` shows, (b, d_inner, K-1) and
+    (b, d_inner, n) (transposed, not contiguous); the kernel's pointer arrays.
+
+    A step writes its new state into buffers nobody can see (`free`): the state last handed out over
+    them is gone and no one holds its layer list, a LayerState, a tensor or a view of one. So a state
+    a caller keeps is never overwritten, and a decode loop that drops each state after the next step
+    alternates between two buffers, allocating nothing per step."""
+
+    def __init__(self, key: object, n_layer: int, batch: int, d_inner: int, kernel: int, n: int):
+        self.key, self.batch = key, batch
+        self.conv = torch.empty(n_layer, batch, kernel - 1, d_inner)
+        self.ssm = torch.empty(n_layer, batch, n, d_inner)
+        self.pointers = (_pointers(self.conv), _pointers(self.ssm))
+        self.views = tuple((c.transpose(1, 2), m.transpose(1, 2)) for c, m in zip(self.conv.unbind(0),
+                                                                                self.ssm.unbind(0)))
+        self.layers = [LayerState(c, m) for c, m in self.views]
+        self.handed_out: weakref.ref | None = None
+        self._baseline = self._holders()
+
+    def _holders(self) -> tuple[int, ...]:
+        """Reference counts of the parts a state over these buffers shows (the layer list, its LayerStates,
+        their tensors) and the use counts of the two storages (every view of them holds one)."""
+        return (sys.getrefcount(self.layers), *(sys.getrefcount(s) for s in self.layers),
+                *(sys.getrefcount(t) for pair in self.views for t in pair),
+                *(torch._C._storage_Use_Count(t.untyped_storage()._cdata) for t in (self.conv, self.ssm)))
+
+    def free(self) -> bool:
+        return (self.handed_out is None or self.handed_out() is None) and self._holders() == self._baseline
+
+    def shows(self, state: MambaState) -> bool:
+        """`state` is the one handed out over these buffers, unchanged (its layers still these views)."""
+        return state.layers is self.layers and all(s.conv is c and s.ssm is m
+                                                    for s, (c, m) in zip(self.layers, self.views))
+
+    def hand_out(self) -> KernelState:
+        state = KernelState(self.layers, self)
+        self.handed_out = weakref.ref(state)
+        return state
+
+
+def _pointers(flat: torch.Tensor) -> ctypes.Array:
+    """One pointer per layer (the first dimension) into a contiguous tensor."""
+    step = flat.stride(0) * flat.element_size()
+    return (_P * flat.shape[0])(*range(flat.data_ptr(), flat.data_ptr() + flat.shape[0] * step, step))
+
+
 class FusedStep:
     """The whole-model decode step of one deployed model, float32 on the CPU (see the module docstring).
 
     Every tensor the kernel reads is referenced here, so its pointers stay valid for the object's
-    lifetime; rebuild it after changing the model's tensors."""
+    lifetime; rebuild it after changing the model's tensors. The conv taps and A are kept transposed
+    (the kernel's layout); states live in `_Buffers`, a few of which are kept for reuse."""
+
+    POOL = 3                     # buffers kept for reuse: a state in, the state out, one a caller still holds
 
     def __init__(self, embeddings: torch.Tensor, layers: list[LayerSpec], norm_f: torch.Tensor, eps: float,
                  head: ProjectionSpec):
@@ -135,59 +200,67 @@ class FusedStep:
         self.d_inner, self.n = first.A.shape
         self.kernel = first.taps.shape[1]
         self.vocab = embeddings.shape[0]
-        self._keep = (embeddings, layers, norm_f, head)
         small = [embeddings, norm_f] + [t for spec in layers for t in (spec.norm_weight, spec.taps, spec.conv_bias,
                                                                          spec.A, spec.D) if t is not None]
         for t in small:
             if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
                 raise ValueError("the compiled decode step needs contiguous float32 CPU tensors")
+        transposed = [(s.taps.t().contiguous(), s.A.t().contiguous()) for s in layers]   # (K, d_inner), (n, d_inner)
+        self._keep = (embeddings, layers, norm_f, head, transposed)
         self._layers = (_Layer * len(layers))(*[
             _Layer(s.norm_weight.data_ptr(), s.in_proj.struct(), s.x_proj.struct(), s.dt_proj.struct(),
-                   s.out_proj.struct(), s.taps.data_ptr(), _ptr(s.conv_bias), s.A.data_ptr(), s.D.data_ptr())
-            for s in layers])
+                   s.out_proj.struct(), taps.data_ptr(), _ptr(s.conv_bias), A.data_ptr(), s.D.data_ptr())
+            for s, (taps, A) in zip(layers, transposed)])
         self._model = _Model(self.d_model, self.d_inner, self.n, first.dt_proj.weight_t.shape[0], self.kernel,
                              self.vocab, len(layers), float(eps), embeddings.data_ptr(),
                              ctypes.addressof(self._layers), norm_f.data_ptr(), head.struct())
         self.n_layer = len(layers)
         self.head_out = head.weight_t.shape[1]
-        self._last = None            # (conv, ssm, conv pointer array, ssm pointer array) of the last new state
+        self._key = object()         # marks the buffers this object made
+        self._pool: list[_Buffers] = []
 
-    def new_state(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, ctypes.Array, ctypes.Array]:
-        """Uninitialised state for every layer: conv (layers, b, d_inner, kernel-1), ssm (layers, b, d_inner, n),
-        and one pointer per layer into each."""
-        conv = torch.empty(self.n_layer, batch, self.d_inner, self.kernel - 1)
-        ssm = torch.empty(self.n_layer, batch, self.d_inner, self.n)
-        return conv, ssm, self._pointers(conv), self._pointers(ssm)
+    def _free_buffers(self, batch: int, busy: _Buffers | None) -> _Buffers:
+        """Kept buffers for `batch` that nobody can see (not `busy`), else new ones (kept in their place)."""
+        for buffers in self._pool:
+            if buffers is not busy and buffers.batch == batch and buffers.free():
+                return buffers
+        buffers = _Buffers(self._key, self.n_layer, batch, self.d_inner, self.kernel, self.n)
+        if len(self._pool) >= self.POOL:
+            self._pool.remove(next(b for b in self._pool if b is not busy))
+        self._pool.append(buffers)
+        return buffers
 
-    def _pointers(self, flat: torch.Tensor) -> ctypes.Array:
-        step = flat.stride(0) * flat.element_size()
-        return (_P * self.n_layer)(*range(flat.data_ptr(), flat.data_ptr() + self.n_layer * step, step))
+    def _load(self, state: MambaState, batch: int) -> _Buffers:
+        """Free buffers holding a copy of any other state (checked), in the kernel's layout."""
+        shapes = ((batch, self.d_inner, self.kernel - 1), (batch, self.d_inner, self.n))
+        if len(state.layers) != self.n_layer:
+            raise ValueError(f"the state must have {self.n_layer} layers, got {len(state.layers)}")
+        for layer in state.layers:
+            for t, shape in zip((layer.conv, layer.ssm), shapes):
+                if tuple(t.shape) != shape or t.device.type != "cpu":
+                    raise ValueError(f"state tensors must be {shape} on the CPU, got {tuple(t.shape)}")
+        buffers = self._free_buffers(batch, None)
+        for layer, (conv, ssm) in zip(state.layers, buffers.views):
+            conv.copy_(layer.conv)
+            ssm.copy_(layer.ssm)
+        return buffers
 
-    def step(self, token_ids: torch.Tensor, conv_in: list[torch.Tensor] | None, ssm_in: list[torch.Tensor] | None,
-             pointers_in: tuple[ctypes.Array, ctypes.Array] | None, head: bool, threads: int
-             ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, ctypes.Array, ctypes.Array]]:
-        """token_ids (b,) -> out (b, vocab) or (b, d_model), and the new state (`new_state`'s form).
-
-        The state in: per-layer tensors (checked), or `pointers_in`, the pointer arrays of a state
-        this object made (then the tensors are not looked at)."""
+    def step(self, token_ids: torch.Tensor, state: MambaState, head: bool, threads: int
+             ) -> tuple[torch.Tensor, KernelState]:
+        """token_ids (b,) -> out (b, vocab) or (b, d_model), and the new state. `state` is left as it
+        was: a state this object handed out is read in place, any other one is checked and copied."""
         b = token_ids.shape[0]
-        if pointers_in is None:
-            shapes = ((b, self.d_inner, self.kernel - 1), (b, self.d_inner, self.n))
-            ready = []
-            for tensors, shape in zip((conv_in, ssm_in), shapes):
-                if len(tensors) != self.n_layer:
-                    raise ValueError(f"the state must have {self.n_layer} layers, got {len(tensors)}")
-                for t in tensors:
-                    if tuple(t.shape) != shape or t.device.type != "cpu":
-                        raise ValueError(f"state tensors must be {shape} on the CPU, got {tuple(t.shape)}")
-                ready.append([t.to(torch.float32).contiguous() for t in tensors])       # kept alive until the call
-            pointers_in = tuple((_P * self.n_layer)(*[t.data_ptr() for t in tensors]) for tensors in ready)
+        buffers = getattr(state, "buffers", None)
+        if not (isinstance(state, KernelState) and buffers.key is self._key and buffers.batch == b
+                and buffers.shows(state)):
+            buffers = self._load(state, b)
         ids = token_ids if token_ids.dtype == torch.long and token_ids.is_contiguous() else \
             token_ids.to(torch.long).contiguous()
         out = torch.empty(b, self.head_out if head else self.d_model)
-        new = self.new_state(b)
-        failed = self._lib.decode_step(ctypes.byref(self._model), ids.data_ptr(), b, pointers_in[0], pointers_in[1],
-                                       new[2], new[3], out.data_ptr(), int(head), threads)
+        new = self._free_buffers(b, buffers)
+        failed = self._lib.decode_step(ctypes.byref(self._model), ids.data_ptr(), b, buffers.pointers[0],
+                                       buffers.pointers[1], new.pointers[0], new.pointers[1], out.data_ptr(),
+                                       int(head), threads)
         if failed:
             raise ValueError(f"token ids must lie in [0, {self.vocab})")
-        return out, new
+        return out, new.hand_out()
