@@ -37,6 +37,7 @@
 namespace {
 
 using spikingmamba::exp_approx;
+using spikingmamba::softplus_approx;
 
 struct Projection {
   const float* wt;       // (c_in, c_out)
@@ -84,17 +85,6 @@ struct Workspace {
 };
 
 inline float silu(float v) { return v / (1.f + exp_approx(-v)); }
-
-// softplus(v) = max(v, 0) + log1p(exp(-|v|)), log1p(u) = 2 atanh(u / (2 + u)) by its series
-// (u in (0, 1], t <= 1/3: eight terms leave an error under 1e-9); equals torch's threshold-20 form
-// to float rounding.
-inline float softplus(float v) {
-  const float u = exp_approx(-std::fabs(v));
-  const float t = u / (2.f + u), t2 = t * t;
-  const float s = 1.f + t2 * (1.f / 3 + t2 * (1.f / 5 + t2 * (1.f / 7 + t2 * (1.f / 9 + t2 * (1.f / 11 +
-                  t2 * (1.f / 13 + t2 * (1.f / 15)))))));
-  return std::max(v, 0.f) + 2.f * t * s;
-}
 
 // The active input channels of x (b rows, row stride sx): their count k, their channels idx (k,)
 // and values val (k, b). Dense: every channel, v = x. Two passes: the spikes of every channel
@@ -306,7 +296,7 @@ void layer_step(const Model& m, const Layer& L, int64_t b, const float* conv_in,
     const float* z = w.xz.data() + r * 2 * di + di;
 #pragma omp simd
     for (int64_t d = 0; d < di; ++d) {
-      dt[d] = softplus(dt[d]);
+      dt[d] = softplus_approx(dt[d]);
       gate[d] = silu(z[d]);
     }
     const float* xc = w.xc.data() + r * di;

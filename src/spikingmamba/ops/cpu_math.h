@@ -1,10 +1,11 @@
-// Math shared by the compiled CPU kernels (cpu_scan.cpp, cpu_decode.cpp); header-only.
+// Math shared by the compiled CPU kernels (cpu_scan.cpp, cpu_decode.cpp, cpu_losses.cpp); header-only.
 #pragma once
 
 #if defined(__SSE__)
 #include <xmmintrin.h>
 #endif
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -39,6 +40,20 @@ inline float exp_approx(float arg) {
   float out;
   std::memcpy(&out, &bits, sizeof(out));
   return out;
+}
+
+// sigmoid(v) = 1 / (1 + exp(-v)) through exp_approx (inlined into SIMD loops).
+inline float sigmoid_approx(float v) { return 1.f / (1.f + exp_approx(-v)); }
+
+// softplus(v) = max(v, 0) + log1p(exp(-|v|)), log1p(u) = 2 atanh(u / (2 + u)) by its series
+// (u in (0, 1], t <= 1/3: eight terms leave an error under 1e-9); equals torch's threshold-20 form
+// to float rounding. Inlined into SIMD loops (no call of a vector log1p and exp).
+inline float softplus_approx(float v) {
+  const float u = exp_approx(-std::fabs(v));
+  const float t = u / (2.f + u), t2 = t * t;
+  const float s = 1.f + t2 * (1.f / 3 + t2 * (1.f / 5 + t2 * (1.f / 7 + t2 * (1.f / 9 + t2 * (1.f / 11 +
+                  t2 * (1.f / 13 + t2 * (1.f / 15)))))));
+  return std::max(v, 0.f) + 2.f * t * s;
 }
 
 }  // namespace spikingmamba
