@@ -93,8 +93,8 @@ class _CpuSelectiveScan(torch.autograd.Function):
         n = A.shape[1]
         threads = _threads(batch, length, d, n)
         parts = _parts(batch, d, threads)
-        dy = x.new_zeros(batch, length, d) if grad_y is None else grad_y.to(x.dtype).contiguous()
-        dh = None if grad_h_last is None else grad_h_last.to(x.dtype).contiguous()
+        dy = x.new_zeros(batch, length, d) if grad_y is None else _kernel_layout(grad_y, x.dtype, dense=True)
+        dh = _kernel_layout(grad_h_last, x.dtype, dense=True)
         dx, ddt = torch.empty_like(dy), torch.empty_like(dy)
         dz = None if z is None else torch.empty_like(dy)
         dA, dD = x.new_empty(d, n), None if D is None else x.new_empty(d)    # summed over rows by the kernel
@@ -107,11 +107,18 @@ class _CpuSelectiveScan(torch.autograd.Function):
         return dx, ddt, dA, dB, dC, dD, dz, dh0, None, None
 
 
-def _kernel_layout(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    if t is None:
-        return None
-    t = t.to(dtype)
-    return t if t.stride(-1) == 1 else t.contiguous()
+def as_dtype(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """t in `dtype` (None stays None). Tensors already in it are returned without a `to` call: the scan
+    is called with a dozen tensors per layer, and each no-op `to` is still an operator dispatch."""
+    return t if t is None or t.dtype == dtype else t.to(dtype)
+
+
+def _kernel_layout(t: torch.Tensor | None, dtype: torch.dtype, dense: bool = False) -> torch.Tensor | None:
+    """t in `dtype` with a contiguous last dimension (`dense`: contiguous throughout); t itself where it is."""
+    t = as_dtype(t, dtype)
+    if t is None or (t.is_contiguous() if dense else t.stride(-1) == 1):
+        return t
+    return t.contiguous()
 
 
 def cpu_selective_scan(x, dt, A, B, C, D=None, z=None, delta_softplus: bool = False, A_is_log: bool = False,
@@ -124,12 +131,12 @@ def cpu_selective_scan(x, dt, A, B, C, D=None, z=None, delta_softplus: bool = Fa
     """
     inputs = (x, dt, A, B, C, D, z, h0)
     dtype = torch.float64 if any(t is not None and t.dtype == torch.float64 for t in inputs) else torch.float32
-    args = (_kernel_layout(x, dtype), _kernel_layout(dt, dtype), A.to(dtype).contiguous(), _kernel_layout(B, dtype),
-            _kernel_layout(C, dtype), None if D is None else D.to(dtype).contiguous(), _kernel_layout(z, dtype),
-            None if h0 is None else h0.to(dtype).contiguous())
+    args = (_kernel_layout(x, dtype), _kernel_layout(dt, dtype), _kernel_layout(A, dtype, dense=True),
+            _kernel_layout(B, dtype), _kernel_layout(C, dtype), _kernel_layout(D, dtype, dense=True),
+            _kernel_layout(z, dtype), _kernel_layout(h0, dtype, dense=True))
     options = SOFTPLUS * bool(delta_softplus) | A_LOG * bool(A_is_log)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
         y, h_last = _CpuSelectiveScan.apply(*args, options, chunk)
     else:
         y, h_last, _ = _scan_forward(*args, options, chunk, keep_checkpoints=False)
-    return y.to(x.dtype), h_last.to(x.dtype)
+    return as_dtype(y, x.dtype), as_dtype(h_last, x.dtype)

@@ -160,10 +160,11 @@ def selective_scan(x, dt, A, B, C, D, backend: str = "auto", h0=None, z=None, de
     work = x.dtype if name in _READ_LOW_PRECISION else state
     with torch.autocast(x.device.type, enabled=False):       # the kernels choose their own precision
         if name == "cpu":                                      # softplus, gate, A_log and h0 inside the kernel
-            y, h = cpu_scan.cpu_selective_scan(x.to(work), dt.to(work), A.to(state), B.to(work), C.to(work),
-                                               D.to(state), None if z is None else z.to(work), delta_softplus,
-                                               A_is_log, h0=None if h0 is None else h0.to(state))
-            return y.to(x.dtype), h.to(state)
+            cast = cpu_scan.as_dtype                           # no operator call where nothing changes
+            y, h = cpu_scan.cpu_selective_scan(cast(x, work), cast(dt, work), cast(A, state), cast(B, work),
+                                               cast(C, work), cast(D, state), cast(z, work), delta_softplus,
+                                               A_is_log, h0=cast(h0, state))
+            return cast(y, x.dtype), cast(h, state)
         if A_is_log:
             A = -torch.exp(A.to(state))
         if delta_softplus:
