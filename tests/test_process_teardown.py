@@ -17,6 +17,7 @@ from test_distill_ddp import free_port
 
 PROBE = '''
 import glob
+import sys
 import torch
 from spikingmamba import SpikingMambaConfig, SpikingMambaForCausalLM
 from spikingmamba.training.distributed import init_distributed, shard_frozen, shutdown, wrap_model
@@ -42,7 +43,10 @@ def train(env):
 env = init_distributed("cpu")
 before = train(env)
 shutdown(env)
-print(f"rank {env.rank} before {before} after {threads()}", flush=True)
+# one write per line: unbuffered (PYTHONUNBUFFERED), print() writes the text and its newline apart and
+# the two ranks' lines could interleave on the shared pipe
+sys.stdout.write(f"rank {env.rank} before {before} after {threads()}\\n")
+sys.stdout.flush()
 '''
 
 
