@@ -48,3 +48,16 @@ def test_readme_sites_table_is_the_recorded_ablation():
         assert row["levels"] == overrides["levels"] and tuple(row["sites"]) == resolve_sites(overrides["sites"])
         assert row["command"].endswith(f"--variants {row['variant']}") and "--sites-ablation" in row["command"]
         assert row["fully_spike_driven"] == (tuple(row["sites"]) == SITES)
+
+
+def test_readme_frontier_table_is_the_recorded_frontier():
+    """README's accuracy-energy frontier table is `ablations.py --frontier docs/results/frontier.json`,
+    and every recorded row carries the command that produced it."""
+    import json
+
+    script = _script()
+    frontier = json.loads((ROOT / "docs" / "results" / "frontier.json").read_text(encoding="utf-8"))
+    assert script.frontier_table(frontier) in (ROOT / "README.md").read_text(encoding="utf-8")
+    for row in frontier["rows"]:
+        assert row["command"].startswith(("spikingmamba ", "python scripts/ablations.py ")), row["name"]
+        assert row["teacher_ppl"] == frontier["rows"][0]["teacher_ppl"], row["name"]
