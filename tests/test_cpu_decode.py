@@ -20,11 +20,12 @@ def _spec(c_in, c_out, spiking, shared_theta=False, bias=True, seed=0):
 
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("spiking, shared_theta", [(False, False), (True, False), (True, True)])
-def test_projection_matches_its_torch_twin(batch, spiking, shared_theta):
-    spec = _spec(96, 300, spiking, shared_theta)
+@pytest.mark.parametrize("c_in", [96, 101])           # whole vectors of channels, and a tail
+def test_projection_matches_its_torch_twin(batch, spiking, shared_theta, c_in):
+    spec = _spec(c_in, 300, spiking, shared_theta)
     g = torch.Generator().manual_seed(1)
-    q = torch.randint(-12, 13, (batch, 96), generator=g) / 2                 # every half step: ties included
-    q = q * (torch.rand(batch, 96, generator=g) < 0.3)                        # mostly silent
+    q = torch.randint(-12, 13, (batch, c_in), generator=g) / 2               # every half step: ties included
+    q = q * (torch.rand(batch, c_in, generator=g) < 0.3)                      # mostly silent
     x = q * (spec.theta if spiking else 1.0)
     torch.testing.assert_close(project(spec, x), project_ref(spec, x), rtol=1e-5, atol=1e-4)
     if spiking:   # the same spikes as torch.round (half to even) and clamp, counted exactly

@@ -25,6 +25,9 @@
 // Compiled without -ffast-math: the neuron's division and rounding must match torch's bit for bit.
 
 #include <omp.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -67,6 +70,8 @@ struct Model {
   Projection head;
 };
 
+constexpr int64_t kSlack = 16;          // entries after idx / val that a vector compaction may overwrite
+
 // Scratch memory of one thread, grown on demand and kept (no allocation per step once warm).
 struct Workspace {
   std::vector<float> h, hn, xz, xc, dbc, dt, gate, y, out, spikes, val;
@@ -79,12 +84,41 @@ struct Workspace {
     fit_projection(widest, b);
   }
   void fit_projection(int64_t c_in, int64_t b) {
-    if (static_cast<int64_t>(idx.size()) < c_in) idx.resize(c_in);
-    if (static_cast<int64_t>(val.size()) < c_in * b) val.resize(c_in * b), spikes.resize(c_in * b);
+    if (static_cast<int64_t>(idx.size()) < c_in + kSlack) idx.resize(c_in + kSlack);
+    if (static_cast<int64_t>(val.size()) < c_in * b + kSlack) val.resize(c_in * b + kSlack), spikes.resize(c_in * b);
   }
 };
 
 inline float silu(float v) { return v / (1.f + exp_approx(-v)); }
+
+// The non-zero entries of s (c,) in channel order: their values into val, their channels into idx;
+// returns their count. Writes up to kSlack entries past the count. With AVX-512, sixteen channels at
+// a time (compare, compress, one store of each register); compact_nonzero_scalar is the plain loop
+// (branch-free: every entry is stored, the count advances on non-zero ones), which also does the tail
+// and runs alone without AVX-512. Tested through project == project_ref.
+int64_t compact_nonzero_scalar(const float* s, int64_t i0, int64_t c, int32_t* idx, float* val, int64_t k) {
+  for (int64_t i = i0; i < c; ++i) {
+    val[k] = s[i];
+    idx[k] = static_cast<int32_t>(i);
+    k += s[i] != 0.f;
+  }
+  return k;
+}
+
+int64_t compact_nonzero(const float* s, int64_t c, int32_t* idx, float* val) {
+  int64_t k = 0, i = 0;
+#if defined(__AVX512F__)
+  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (; i + 16 <= c; i += 16) {
+    const __m512 v = _mm512_loadu_ps(s + i);
+    const __mmask16 nz = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NEQ_UQ);   // NaN counts, as in !=
+    _mm512_storeu_ps(val + k, _mm512_maskz_compress_ps(nz, v));
+    _mm512_storeu_si512(idx + k, _mm512_maskz_compress_epi32(nz, _mm512_add_epi32(_mm512_set1_epi32(i), lanes)));
+    k += __builtin_popcount(nz);
+  }
+#endif
+  return compact_nonzero_scalar(s, i, c, idx, val, k);
+}
 
 // The active input channels of x (b rows, row stride sx): their count k, their channels idx (k,)
 // and values val (k, b). Dense: every channel, v = x. Two passes: the spikes of every channel
@@ -120,12 +154,7 @@ int64_t select_active(const Projection& p, const float* x, int64_t sx, int64_t b
   }
   int64_t k = 0, nonzero = 0;
   if (b == 1) {
-    for (int64_t i = 0; i < c; ++i) {
-      val[k] = spikes[i];
-      idx[k] = static_cast<int32_t>(i);
-      k += spikes[i] != 0.f;                      // branch-free compaction
-    }
-    nonzero = k;
+    k = nonzero = compact_nonzero(spikes, c, idx, val);
   } else {
     for (int64_t i = 0; i < c; ++i) {
       bool any = false;

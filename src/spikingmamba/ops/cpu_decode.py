@@ -150,15 +150,15 @@ class _Buffers:
         self.views = tuple((c.transpose(1, 2), m.transpose(1, 2)) for c, m in zip(self.conv.unbind(0),
                                                                                 self.ssm.unbind(0)))
         self.layers = [LayerState(c, m) for c, m in self.views]
+        self._parts = (self.layers, *self.layers, *(t for pair in self.views for t in pair))
+        self._storages = tuple(t.untyped_storage()._cdata for t in (self.conv, self.ssm))
         self.handed_out: weakref.ref | None = None
         self._baseline = self._holders()
 
     def _holders(self) -> tuple[int, ...]:
         """Reference counts of the parts a state over these buffers shows (the layer list, its LayerStates,
         their tensors) and the use counts of the two storages (every view of them holds one)."""
-        return (sys.getrefcount(self.layers), *(sys.getrefcount(s) for s in self.layers),
-                *(sys.getrefcount(t) for pair in self.views for t in pair),
-                *(torch._C._storage_Use_Count(t.untyped_storage()._cdata) for t in (self.conv, self.ssm)))
+        return (*map(sys.getrefcount, self._parts), *map(torch._C._storage_Use_Count, self._storages))
 
     def free(self) -> bool:
         return (self.handed_out is None or self.handed_out() is None) and self._holders() == self._baseline
