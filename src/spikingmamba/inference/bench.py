@@ -285,20 +285,25 @@ class DecodeResult:
     @property
     def efficiency(self) -> float | None:
         """Measured speed-up / bytes-bound speed-up, whole step."""
-        return None if self.speedup is None else self.speedup / self.bound
+        return _efficiency(self.speedup, self.bound)
 
     @property
     def efficiency_blocks(self) -> float | None:
-        return None if self.speedup_blocks is None else self.speedup_blocks / self.bound_blocks
+        return _efficiency(self.speedup_blocks, self.bound_blocks)
 
     @property
     def efficiency_cpu(self) -> float | None:
         """`efficiency` from CPU time."""
-        return None if self.speedup_cpu is None else self.speedup_cpu / self.bound
+        return _efficiency(self.speedup_cpu, self.bound)
 
     @property
     def efficiency_blocks_cpu(self) -> float | None:
-        return None if self.speedup_blocks_cpu is None else self.speedup_blocks_cpu / self.bound_blocks
+        return _efficiency(self.speedup_blocks_cpu, self.bound_blocks)
+
+
+def _efficiency(speedup: float | None, bound: float | None) -> float | None:
+    """Measured / bytes-bound speed-up; None where either is unknown."""
+    return None if speedup is None or bound is None else speedup / bound
 
 
 def _decoders(model: SpikingMambaForCausalLM, kind: str, **kwargs) -> dict[str, DecodeModel]:
