@@ -8,8 +8,8 @@ from spikingmamba.errors import InputError, UserError
 from spikingmamba.inference import (SamplingConfig, SparseSpikeLinear, TokenStream, deploy, dense_spike_accumulate,
                                     generate, sparse_spike_accumulate)
 from spikingmamba.inference.sparse_linear import ColumnLinear
-from spikingmamba.inference.bench import (DecodeResult, break_even, bytes_per_step, resident_bytes, run_decode_benchmark,
-                                          SiteRates, set_firing_rate, weight_bytes_per_step)
+from spikingmamba.inference.bench import (DecodeResult, break_even, bytes_per_step, nonzero_per_step, resident_bytes,
+                                          run_decode_benchmark, SiteRates, set_firing_rate, weight_bytes_per_step)
 from spikingmamba.inference.generation import filter_logits
 from spikingmamba.model.state import MambaState
 from spikingmamba.neurons import SpikingNeuron
@@ -387,6 +387,23 @@ def test_weight_bytes_per_step_accounting(dense, student):
     assert resident_bytes(sparse) > all_proj_bytes
     state = 2 * sparse.init_state(3).nbytes()                                   # read and written
     assert bytes_per_step(sparse, 3, none) == weight_bytes_per_step(sparse, 3, none) + state
+
+
+def test_nonzero_per_step_counts_each_projection_over_the_steps_it_ran(dense):
+    """The benchmark decodes with and without the head: the head's spikes are per step with the head."""
+    sparse = deploy(make_student(dense, sites=("in_proj", "lm_head")), mode="sparse")
+    ids = torch.randint(0, VOCAB, (6, 2), generator=torch.Generator().manual_seed(3))
+    state = sparse.init_state(2)
+    sparse.reset_counts()
+    for t in range(3):
+        _, state = sparse.step(ids[t], state)
+    with_head = {n: (m.count_distinct / 3, m.count_nonzero / 3) for n, m in sparse.sparse_projections()}
+    for t in range(3, 6):
+        _, state = sparse.step(ids[t], state, head=False)
+    per_step = nonzero_per_step(sparse, 2)
+    assert per_step["lm_head"] == with_head["lm_head"] and with_head["lm_head"][1] > 0
+    in_proj = dict(sparse.sparse_projections())["backbone.layers.0.mixer.in_proj"]
+    assert per_step["backbone.layers.0.mixer.in_proj"] == (in_proj.count_distinct / 6, in_proj.count_nonzero / 6)
 
 
 def test_decode_benchmark_runs_and_break_even(dense):

@@ -171,6 +171,18 @@ def weight_bytes_per_step(decoder: DecodeModel, batch: int,
     return total
 
 
+def nonzero_per_step(decoder: DecodeModel, batch: int) -> dict[str, tuple[float, float]]:
+    """(distinct active rows, non-zero spikes) per step of each sparse projection of `decoder` since its
+    `reset_counts()`, over the steps that projection ran (each counts the inputs it saw: a step without
+    the head, `step(head=False)`, runs every block but not the head)."""
+    out = {}
+    for name, m in decoder.sparse_projections():
+        steps = m.count_numel / (batch * m.weight_t.shape[0])
+        if steps > 0:
+            out[name] = (m.count_distinct / steps, m.count_nonzero / steps)
+    return out
+
+
 def bytes_per_step(decoder: DecodeModel, batch: int, nonzero_per_step: dict[str, tuple[float, float]] | None = None,
                    head: bool = True) -> int:
     """The memory traffic of one decode step: `weight_bytes_per_step` plus the recurrent state, read and written."""
@@ -362,9 +374,7 @@ def run_decode_benchmark(dense: SpikingMambaForCausalLM, student: SpikingMambaFo
             nonzero: dict[str, tuple[float, float]] = {}
             if sparse is not None:
                 measured = sparse.firing_rate()
-                steps = 2 * (warmup + tokens * repeats)                         # two runs (with/without head)
-                nonzero = {n: (m.count_distinct / steps, m.count_nonzero / steps)
-                           for n, m in sparse.sparse_projections()}
+                nonzero = nonzero_per_step(sparse, b)
             best_dense = max(t for name, t in tps.items() if name.startswith("dense ("))
             best_dense_cpu = max(t for name, t in cpu_tps.items() if name.startswith("dense ("))
             dense_deploy = dense_decoders[dense_best]
