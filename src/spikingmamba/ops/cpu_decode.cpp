@@ -176,6 +176,59 @@ int64_t select_active(const Projection& p, const float* x, int64_t sx, int64_t b
   return k;
 }
 
+#ifndef SM_PREFETCH_AHEAD
+#define SM_PREFETCH_AHEAD 16
+#endif
+#ifndef SM_PREFETCH_LOCALITY
+#define SM_PREFETCH_LOCALITY 3
+#endif
+constexpr int64_t kLine = 16;                   // floats per 64-byte cache line
+constexpr int64_t kAhead = SM_PREFETCH_AHEAD;   // line steps the software prefetch runs ahead of the reads
+
+// Software prefetch of the weight rows one batch row's accumulation reads, in the order it reads them:
+// tile by tile (columns [j0, j1) of each tile), group by group (eight active rows), one line of every row
+// of the group per step. The reads follow this cursor kAhead steps behind, so about kAhead x 8 lines are
+// in flight: across the end of a group's short rows (x_proj's 320 B, out_proj's 3 KB) into the next group
+// and across the end of a tile into the next one, where the hardware prefetcher, which follows one
+// stream of addresses at a time, would first have to notice each new row.
+#ifndef SM_PREFETCH_LINES
+#define SM_PREFETCH_LINES (1 << 30)
+#endif
+struct RowPrefetch {
+  const float* wt;
+  int64_t c_out, k, tile, t_end;
+  const int32_t* idx;
+  int64_t t, q, j, j1, jt;                      // the next step: tile t, group rows [q, q+8), column j
+  const float* row[8];                          // the group's rows
+
+  RowPrefetch(const float* wt_, int64_t c_out_, const int32_t* idx_, int64_t k_, int64_t tile_, int64_t t0,
+              int64_t t1)
+      : wt(wt_), c_out(c_out_), k(k_), tile(tile_), t_end(k_ > 0 ? t1 : t0), idx(idx_), t(t0), q(0) {
+    if (t < t_end) group();
+  }
+
+  void group() {                                // enter tile t, group q
+    jt = j = t * tile;
+    j1 = std::min(c_out, j + tile);
+    const int64_t rows = std::min<int64_t>(8, k - q);
+    for (int64_t r = 0; r < 8; ++r) row[r] = wt + idx[q + (r < rows ? r : 0)] * c_out;
+  }
+
+  inline void step() {
+    if (t >= t_end) return;
+    if (j - jt < SM_PREFETCH_LINES * kLine)
+      for (int r = 0; r < 8; ++r) __builtin_prefetch(row[r] + j, 0, SM_PREFETCH_LOCALITY);
+    j += kLine;
+    if (j < j1) return;
+    q += 8;
+    if (q >= k) {
+      q = 0;
+      if (++t >= t_end) return;
+    }
+    group();
+  }
+};
+
 // y[:, j0:j1] += sum_q val[q] Wt[idx[q], j0:j1] for one batch row, eight rows of Wt at a time (eight
 // streams from memory in flight, one pass over y per eight rows), then the rest one by one.
 void accumulate_row(const float* __restrict wt, int64_t c_out, const int32_t* idx, const float* val, int64_t k,
@@ -201,6 +254,50 @@ void accumulate_row(const float* __restrict wt, int64_t c_out, const int32_t* id
     const float a = val[q];
 #pragma omp simd
     for (int64_t j = j0; j < j1; ++j) y[j] += a * w[j];
+  }
+}
+
+// y[:, j0:j1] += sum_q val[q] Wt[idx[q], j0:j1] for one batch row, eight rows of Wt at a time (eight
+// streams from memory in flight, one pass over y per eight rows); the last group's missing rows repeat
+// its first row with value 0 (adds exact zeros). Columns in steps of one cache line, each step also
+// prefetching one line of every row kAhead steps ahead (`pf`, shared by the tiles of one call).
+void accumulate_row_prefetch(const float* __restrict wt, int64_t c_out, const int32_t* idx, const float* val, int64_t k,
+                    float* __restrict y, int64_t j0, int64_t j1, RowPrefetch& pf) {
+  for (int64_t q = 0; q < k; q += 8) {
+    const int64_t rows = std::min<int64_t>(8, k - q);
+    const float* w[8];
+    float a[8];
+    for (int64_t r = 0; r < 8; ++r) {
+      w[r] = wt + idx[q + (r < rows ? r : 0)] * c_out;
+      a[r] = r < rows ? val[q + r] : 0.f;
+    }
+    const float* __restrict w0 = w[0];
+    const float* __restrict w1 = w[1];
+    const float* __restrict w2 = w[2];
+    const float* __restrict w3 = w[3];
+    const float* __restrict w4 = w[4];
+    const float* __restrict w5 = w[5];
+    const float* __restrict w6 = w[6];
+    const float* __restrict w7 = w[7];
+    const float a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3], a4 = a[4], a5 = a[5], a6 = a[6], a7 = a[7];
+    {
+      int64_t jb = j0;
+      for (; jb + kLine <= j1; jb += kLine) {          // whole lines: one vector (or two) per row
+        pf.step();
+        float* __restrict yb = y + jb;
+        const float *__restrict v0 = w0 + jb, *__restrict v1 = w1 + jb, *__restrict v2 = w2 + jb,
+                    *__restrict v3 = w3 + jb, *__restrict v4 = w4 + jb, *__restrict v5 = w5 + jb,
+                    *__restrict v6 = w6 + jb, *__restrict v7 = w7 + jb;
+#pragma omp simd
+        for (int64_t j = 0; j < kLine; ++j)
+          yb[j] += (a0 * v0[j] + a1 * v1[j] + a2 * v2[j] + a3 * v3[j]) +
+                   (a4 * v4[j] + a5 * v5[j] + a6 * v6[j] + a7 * v7[j]);
+      }
+      if (jb < j1) pf.step();
+      for (int64_t j = jb; j < j1; ++j)
+        y[j] += (a0 * w0[j] + a1 * w1[j] + a2 * w2[j] + a3 * w3[j]) +
+                (a4 * w4[j] + a5 * w5[j] + a6 * w6[j] + a7 * w7[j]);
+    }
   }
 }
 
@@ -234,16 +331,24 @@ void project(const Projection& p, const float* x, int64_t sx, int64_t b, float* 
   const int64_t tiles = (c_out + tile - 1) / tile;
   const int32_t* idx = w.idx.data();
   const float* val = w.val.data();
-  auto run = [&](int64_t t) {
-    const int64_t j0 = t * tile, j1 = std::min(c_out, j0 + tile);
-    if (b == 1) accumulate_row(p.wt, c_out, idx, val, k, y, j0, j1);
-    else accumulate_batch(p.wt, c_out, idx, val, k, b, y, j0, j1);
+  auto run = [&](int64_t t0, int64_t t1) {                        // tiles [t0, t1)
+    RowPrefetch pf(p.wt, c_out, idx, k, tile, t0, t1);
+    const bool prefetch = b == 1 && p.theta != nullptr;       // a dense projection's rows are one stream
+    if (prefetch)
+      for (int64_t s = 0; s < kAhead; ++s) pf.step();
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t j0 = t * tile, j1 = std::min(c_out, j0 + tile);
+      if (b > 1) accumulate_batch(p.wt, c_out, idx, val, k, b, y, j0, j1);
+      else if (prefetch) accumulate_row_prefetch(p.wt, c_out, idx, val, k, y, j0, j1, pf);
+      else accumulate_row(p.wt, c_out, idx, val, k, y, j0, j1);
+    }
   };
   if (threads > 1 && tiles > 1) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t t = 0; t < tiles; ++t) run(t);
+    const int64_t n = std::min<int64_t>(threads, tiles);
+#pragma omp parallel for num_threads(n) schedule(static)
+    for (int64_t i = 0; i < n; ++i) run(tiles * i / n, tiles * (i + 1) / n);
   } else {
-    for (int64_t t = 0; t < tiles; ++t) run(t);
+    run(0, tiles);
   }
 }
 
