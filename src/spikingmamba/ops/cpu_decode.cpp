@@ -177,10 +177,10 @@ int64_t select_active(const Projection& p, const float* x, int64_t sx, int64_t b
 }
 
 #ifndef SM_PREFETCH_AHEAD
-#define SM_PREFETCH_AHEAD 16
+#define SM_PREFETCH_AHEAD 24
 #endif
 #ifndef SM_PREFETCH_LOCALITY
-#define SM_PREFETCH_LOCALITY 3
+#define SM_PREFETCH_LOCALITY 0
 #endif
 constexpr int64_t kLine = 16;                   // floats per 64-byte cache line
 constexpr int64_t kAhead = SM_PREFETCH_AHEAD;   // line steps the software prefetch runs ahead of the reads
@@ -333,7 +333,11 @@ void project(const Projection& p, const float* x, int64_t sx, int64_t b, float* 
   const float* val = w.val.data();
   auto run = [&](int64_t t0, int64_t t1) {                        // tiles [t0, t1)
     RowPrefetch pf(p.wt, c_out, idx, k, tile, t0, t1);
+#ifdef SM_PREFETCH_DENSE
+    const bool prefetch = b == 1;
+#else
     const bool prefetch = b == 1 && p.theta != nullptr;       // a dense projection's rows are one stream
+#endif
     if (prefetch)
       for (int64_t s = 0; s < kAhead; ++s) pf.step();
     for (int64_t t = t0; t < t1; ++t) {
