@@ -56,3 +56,32 @@ def test_library_falls_back_with_one_warning(monkeypatch, tmp_path):
         assert cpu_decode.library() is None and cpu_decode.library() is None
     messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     assert len(messages) == 1 and "using the torch modules' decode step" in messages[0]
+
+
+@pytest.mark.parametrize("active", [0, 3, 8, 13, 40])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_projection_over_several_column_tiles(active, threads):
+    """Outputs wider than one column tile (the row prefetch runs across groups and tiles), groups of
+    eight rows and a partial last group, no active row at all; one thread and two (tiles split)."""
+    spec = _spec(64, 2 * 8192 + 100, spiking=True)
+    g = torch.Generator().manual_seed(2)
+    x = torch.zeros(1, 64)
+    channels = torch.randperm(64, generator=g)[:active]
+    x[0, channels] = torch.randint(1, 5, (active,), generator=g).float() * spec.theta[channels]
+    torch.testing.assert_close(project(spec, x, threads=threads), project_ref(spec, x), rtol=1e-5, atol=1e-4)
+    assert spec.counts.tolist() == [active, active, 64]
+
+
+def test_kernels_built_without_avx512_match(monkeypatch, tmp_path):
+    """The plain loops (spike compaction; the build without AVX-512 intrinsics) give the same results."""
+    monkeypatch.setenv("SPIKINGMAMBA_CACHE", str(tmp_path))
+    plain = cpu_decode.NativeLibrary("cpu_decode", "compiled decode step", cpu_decode.COMPILE_FLAGS + ("-mno-avx512f",),
+                                     cpu_decode._declare, "the torch modules' decode step")
+    if plain.load() is None:
+        pytest.skip("the compiler cannot build the kernel without AVX-512")
+    monkeypatch.setattr(cpu_decode.LIBRARY, "loaded", plain.loaded)
+    for c_in, batch in ((96, 1), (101, 1), (101, 3)):
+        spec = _spec(c_in, 2 * 8192 + 100, spiking=True)
+        g = torch.Generator().manual_seed(c_in + batch)
+        x = (torch.randint(-12, 13, (batch, c_in), generator=g) / 2) * spec.theta
+        torch.testing.assert_close(project(spec, x), project_ref(spec, x), rtol=1e-5, atol=1e-4)
