@@ -11,7 +11,9 @@
 // (computed exactly as torch does: true division, round half to even), and the channel is active
 // where some batch row has v_i != 0, so only those rows of Wt are read. A dense projection uses
 // v_i = x_i over every channel (the same kernel streaming all of Wt). Threads split the output
-// columns; each reads every active row's slice of its columns once for all batch rows.
+// columns; each reads every active row's slice of its columns once for all batch rows. At batch 1 a
+// spiking projection also prefetches the active rows' lines ahead of the reads (RowPrefetch): scattered
+// rows are separate short streams that the hardware prefetcher only picks up after a few misses each.
 //
 // Layer step (MambaMixer.step):  hn = rmsnorm(h);  x, z = in_proj(hn);  window = [conv, x];
 // xc = silu(sum_k window_k taps_k + bias);  dt_low, B, C = x_proj(xc);  dt = softplus(dt_proj(dt_low));
@@ -176,6 +178,8 @@ int64_t select_active(const Projection& p, const float* x, int64_t sx, int64_t b
   return k;
 }
 
+// The row prefetch's distance and cache hint (build switches, so that benchmarks/bench_decode_kernels.py
+// can compare other settings): 24 line steps ahead, non-temporal (locality 0: prefetchnta).
 #ifndef SM_PREFETCH_AHEAD
 #define SM_PREFETCH_AHEAD 24
 #endif
@@ -190,15 +194,13 @@ constexpr int64_t kAhead = SM_PREFETCH_AHEAD;   // line steps the software prefe
 // of the group per step. The reads follow this cursor kAhead steps behind, so about kAhead x 8 lines are
 // in flight: across the end of a group's short rows (x_proj's 320 B, out_proj's 3 KB) into the next group
 // and across the end of a tile into the next one, where the hardware prefetcher, which follows one
-// stream of addresses at a time, would first have to notice each new row.
-#ifndef SM_PREFETCH_LINES
-#define SM_PREFETCH_LINES (1 << 30)
-#endif
+// stream of addresses at a time, would first have to notice each new row. Non-temporal: the lines go to
+// L1 without displacing what the step reuses from L2 and L3 (the recurrent state, A, the conv window).
 struct RowPrefetch {
   const float* wt;
   int64_t c_out, k, tile, t_end;
   const int32_t* idx;
-  int64_t t, q, j, j1, jt;                      // the next step: tile t, group rows [q, q+8), column j
+  int64_t t, q, j, j1;                          // the next step: tile t, group rows [q, q+8), column j
   const float* row[8];                          // the group's rows
 
   RowPrefetch(const float* wt_, int64_t c_out_, const int32_t* idx_, int64_t k_, int64_t tile_, int64_t t0,
@@ -208,7 +210,7 @@ struct RowPrefetch {
   }
 
   void group() {                                // enter tile t, group q
-    jt = j = t * tile;
+    j = t * tile;
     j1 = std::min(c_out, j + tile);
     const int64_t rows = std::min<int64_t>(8, k - q);
     for (int64_t r = 0; r < 8; ++r) row[r] = wt + idx[q + (r < rows ? r : 0)] * c_out;
@@ -216,8 +218,7 @@ struct RowPrefetch {
 
   inline void step() {
     if (t >= t_end) return;
-    if (j - jt < SM_PREFETCH_LINES * kLine)
-      for (int r = 0; r < 8; ++r) __builtin_prefetch(row[r] + j, 0, SM_PREFETCH_LOCALITY);
+    for (int r = 0; r < 8; ++r) __builtin_prefetch(row[r] + j, 0, SM_PREFETCH_LOCALITY);
     j += kLine;
     if (j < j1) return;
     q += 8;
@@ -333,11 +334,9 @@ void project(const Projection& p, const float* x, int64_t sx, int64_t b, float* 
   const float* val = w.val.data();
   auto run = [&](int64_t t0, int64_t t1) {                        // tiles [t0, t1)
     RowPrefetch pf(p.wt, c_out, idx, k, tile, t0, t1);
-#ifdef SM_PREFETCH_DENSE
-    const bool prefetch = b == 1;
-#else
-    const bool prefetch = b == 1 && p.theta != nullptr;       // a dense projection's rows are one stream
-#endif
+    // a dense projection's rows are one stream, which the hardware prefetcher follows (prefetching it too
+    // made the dense step slower); more batch rows: accumulate_batch
+    const bool prefetch = b == 1 && p.theta != nullptr;
     if (prefetch)
       for (int64_t s = 0; s < kAhead; ++s) pf.step();
     for (int64_t t = t0; t < t1; ++t) {
