@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from spikingmamba import to_spiking
-from spikingmamba.inference.bench import MB, bytes_per_step, random_model, set_firing_rate
+from spikingmamba.inference.bench import MB, bytes_per_step, nonzero_per_step, random_model, set_firing_rate
 from spikingmamba.inference.deploy import deploy
 from spikingmamba.ops import cpu_decode
 from spikingmamba.neurons.sites import resolve_sites
@@ -130,12 +130,10 @@ def main() -> None:
         for key, run in runs.items():
             times[key].append(run.chunk(args.tokens))
     print(f"# load {os.getloadavg()}", flush=True)
-    steps = len(libs) * args.repeats * args.tokens
     mb = {"dense": bytes_per_step(dense_dec, 1) / MB}
     for d, dec in decoders.items():
         if d != "dense":
-            nonzero = {n: (m.count_distinct / steps, m.count_nonzero / steps) for n, m in dec.sparse_projections()}
-            mb[d] = bytes_per_step(dec, 1, nonzero) / MB
+            mb[d] = bytes_per_step(dec, 1, nonzero_per_step(dec, 1)) / MB
     cpu = {key: statistics.median(c for _, c in ts) / args.tokens * 1e3 for key, ts in times.items()}
     wall = {key: statistics.median(w for w, _ in ts) / args.tokens * 1e3 for key, ts in times.items()}
     best = min(cpu[(k, "dense")] for k in libs)
