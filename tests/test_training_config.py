@@ -150,7 +150,8 @@ def test_every_shipped_yaml_is_registered():
 
 
 @pytest.mark.parametrize("name", ["pretrain_default_teacher", "distill_default", "distill_quick", "distill_sparse",
-                                  "distill_sparse_long", "distill_sparse_all", "rl_preferences", "rl_dpo"])
+                                  "distill_sparse_long", "distill_sparse_all", "distill_sparse_blocks",
+                                  "rl_preferences", "rl_dpo"])
 def test_shipped_recipes_load_through_the_cli(name):
     """Each shipped YAML, by name, through its verb's parser and typed config (unknown or mistyped keys
     would raise); every key of the file is a field and keeps its value."""
@@ -197,7 +198,8 @@ def test_configs_verb_lists_and_prints_the_recipes(capsys):
 @pytest.mark.parametrize("energy_first", [False, True])
 def test_quickstart_runs_the_shipped_recipes(tmp_path, energy_first):
     """The quickstart's distillation is the shipped recipe with only this run's teacher, folder and
-    overwrite flag set; the energy-first one differs from it only by the firing-rate penalty."""
+    overwrite flag set; the energy-first one differs from it only by its sites (every weight matrix of
+    the blocks), the cost-weighted firing-rate penalty, the thresholds' learning rate and its steps."""
     from spikingmamba.recipes.quickstart import QUICK, distill_config, sparse
 
     plan = sparse(QUICK) if energy_first else QUICK
@@ -206,5 +208,9 @@ def test_quickstart_runs_the_shipped_recipes(tmp_path, energy_first):
     assert {k for k, v in cfg.to_dict().items() if shipped.to_dict()[k] != v} == {"teacher", "out"}
     quick = _config_through_cli("distill", "distill_quick")
     changed = {k for k, v in shipped.to_dict().items() if quick.to_dict()[k] != v}
-    assert changed == ({"rate_weight", "rate_target", "theta_lr_scale"} if energy_first else set())
+    assert changed == ({"sites", "rate_weight", "rate_target", "rate_cost", "theta_lr_scale", "max_steps"}
+                       if energy_first else set())
     assert (shipped.rate_weight > 0, shipped.theta_lr_scale > 1) == (energy_first, energy_first)
+    if energy_first:  # every weight matrix of the blocks spiking, the dense LM head kept; a longer schedule
+        assert shipped.sites == ("in_proj", "x_proj", "dt_proj", "out_proj") and shipped.rate_cost == "accumulates"
+        assert shipped.max_steps > quick.max_steps

@@ -15,8 +15,9 @@ class QuickstartOptions(RuntimeConfig):
 
     out: str = option("runs/quickstart", "run folder")
     full: bool = option(False, "the longer recipe of the README, with the RL stage")
-    sparse: bool = option(False, "the energy-first student: a firing-rate penalty and fast thresholds (the "
-                          "README compares it with the default student)")
+    sparse: bool = option(False, "the energy-first student: a neuron before every weight matrix of the blocks, "
+                          "a firing-rate penalty and fast thresholds, a longer schedule (the README compares "
+                          "it with the default student)")
     teacher: str = option("default", 'dense teacher folder ("default": the bundled one)')
     overwrite: bool = option(False, "replace an existing run folder")
 
@@ -33,8 +34,9 @@ their operations and energy per token, and print one table: teacher vs student.
 
 Quick (default): minutes on a few CPU cores (README gives the measured time). --full: the README's
 recipe (hours), adding the RL stage (DPO) and a continued-distillation control at equal steps.
---sparse: the energy-first student (firing-rate penalty, faster-moving thresholds), the one whose
-firing rate makes spike-driven decoding faster (`spikingmamba bench-decode`).
+--sparse: the energy-first student (the shipped recipe `distill_sparse_blocks`: a neuron before
+every weight matrix of the blocks, a firing-rate penalty weighted by what a spike costs,
+faster-moving thresholds, a longer schedule).
 
 Runs on every available core unless --num-threads says otherwise."""
     from pathlib import Path

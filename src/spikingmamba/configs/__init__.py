@@ -20,6 +20,7 @@ SHIPPED: dict[str, str] = {
     "distill_sparse": "distill",
     "distill_sparse_long": "distill",
     "distill_sparse_all": "distill",
+    "distill_sparse_blocks": "distill",
     "rl_preferences": "make-preferences",
     "rl_dpo": "rl",
 }

@@ -3,7 +3,7 @@
     quick (default)  the distillation of the shipped recipe `distill_quick`, limited evaluations
     full (--full)    the same distillation, then the RL stage (`rl_preferences`, `rl_dpo`) against a
                      control that continues plain distillation for the same steps; larger evaluations
-    sparse (--sparse) the energy-first student: `distill_sparse` instead of `distill_quick`
+    sparse (--sparse) the energy-first student: `distill_sparse_blocks` instead of `distill_quick`
 
 The training recipes are the shipped YAML configs (`spikingmamba.configs`, `spikingmamba configs`),
 loaded like `--config NAME`; a plan adds only what is the quickstart's own: which recipes, and how
@@ -41,7 +41,7 @@ PREFERENCES, DPO = "rl_preferences", "rl_dpo"
 
 def sparse(plan: QuickstartPlan) -> QuickstartPlan:
     """The energy-first variant of a plan (its measured firing rate and energy: README, Results)."""
-    return replace(plan, distill="distill_sparse")
+    return replace(plan, distill="distill_sparse_blocks")
 
 
 def heldout_text(out: Path, seed: int = 0, heldout_fraction: float = 0.05) -> Path:
