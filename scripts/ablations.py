@@ -270,7 +270,8 @@ def energy_ceilings(sites: tuple[str, ...] | str) -> tuple[float, float]:
 
 def frontier_figure(frontier: dict, path: Path) -> None:
     """Energy ratio (blocks: filled, with head: open) against the held-out perplexity gap; the
-    frontier of each scope as a step line, its rows named (the rest are in the table); the target box;
+    frontier of each scope as a step line, its rows named (by a row's short `label` where it has one,
+    placed at its `label_offset` in points; the rest are in the table); the target box;
     the paper's ratio as a reference line; the ceilings of `energy_ceilings` (the paper's two sites,
     every site) as grey lines."""
     import matplotlib
@@ -294,7 +295,8 @@ def frontier_figure(frontier: dict, path: Path) -> None:
         for r in front:
             if id(r) not in named:
                 named.add(id(r))
-                ax.annotate(r["name"], (gap_pct(r), r[key]), textcoords="offset points", xytext=(4, 3), fontsize=7)
+                ax.annotate(r.get("label", r["name"]), (gap_pct(r), r[key]), textcoords="offset points",
+                            xytext=r.get("label_offset", (4, 3)), fontsize=7)
     for r in rows:
         ax.plot([gap_pct(r)] * 2, [r["ratio_with_head"], r["ratio_blocks"]], color="grey", lw=0.5, alpha=0.5)
     ax.axvline(target["max_gap_pct"], color="tab:green", ls="--", lw=1)
