@@ -2,6 +2,7 @@
 penalty, exact resume, and clear errors before any training starts."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -10,8 +11,10 @@ import torch
 import spikingmamba
 from spikingmamba.cli.main import main
 from spikingmamba.distill import distill
-from spikingmamba.distill.trainer import rate_ramp_scale
-from spikingmamba.errors import CheckpointError, UserError
+from spikingmamba.distill.config import DistillConfig, parse_layer_targets
+from spikingmamba.distill.trainer import rate_ramp_scale, rate_targets
+from spikingmamba.errors import CheckpointError, ConfigError, UserError
+from spikingmamba.neurons.sites import SiteRef
 from spikingmamba.training.metrics import read_metrics
 from training_helpers import VOCAB, distill_settings, make_teacher, train_losses, weights
 
@@ -197,6 +200,53 @@ def test_rate_ramp_and_site_targets_shape_the_penalty(tmp_path, teacher, capsys)
     assert main(["distill", "--teacher", str(teacher), "--out", str(tmp_path / "o"),
                  "--rate-site-targets", "x_proj=0.1", "--sites", "in_proj"]) == 2
     assert "rate_site_targets names ['x_proj'], not among the sites" in capsys.readouterr().err
+
+
+def test_rate_layer_targets_parse_and_reject_bad_items():
+    sites = ("in_proj", "x_proj", "out_proj")
+    assert parse_layer_targets(("0=0.3", "in_proj@1=0.2", " out_proj @ 0 = 0 "), sites, 2) == {
+        (None, 0): 0.3, ("in_proj", 1): 0.2, ("out_proj", 0): 0.0}
+    assert parse_layer_targets((), sites, 2) == {}
+    bad = {"0": "items must be LAYER=X or SITE@LAYER=X", "a=0.3": "items must be LAYER=X",
+           "0=nan": "items must be LAYER=X", "0=inf": "items must be LAYER=X", "@0=0.1": "items must be LAYER=X",
+           "in_proj@=0.1": "items must be LAYER=X", "0=-0.1": "must be >= 0", "-1=0.1": "names layer -1",
+           "2=0.1": "names layer 2 in '2=0.1'; layers are 0..1 (the teacher has 2 blocks)",
+           "dt_proj@0=0.1": "names 'dt_proj'", "lm_head@0=0.1": "names 'lm_head'"}
+    for item, message in bad.items():
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            parse_layer_targets((item,), sites, 2)
+    with pytest.raises(ConfigError, match="gives '0' twice"):
+        parse_layer_targets(("0=0.1", "0=0.2"), sites)
+    with pytest.raises(ConfigError, match="rate_layer_targets names 'x_proj'"):
+        DistillConfig(out="o", sites=("in_proj", "out_proj"), rate_layer_targets=("x_proj@0=0.1",)).check()
+
+
+def test_rate_targets_per_layer_override_site_and_global_targets():
+    refs = [SiteRef(layer, site, None, None) for layer in (0, 1) for site in ("in_proj", "out_proj")]
+    cfg = DistillConfig(rate_target=0.45, rate_site_targets=("in_proj=0.4",),
+                        rate_layer_targets=("0=0.3", "out_proj@1=0.1"))
+    assert {(r.layer, r.site): v for r, v in zip(refs, rate_targets(refs, cfg, 2).values(), strict=True)} == {
+        (0, "in_proj"): 0.3, (0, "out_proj"): 0.3, (1, "in_proj"): 0.4, (1, "out_proj"): 0.1}
+
+
+def test_rate_layer_targets_shape_the_penalty(tmp_path, teacher, capsys):
+    common = dict(max_steps=3, eval_every=0, rate_weight=1.0, rate_target=9.0, lr=1e-9)
+    # the global target is above any rate: nothing pays; one layer at 0 pays, and only it
+    distill(distill_settings(tmp_path / "none", teacher, **common))
+    assert all(r["rate_penalty"] == 0 for r in read_metrics(tmp_path / "none", "train"))
+    distill(distill_settings(tmp_path / "l0", teacher, rate_layer_targets=("0=0",), **common))
+    distill(distill_settings(tmp_path / "in0", teacher, rate_layer_targets=("in_proj@0=0",), **common))
+    layer, site = (read_metrics(tmp_path / name, "train") for name in ("l0", "in0"))
+    assert all(r["rate_penalty"] > 0 for r in layer + site)
+    # the whole layer (in_proj and out_proj) pays more than its in_proj alone
+    assert all(a["rate_penalty"] > b["rate_penalty"] for a, b in zip(layer, site, strict=True))
+    assert main(["distill", "--teacher", str(teacher), "--out", str(tmp_path / "o"),
+                 "--rate-layer-targets", "5=0.1"]) == 2
+    assert "rate_layer_targets names layer 5 in '5=0.1'; layers are 0..1" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    assert main(["distill", "--teacher", str(teacher), "--out", str(tmp_path / "o"),
+                 "--rate-layer-targets", "0=nan"]) == 2
+    assert "rate_layer_targets items must be LAYER=X or SITE@LAYER=X" in capsys.readouterr().err
 
 
 def test_rate_aware_calibration_starts_the_student_at_the_rate(tmp_path, teacher, capsys):

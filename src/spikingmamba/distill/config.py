@@ -9,8 +9,40 @@ from spikingmamba.errors import ConfigError
 from spikingmamba.neurons.config import NEURON_KINDS, SpikingConfig, parse_site_values
 from spikingmamba.neurons.rate import RATE_COSTS
 from spikingmamba.neurons.sgc import SGCSchedule
-from spikingmamba.neurons.sites import DEFAULT_SITES, SITES, resolve_sites
+from spikingmamba.neurons.sites import BLOCK_SITES, DEFAULT_SITES, SITES, resolve_sites
 from spikingmamba.training.config import CorpusConfig, TrainConfig, option
+
+
+def parse_layer_targets(items: tuple[str, ...] | list[str], sites: tuple[str, ...],
+                        n_layers: int | None = None) -> dict[tuple[str | None, int], float]:
+    """rate_layer_targets ("0=0.3", "in_proj@1=0.2", ...) -> {(None, 0): 0.3, ("in_proj", 1): 0.2}: a layer's
+    every block site (site None) or one site of it; targets >= 0 and finite, sites among `sites` (and block
+    sites), layers below `n_layers` when it is known (the teacher's blocks)."""
+    block_sites = {site.name for site in BLOCK_SITES}
+    out: dict[tuple[str | None, int], float] = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        site, at, layer_text = key.strip().rpartition("@")
+        site = site.strip() if at else None
+        try:
+            layer, target = int(layer_text.strip()), float(value)
+        except ValueError:
+            layer = target = None
+        if (not sep or layer is None or target is None or target != target or target == float("inf")
+                or (at and not site)):
+            raise ConfigError(f"rate_layer_targets items must be LAYER=X or SITE@LAYER=X (e.g. 0=0.3, "
+                              f"in_proj@0=0.3), got {item!r}")
+        if target < 0:
+            raise ConfigError(f"rate_layer_targets must be >= 0 (spikes per neuron per token), got {item!r}")
+        if layer < 0 or (n_layers is not None and layer >= n_layers):
+            bound = f"0..{n_layers - 1} (the teacher has {n_layers} blocks)" if n_layers is not None else ">= 0"
+            raise ConfigError(f"rate_layer_targets names layer {layer} in {item!r}; layers are {bound}")
+        if site is not None and (site not in block_sites or site not in sites):
+            raise ConfigError(f"rate_layer_targets names {site!r} in {item!r}, not among the block sites {sites}")
+        if (site, layer) in out:
+            raise ConfigError(f"rate_layer_targets gives {key.strip()!r} twice")
+        out[(site, layer)] = target
+    return out
 
 
 @dataclass
@@ -67,6 +99,11 @@ class DistillConfig(SGCSchedule, CorpusConfig, TrainConfig):
     rate_site_targets: tuple[str, ...] = option((), "a target per site, SITE=X items (e.g. in_proj=0.1,"
                                                 "out_proj=0.02); sites not named use --rate-target",
                                                 metavar="SITE=X,...")
+    rate_layer_targets: tuple[str, ...] = option((), "a target per block layer, LAYER=X items for every block site "
+                                                 "of that layer (e.g. 0=0.3) or SITE@LAYER=X for one site of it "
+                                                 "(e.g. in_proj@0=0.3); they override --rate-site-targets and "
+                                                 "--rate-target there (SITE@LAYER before LAYER)",
+                                                 metavar="LAYER=X,...")
     rate_ramp: float = option(0.0, "fraction of the run over which the penalty weight rises linearly from 0 to "
                               "--rate-weight (0: the full weight from the first step)", ge=0, le=1)
     rate_cost: str = option("group", "weights of the neuron groups in the penalty: group (equal) or accumulates "
@@ -99,5 +136,6 @@ class DistillConfig(SGCSchedule, CorpusConfig, TrainConfig):
             unknown = set(values) - set(self.sites)
             if unknown:
                 raise ConfigError(f"{name} names {sorted(unknown)}, not among the sites {self.sites}")
+        parse_layer_targets(self.rate_layer_targets, self.sites)
         if self.kl_weight + self.hidden_weight + self.ce_weight == 0:
             raise ConfigError("kl_weight, hidden_weight and ce_weight are all 0: nothing to learn from")

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from spikingmamba.data.shards import MemmapRows
-from spikingmamba.distill.config import DistillConfig
+from spikingmamba.distill.config import DistillConfig, parse_layer_targets
 from spikingmamba.assets import resolve_teacher
 from spikingmamba.data.dataset import TokenBatch
 from spikingmamba.distill.losses import hidden_state_loss, kl_divergence
@@ -27,7 +27,7 @@ from spikingmamba.model.lm import SpikingMambaForCausalLM
 from spikingmamba.neurons.config import parse_site_values
 from spikingmamba.neurons.rate import SpikeRateProbe, rate_excess, spike_summary, spike_totals
 from spikingmamba.neurons.sgc import apply_sgc
-from spikingmamba.neurons.sites import iter_sites
+from spikingmamba.neurons.sites import SiteRef, iter_sites
 from spikingmamba.runtime import resolve_dtype
 from spikingmamba.training.distributed import DistEnv, agree, all_gather_objects, shard_frozen, unwrap
 from spikingmamba.training.loop import fit
@@ -128,6 +128,20 @@ def rate_ramp_scale(step: int, total_steps: int, ramp: float) -> float:
     return min(1.0, step / (ramp * total_steps))
 
 
+def rate_targets(sites: list[SiteRef], cfg: DistillConfig, n_layers: int) -> dict[str, float]:
+    """The firing-rate penalty's target of every neuron, by module name: a SITE@LAYER item of
+    rate_layer_targets, else a LAYER item, else the site's rate_site_targets, else rate_target."""
+    by_site = parse_site_values(cfg.rate_site_targets, "rate_site_targets", float)
+    by_layer = parse_layer_targets(cfg.rate_layer_targets, cfg.sites, n_layers)
+    out = {}
+    for ref in sites:
+        target = by_site.get(ref.site, cfg.rate_target)
+        if ref.layer is not None:
+            target = by_layer.get((ref.site, ref.layer), by_layer.get((None, ref.layer), target))
+        out[ref.name] = target
+    return out
+
+
 def calibration_batch(train_rows: torch.Tensor | MemmapRows, n_tokens: int) -> torch.Tensor | None:
     """About `n_tokens` input tokens of the train split (whole rows, spread evenly over it so that
     every part of the corpus is represented), (rows, seq_len); None for no calibration."""
@@ -156,8 +170,7 @@ class DistillTask:
             self.probe = SpikeRateProbe(self.model, self.cfg.rate_cost)
         self.sites = list(iter_sites(self.model))
         self.neuron_names = [ref.name for ref in self.sites]
-        targets = parse_site_values(self.cfg.rate_site_targets, "rate_site_targets", float)
-        self.rate_targets = {ref.name: targets.get(ref.site, self.cfg.rate_target) for ref in self.sites}
+        self.rate_targets = rate_targets(self.sites, self.cfg, len(self.model.backbone.layers))
         self.rate_scale = 1.0           # the penalty's ramp (rate_weight_at), set before every step
 
     @property
@@ -254,6 +267,7 @@ def _distill(cfg: DistillConfig, env: DistEnv) -> dict[str, Any]:
     if cfg.hidden_layer_weights is not None and len(cfg.hidden_layer_weights) != n_states:
         raise ConfigError(f"hidden_layer_weights has {len(cfg.hidden_layer_weights)} weights; the teacher has "
                           f"{n_states} hidden states ({n_states - 1} layers + the final norm)")
+    parse_layer_targets(cfg.rate_layer_targets, cfg.sites, n_states - 1)      # its layers exist, before any work
     train, heldout = load_data(cfg, tokenizer, env)
     initial = None
     if env.distributed and cfg.distributed == "fsdp":
