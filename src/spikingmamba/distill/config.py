@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from spikingmamba.errors import ConfigError
@@ -28,8 +29,7 @@ def parse_layer_targets(items: tuple[str, ...] | list[str], sites: tuple[str, ..
             layer, target = int(layer_text.strip()), float(value)
         except ValueError:
             layer = target = None
-        if (not sep or layer is None or target is None or target != target or target == float("inf")
-                or (at and not site)):
+        if not sep or layer is None or not math.isfinite(target) or (at and not site):
             raise ConfigError(f"rate_layer_targets items must be LAYER=X or SITE@LAYER=X (e.g. 0=0.3, "
                               f"in_proj@0=0.3), got {item!r}")
         if target < 0:

@@ -137,20 +137,20 @@ def _bytes(t: torch.Tensor | None) -> int:
 
 
 def weight_bytes_per_step(decoder: DecodeModel, batch: int,
-                          nonzero_per_step: dict[str, tuple[float, float]] | None = None, head: bool = True) -> int:
+                          active: dict[str, tuple[float, float]] | None = None, head: bool = True) -> int:
     """Bytes of weights one decode step reads from memory (all batch rows): dense tensors once per
     step; for a sparse projection, its neuron's theta, each distinct active row once (c_out weights;
     the other batch rows that share it read it from the cache) plus an 8-byte index and a 4-byte
     value per spike.
-    `nonzero_per_step` maps a sparse projection's name (as in `decoder.sparse_projections()`) to
+    `active` maps a sparse projection's name (as in `decoder.sparse_projections()`) to
     (distinct active rows, non-zero spikes) per step; a projection not in it counts as dense."""
-    nonzero_per_step = nonzero_per_step or {}
+    active = active or {}
 
     def projection(name: str, proj: nn.Module) -> int:
         if isinstance(proj, SparseSpikeLinear):             # its neuron reads theta for every input channel
             w, small = proj.weight_t, _bytes(proj.bias) + _bytes(proj.theta)
-            if name in nonzero_per_step and proj.mode != "dense":
-                distinct, spikes = nonzero_per_step[name]
+            if name in active and proj.mode != "dense":
+                distinct, spikes = active[name]
                 return int(distinct * w.shape[1] * w.element_size() + 12 * spikes) + small
             return _bytes(w) + small
         if isinstance(proj, (nn.Linear, ColumnLinear)):
@@ -183,10 +183,10 @@ def nonzero_per_step(decoder: DecodeModel, batch: int) -> dict[str, tuple[float,
     return out
 
 
-def bytes_per_step(decoder: DecodeModel, batch: int, nonzero_per_step: dict[str, tuple[float, float]] | None = None,
+def bytes_per_step(decoder: DecodeModel, batch: int, active: dict[str, tuple[float, float]] | None = None,
                    head: bool = True) -> int:
     """The memory traffic of one decode step: `weight_bytes_per_step` plus the recurrent state, read and written."""
-    return weight_bytes_per_step(decoder, batch, nonzero_per_step, head) + 2 * decoder.init_state(batch).nbytes()
+    return weight_bytes_per_step(decoder, batch, active, head) + 2 * decoder.init_state(batch).nbytes()
 
 
 def resident_bytes(module: torch.nn.Module) -> int:
